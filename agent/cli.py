@@ -1,0 +1,362 @@
+"""The commands of pilot.pyz. The one place that turns an error into a line and an exit code (``main``).
+
+Examples:
+    ./pilot.pyz --config site.toml                    # run a pilot (what sbatch and JDL call)
+    ./pilot.pyz tokens add --config site.toml --lines inputs.txt
+    ./pilot.pyz status --config site.toml --json
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
+
+import click
+
+from agent import __version__, logs
+from agent.config import Config, load
+from agent.errors import ExitCode, PilotError, UsageError
+from agent.identity import make_identity
+from agent.pools import NewToken, Pool, open_pool
+from agent.token import check_token_id
+from agent.units import parse_duration
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Context:
+    """What the group's options decided, for the subcommands."""
+
+    def __init__(self) -> None:
+        self.config_path: Optional[Path] = None
+        self.verbosity = 0
+        self.identity = make_identity(os.environ, socket.gethostname(), os.getpid())
+
+    def config(self, walltime: Optional[float] = None) -> Config:
+        if self.config_path is None:
+            raise UsageError("no configuration: pass --config site.toml (or set PILOT_CONFIG)")
+        return load(self.config_path, os.environ, walltime_override=walltime)
+
+    def pool(self, config: Config, *, create: bool = False) -> Pool:
+        return open_pool(config.server, self.identity, create=create)
+
+
+def _duration(value: Optional[str]) -> Optional[float]:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+def common(command: F) -> F:
+    """--config, --verbose and --quiet on every command; given before the command name they apply too."""
+
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="PILOT_CONFIG",
+        help="The site.toml to use (or $PILOT_CONFIG).",
+    )
+    @click.option("-v", "--verbose", is_flag=True, help="Log debug details too.")
+    @click.option("-q", "--quiet", is_flag=True, help="Log only warnings and errors.")
+    @click.pass_obj
+    @functools.wraps(command)
+    def wrapper(ctx: Context, config_path: Optional[Path], verbose: bool, quiet: bool, **kwargs: Any) -> Any:
+        ctx.config_path = config_path or ctx.config_path
+        ctx.verbosity = 1 if verbose else -1 if quiet else ctx.verbosity
+        logs.setup(ctx.identity.pilot_id, ctx.verbosity)
+        return command(ctx, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="PILOT_CONFIG",
+    help="The site.toml to use (or $PILOT_CONFIG).",
+)
+@click.option("--walltime", help='Run at most this long, e.g. "2h" (overrides walltime.limit).')
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details too.")
+@click.option("-q", "--quiet", is_flag=True, help="Log only warnings and errors.")
+@click.version_option(__version__, "--version", prog_name="pilot")
+@click.pass_context
+def cli(
+    ctx: click.Context, config_path: Optional[Path], walltime: Optional[str], verbose: bool, quiet: bool
+) -> None:
+    """pilot: claim a token, run its task, report, repeat, until the pool is empty.
+
+    \b
+    Without a command it runs a pilot, the same as `run`:
+        ./pilot.pyz --config site.toml
+    \b
+    Typical session:
+        ./pilot.pyz init --config site.toml
+        ./pilot.pyz tokens add --config site.toml --lines inputs.txt
+        sbatch --array=1-10 site-configs/slurm.sbatch
+        ./pilot.pyz status --config site.toml
+    """
+    obj = ctx.ensure_object(Context)
+    obj.config_path = config_path
+    obj.verbosity = 1 if verbose else -1 if quiet else 0
+    if ctx.invoked_subcommand is None:
+        logs.setup(obj.identity.pilot_id, obj.verbosity)
+        ctx.exit(_run(obj, _duration(walltime)))
+
+
+@cli.command()
+@click.option("--walltime", help='Run at most this long, e.g. "2h" (overrides walltime.limit).')
+@common
+def run(ctx: Context, walltime: Optional[str]) -> None:
+    """Run a pilot: claim, run, report until the pool is empty or time is up.
+
+    \b
+    Examples:
+        ./pilot.pyz run --config site.toml
+        ./pilot.pyz run --config site.toml --walltime 2h
+    """
+    sys.exit(_run(ctx, _duration(walltime)))
+
+
+def _run(ctx: Context, walltime: Optional[float]) -> int:
+    from agent.session import run_pilot
+
+    config = ctx.config(walltime)
+    with ctx.pool(config) as pool:
+        ending = run_pilot(config, pool, ctx.identity, dict(os.environ))
+    level = logging.INFO if ending.code == ExitCode.OK else logging.ERROR
+    log.log(level, "pilot ends (exit %d): %s", int(ending.code), ending.reason)
+    return int(ending.code)
+
+
+@cli.command()
+@common
+def init(ctx: Context) -> None:
+    """Create the pool if it is missing (the local pool file; CouchDB's database and views).
+
+    \b
+    Example:
+        ./pilot.pyz init --config site.toml
+    """
+    config = ctx.config()
+    with ctx.pool(config, create=True) as pool:
+        for line in pool.init():
+            click.echo(line)
+
+
+@cli.group()
+def tokens() -> None:
+    """Add and inspect tokens."""
+
+
+@tokens.command("add")
+@click.option(
+    "--lines",
+    "lines_file",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="One token per line, in the field `input` (blank lines are skipped).",
+)
+@click.option(
+    "--jsonl",
+    "jsonl_file",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="One JSON object per line; its `id` (or `_id`) is the token id.",
+)
+@click.option("--range", "count", type=click.IntRange(min=1), help="N tokens with `input` 0 to N-1.")
+@click.option("--prefix", help="Start of generated ids (default: the file's name, or `range`).")
+@common
+def tokens_add(
+    ctx: Context,
+    lines_file: Optional[Path],
+    jsonl_file: Optional[Path],
+    count: Optional[int],
+    prefix: Optional[str],
+) -> None:
+    """Add tokens to the pool (created if missing). Ids are <prefix>-<line number> unless given, so adding
+    the same file twice is refused instead of doubling the work.
+
+    \b
+    Examples:
+        ./pilot.pyz tokens add --config site.toml --lines genomes.txt
+        ./pilot.pyz tokens add --config site.toml --jsonl params.jsonl
+        ./pilot.pyz tokens add --config site.toml --range 1000
+    """
+    chosen = [option for option in (lines_file, jsonl_file, count) if option is not None]
+    if len(chosen) != 1:
+        raise UsageError("give exactly one of --lines FILE, --jsonl FILE or --range N")
+    if count is not None:
+        new = [NewToken(f"{prefix or 'range'}-{i}", {"input": i}) for i in range(count)]
+    elif lines_file is not None:
+        new = list(_from_lines(lines_file, prefix or _stem(lines_file)))
+    else:
+        assert jsonl_file is not None
+        new = list(_from_jsonl(jsonl_file, prefix or _stem(jsonl_file)))
+    config = ctx.config()
+    with ctx.pool(config, create=True) as pool:
+        added = pool.add(new)
+    click.echo(f"added {added} tokens to {pool.where}")
+
+
+def _stem(path: Path) -> str:
+    return "stdin" if str(path) == "-" else path.stem
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered non-blank lines; bytes that are not UTF-8 are kept (surrogateescape) for the task."""
+    try:
+        data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except OSError as err:
+        raise UsageError(f"tokens file {path}: {err.strerror}") from None
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        if line.strip():
+            yield number, line.decode("utf-8", "surrogateescape")
+
+
+def _from_lines(path: Path, prefix: str) -> Iterator[NewToken]:
+    for number, line in _read_lines(path):
+        yield NewToken(f"{prefix}-{number}", {"input": line})
+
+
+def _from_jsonl(path: Path, prefix: str) -> Iterator[NewToken]:
+    for number, line in _read_lines(path):
+        try:
+            fields = json.loads(line)
+        except ValueError as err:
+            raise UsageError(f"{path}:{number}: not valid JSON: {err}") from None
+        if not isinstance(fields, dict):
+            raise UsageError(f"{path}:{number}: expected a JSON object, got {type(fields).__name__}")
+        token_id = fields.pop("id", None) or fields.pop("_id", None) or f"{prefix}-{number}"
+        try:
+            check_token_id(token_id)
+        except ValueError as err:
+            raise UsageError(f"{path}:{number}: {err}") from None
+        for name in fields:
+            if name.startswith("_"):
+                raise UsageError(f"{path}:{number}: field {name!r} starts with '_', which CouchDB reserves")
+        yield NewToken(token_id, fields)
+
+
+@tokens.command("show")
+@click.argument("token_id")
+@common
+def tokens_show(ctx: Context, token_id: str) -> None:
+    """Print one token as JSON: its fields, state, attempts and the tails of its last output.
+
+    \b
+    Example:
+        ./pilot.pyz tokens show --config site.toml genomes-17
+    """
+    config = ctx.config()
+    with ctx.pool(config) as pool:
+        token = pool.get(token_id)
+        tails = pool.tails(token_id)
+    shown: dict[str, Any] = {
+        "id": token.id,
+        "state": token.state.value,
+        "fields": token.fields,
+        "failures": token.failures,
+        "attempts": [attempt.to_json() for attempt in token.attempts],
+    }
+    if tails is not None:
+        shown["stdout_tail"] = tails[0].decode("utf-8", "replace")
+        shown["stderr_tail"] = tails[1].decode("utf-8", "replace")
+    click.echo(json.dumps(shown, indent=2, ensure_ascii=False, default=str))
+
+
+@cli.command()
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON object with todo, locked, done, error, total."
+)
+@common
+def status(ctx: Context, as_json: bool) -> None:
+    """Count the tokens in each state.
+
+    \b
+    Examples:
+        ./pilot.pyz status --config site.toml
+        ./pilot.pyz status --config site.toml --json
+    """
+    config = ctx.config()
+    with ctx.pool(config) as pool:
+        counts = pool.counts()
+    if as_json:
+        click.echo(json.dumps({**counts.as_dict(), "total": counts.total}))
+    else:
+        for state, number in counts.as_dict().items():
+            click.echo(f"{state:<7}{number:>9}")
+        click.echo(f"{'total':<7}{counts.total:>9}")
+
+
+@cli.command()
+@click.option("--locked", is_flag=True, help="Put locked tokens back to todo (their pilots are gone).")
+@click.option("--errors", is_flag=True, help="Put error tokens back to todo with a fresh attempt budget.")
+@common
+def reset(ctx: Context, locked: bool, errors: bool) -> None:
+    """Put tokens back to todo. Their attempt history stays on them.
+
+    \b
+    Examples:
+        ./pilot.pyz reset --config site.toml --errors
+        ./pilot.pyz reset --config site.toml --locked
+    """
+    if not (locked or errors):
+        raise UsageError("say what to reset: --locked, --errors, or both")
+    config = ctx.config()
+    with ctx.pool(config) as pool:
+        changed = pool.reset(locked=locked, errors=errors)
+    click.echo(f"{changed} tokens back to todo")
+
+
+@cli.command()
+@common
+def check(ctx: Context) -> None:
+    """Validate site.toml, reach the pool, and look for the command's program.
+
+    \b
+    Example:
+        ./pilot.pyz check --config site.toml
+    """
+    config = ctx.config()
+    click.echo(f"config {config.path}: ok")
+    with ctx.pool(config) as pool:
+        for line in pool.check():
+            click.echo(line)
+    program = config.task.command_text[0]
+    if "{" not in program:
+        found = shutil.which(program, path=os.environ.get("PATH")) if "/" not in program else program
+        if found is None or not os.access(found, os.X_OK):
+            raise UsageError(f"task.command: program {program!r} not found or not executable on this node")
+        click.echo(f"program {program}: {found}")
+
+
+def main() -> None:
+    """Entry point: run the CLI; a PilotError becomes one line on stderr and its exit code."""
+    try:
+        code = cli.main(prog_name="pilot.pyz", standalone_mode=False)
+    except PilotError as err:
+        click.echo(f"pilot: error: {err}", err=True)
+        sys.exit(int(err.exit_code))
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(ExitCode.CONFIG)
+    except click.Abort:
+        click.echo("pilot: aborted", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)

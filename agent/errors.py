@@ -1,0 +1,101 @@
+"""The errors a user can meet, each with its message written once, and the exit codes they end with.
+
+The CLI is the only place that turns these into a printed line and an exit code (see ``cli.main``).
+Anything that is not a ``PilotError`` is a bug and is shown with its traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes of pilot.pyz; the README has the same table."""
+
+    OK = 0  # pool empty, max_tasks reached, or drained before the walltime
+    INTERNAL = 1  # a bug in pilot: the traceback is printed
+    CONFIG = 2  # bad site.toml or command-line input; nothing was claimed
+    POOL = 3  # the pool is unusable: missing, corrupt or unreadable, refused credentials
+    SERVER_UNREACHABLE = 4  # the pool server stayed unreachable for longer than server.max_outage
+    CACHE = 5  # a cache entry could not be made ready; nothing was claimed
+    NODE_UNHEALTHY = 6  # a check of the node failed before the first claim
+    BLACK_HOLE = 7  # tasks kept failing on this node; the pilot stopped claiming
+    ENVIRONMENT = 8  # pilot.pyz could not unpack its own dependencies (see build/pilot_boot.py)
+    INTERRUPTED = 130  # stopped by SIGINT; running tasks were given back
+    TERMINATED = 143  # stopped by SIGTERM; running tasks were given back
+
+
+class PilotError(Exception):
+    """Root of every expected error. ``str(err)`` is the one line shown to the user."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+
+class ConfigError(PilotError):
+    """A problem in site.toml, named by file and dotted key (or line and column)."""
+
+    exit_code = ExitCode.CONFIG
+
+    def __init__(self, file: Path | str, key: str, problem: str) -> None:
+        self.file = str(file)
+        self.key = key
+        self.problem = problem
+        where = f"{self.file}: {key}" if key else self.file
+        super().__init__(f"{where}: {problem}")
+
+
+class UsageError(PilotError):
+    """Bad command-line input, such as a missing or malformed token file."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class PoolError(PilotError):
+    """The pool cannot be used: ``where`` names the file or URL."""
+
+    exit_code = ExitCode.POOL
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(f"pool {where}: {problem}")
+
+
+class TokenError(PilotError):
+    """A named token cannot be stored or found."""
+
+    exit_code = ExitCode.POOL
+
+    def __init__(self, token_id: str, problem: str) -> None:
+        self.token_id = token_id
+        self.problem = problem
+        super().__init__(f"token {token_id!r}: {problem}")
+
+
+class ServerUnreachable(PoolError):
+    """The pool server did not answer (connection refused, timeout, 5xx) after retries."""
+
+    exit_code = ExitCode.SERVER_UNREACHABLE
+
+
+class CacheError(PilotError):
+    """A cache entry could not be made ready; ``entry`` names it as in ``[cache.files.<entry>]``."""
+
+    exit_code = ExitCode.CACHE
+
+    def __init__(self, entry: str, problem: str) -> None:
+        self.entry = entry
+        self.problem = problem
+        super().__init__(f"cache entry {entry!r}: {problem}")
+
+
+class NodeUnhealthy(PilotError):
+    """A check before the first claim failed, so this node should not take tokens."""
+
+    exit_code = ExitCode.NODE_UNHEALTHY
+
+    def __init__(self, check: str, problem: str) -> None:
+        self.check = check
+        self.problem = problem
+        super().__init__(f"node check {check!r} failed: {problem}")

@@ -1,0 +1,311 @@
+"""The embedded pool: one SQLite file in WAL mode, shared by every pilot process on the node.
+
+A claim runs in a ``BEGIN IMMEDIATE`` transaction, which takes SQLite's write lock before reading, so two
+pilots can never both see a token free. Reports and renewals are conditional on the lease id, so a pilot
+that lost its lease cannot overwrite the attempt that replaced it.
+
+WAL needs shared memory between the processes, so the file must be on node-local disk, not NFS.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from agent.errors import PoolError, TokenError
+from agent.identity import Identity
+from agent.pools.base import Counts, Lease, NewToken, Pool, Renewal, Saved
+from agent.token import Attempt, Outcome, Report, State, Token, close_attempt
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 60_000  # many pilots on one node queue for the write lock; a claim takes microseconds
+
+_SCHEMA = """
+CREATE TABLE tokens (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- claim order: first added, first claimed
+    id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL CHECK (state IN ('todo', 'locked', 'done', 'error')),
+    fields TEXT NOT NULL,                   -- the user's JSON object
+    attempts TEXT NOT NULL DEFAULT '[]',    -- JSON list of Attempt objects, oldest first
+    failures INTEGER NOT NULL DEFAULT 0,    -- charged failures since added or reset
+    lease_id TEXT,
+    lease_expires REAL,
+    exit_code INTEGER,
+    reason TEXT,
+    stdout_tail BLOB,
+    stderr_tail BLOB,
+    updated REAL
+);
+CREATE INDEX tokens_state ON tokens (state, seq);
+CREATE INDEX tokens_lease ON tokens (state, lease_expires);
+"""
+
+
+def _dumps(value: Any) -> str:
+    # ensure_ascii keeps lone surrogates (non-UTF-8 bytes read with surrogateescape) as \\udcXX escapes,
+    # which json.loads turns back into the same str, so such bytes reach the task unchanged.
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+
+
+class LocalPool(Pool):
+    def __init__(
+        self,
+        path: Path,
+        identity: Identity,
+        lease_seconds: float,
+        *,
+        create: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(identity, lease_seconds)
+        self.path = Path(path)
+        self.where = str(self.path)
+        self.clock = clock
+        self._db = self._connect(create)
+
+    # -- connection and schema ---------------------------------------------------------------------
+
+    def _connect(self, create: bool) -> sqlite3.Connection:
+        if not create and not self.path.exists():
+            raise PoolError(self.where, "no such pool file (create it with `pilot.pyz tokens add` or `init`)")
+        try:
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        except (OSError, sqlite3.Error) as err:
+            raise PoolError(self.where, f"cannot open: {err}") from None
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # Read before writing anything: a file that is not a pool must stay untouched.
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                self._create_schema(db, create)
+            elif version != SCHEMA_VERSION:
+                raise PoolError(
+                    self.where, f"pool schema version {version}; this pilot reads {SCHEMA_VERSION}"
+                )
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise PoolError(
+                    self.where, f"cannot use WAL mode (got {mode!r}); is it on a network file system?"
+                )
+            db.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.DatabaseError as err:
+            db.close()
+            raise PoolError(self.where, f"not a usable pool file: {err}") from None
+        except PoolError:
+            db.close()
+            raise
+        return db
+
+    def _create_schema(self, db: sqlite3.Connection, create: bool) -> None:
+        if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise PoolError(self.where, "an SQLite file, but not a pilot pool (no pool schema)")
+        if not create:
+            raise PoolError(self.where, "empty file, not a pool (create it with `pilot.pyz init`)")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] == 0:  # another process may have won
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding SQLite's write lock from the start (no read-then-upgrade race)."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as err:
+            raise PoolError(self.where, f"cannot lock for writing: {err}") from None
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as err:
+            raise PoolError(self.where, f"cannot commit: {err}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- Pool --------------------------------------------------------------------------------------
+
+    def init(self) -> list[str]:
+        return [f"local pool {self.where}: ready ({self.counts().total} tokens)"]
+
+    def check(self) -> list[str]:
+        try:
+            result = self._db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as err:
+            raise PoolError(self.where, f"not a usable pool file: {err}") from None
+        if result != "ok":
+            raise PoolError(self.where, f"integrity check failed: {result}")
+        counts = self.counts()
+        return [f"local pool {self.where}: ok, " + ", ".join(f"{k} {v}" for k, v in counts.as_dict().items())]
+
+    def add(self, tokens: Iterable[NewToken]) -> int:
+        now = self.clock()
+        added = 0
+        with self._write() as db:
+            for token in tokens:
+                try:
+                    db.execute(
+                        "INSERT INTO tokens (id, state, fields, updated) VALUES (?, ?, ?, ?)",
+                        (token.id, State.TODO.value, _dumps(token.fields), now),
+                    )
+                except sqlite3.IntegrityError:
+                    raise TokenError(token.id, "already in the pool; nothing was added") from None
+                added += 1
+        return added
+
+    def claim(self, n: int) -> list[Lease]:
+        if n <= 0:
+            return []
+        now = self.clock()
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT id, state, fields, attempts, failures, lease_id, lease_expires FROM tokens "
+                "WHERE state = 'locked' AND lease_expires < ? "
+                "ORDER BY lease_expires LIMIT ?",
+                (now, n),
+            ).fetchall()
+            if len(rows) < n:
+                rows += db.execute(
+                    "SELECT id, state, fields, attempts, failures, lease_id, lease_expires FROM tokens "
+                    "WHERE state = 'todo' ORDER BY seq LIMIT ?",
+                    (n - len(rows),),
+                ).fetchall()
+            leases = [self._lease(row, now) for row in rows]
+            db.executemany(
+                "UPDATE tokens SET state = 'locked', lease_id = ?, lease_expires = ?, attempts = ?, "
+                "updated = ? WHERE id = ?",
+                [
+                    (
+                        lease.lease_id,
+                        lease.expires,
+                        _dumps([a.to_json() for a in lease.token.attempts]),
+                        now,
+                        lease.token.id,
+                    )
+                    for lease in leases
+                ],
+            )
+        return leases
+
+    def _lease(self, row: sqlite3.Row, now: float) -> Lease:
+        token_id, state, fields, attempts_json, failures, _, old_expiry = row
+        attempts = [Attempt.from_json(a) for a in json.loads(attempts_json)]
+        if state == State.LOCKED.value and attempts and attempts[-1].outcome is None:
+            # Its pilot went away without a word: close that attempt as the lease ran out.
+            attempts[-1] = attempts[-1].closed(Outcome.LEASE_EXPIRED, old_expiry, "lease expired, pilot gone")
+        attempt = self.new_attempt(now)
+        attempts.append(attempt)
+        token = Token(token_id, json.loads(fields), State.LOCKED, tuple(attempts), failures)
+        return Lease(
+            token=token, lease_id=uuid.uuid4().hex, expires=now + self.lease_seconds, attempt=attempt
+        )
+
+    def renew(self, leases: Sequence[Lease]) -> Renewal:
+        now = self.clock()
+        renewed, lost = [], []
+        with self._write() as db:
+            for lease in leases:
+                expires = now + self.lease_seconds
+                cursor = db.execute(
+                    "UPDATE tokens SET lease_expires = ? WHERE id = ? AND lease_id = ? AND state = 'locked'",
+                    (expires, lease.token.id, lease.lease_id),
+                )
+                if cursor.rowcount == 1:
+                    renewed.append(Lease(lease.token, lease.lease_id, expires, lease.attempt, lease.handle))
+                else:
+                    lost.append(lease)
+        return Renewal(renewed, lost)
+
+    def report(self, lease: Lease, report: Report) -> Saved:
+        attempts = list(lease.token.attempts)
+        attempts[-1] = close_attempt(attempts[-1], report.result)
+        result = report.result
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE tokens SET state = ?, attempts = ?, failures = ?, lease_id = NULL, "
+                "lease_expires = NULL, exit_code = ?, reason = ?, stdout_tail = ?, stderr_tail = ?, "
+                "updated = ? WHERE id = ? AND lease_id = ?",
+                (
+                    report.state.value,
+                    _dumps([a.to_json() for a in attempts]),
+                    report.failures,
+                    result.exit_code,
+                    result.reason,
+                    result.stdout_tail,
+                    result.stderr_tail,
+                    self.clock(),
+                    lease.token.id,
+                    lease.lease_id,
+                ),
+            )
+        return Saved.SAVED if cursor.rowcount == 1 else Saved.CONFLICT
+
+    def counts(self) -> Counts:
+        try:
+            rows = self._db.execute("SELECT state, count(*) FROM tokens GROUP BY state").fetchall()
+        except sqlite3.DatabaseError as err:
+            raise PoolError(self.where, f"cannot read: {err}") from None
+        return Counts(**dict(rows))
+
+    def reset(self, *, locked: bool, errors: bool) -> int:
+        now = self.clock()
+        states = [state for state, wanted in (("locked", locked), ("error", errors)) if wanted]
+        changed = 0
+        with self._write() as db:
+            for state in states:
+                rows = db.execute("SELECT id, attempts FROM tokens WHERE state = ?", (state,)).fetchall()
+                for token_id, attempts_json in rows:
+                    attempts = [Attempt.from_json(a) for a in json.loads(attempts_json)]
+                    if state == "locked" and attempts and attempts[-1].outcome is None:
+                        attempts[-1] = attempts[-1].closed(
+                            Outcome.RESET, now, "reset by `pilot reset --locked`"
+                        )
+                    db.execute(
+                        "UPDATE tokens SET state = 'todo', lease_id = NULL, lease_expires = NULL, "
+                        "failures = 0, attempts = ?, updated = ? WHERE id = ?",
+                        (_dumps([a.to_json() for a in attempts]), now, token_id),
+                    )
+                    changed += 1
+        return changed
+
+    def get(self, token_id: str) -> Token:
+        row = self._db.execute(
+            "SELECT id, state, fields, attempts, failures, lease_id, lease_expires FROM tokens WHERE id = ?",
+            (token_id,),
+        ).fetchone()
+        if row is None:
+            raise TokenError(token_id, f"not in the pool {self.where}")
+        token_id, state, fields, attempts_json, failures, _, _ = row
+        attempts = tuple(Attempt.from_json(a) for a in json.loads(attempts_json))
+        return Token(token_id, json.loads(fields), State(state), attempts, failures)
+
+    def tails(self, token_id: str) -> Optional[tuple[bytes, bytes]]:
+        row = self._db.execute(
+            "SELECT stdout_tail, stderr_tail FROM tokens WHERE id = ?", (token_id,)
+        ).fetchone()
+        if row is None:
+            raise TokenError(token_id, f"not in the pool {self.where}")
+        return (row[0] or b"", row[1] or b"")
+
+    def extra(self, token_id: str) -> dict[str, Any]:
+        """exit_code and reason of the last report, for `tokens show`."""
+        row = self._db.execute("SELECT exit_code, reason FROM tokens WHERE id = ?", (token_id,)).fetchone()
+        return {} if row is None else {"exit_code": row[0], "reason": row[1]}

@@ -1,0 +1,277 @@
+"""One payload process: started in its own session, output streamed to files, killed as a whole.
+
+The task runs as ``Popen(argv, start_new_session=True)``, so it leads a process group that can be
+signalled at once. Every process it starts inherits ``PILOT_TASK_COOKIE``; on timeout and on stop we also
+sweep /proc for that cookie, which catches descendants that left the group with setsid or double forks.
+Nothing here blocks: ``terminate`` sends TERM and notes when KILL is due, and the pilot's loop calls
+``tick`` and ``poll``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from agent.token import Outcome, Result
+from agent.units import format_duration
+
+COOKIE_VARIABLE = "PILOT_TASK_COOKIE"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why we are ending a running task: the outcome it will be reported with, and the reason."""
+
+    outcome: Outcome
+    reason: str
+
+
+class Payload:
+    """A running task. ``start`` returns one, or a Result when the process could not be started."""
+
+    def __init__(
+        self,
+        *,
+        token_id: str,
+        popen: subprocess.Popen[bytes],
+        folder: Path,
+        cookie: str,
+        started: float,
+        timeout: Optional[float],
+        kill_grace: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.token_id = token_id
+        self.popen = popen
+        self.folder = folder
+        self.cookie = cookie
+        self.started = started  # epoch seconds, for the record
+        self.timeout = timeout
+        self.deadline = None if timeout is None else clock() + timeout  # monotonic
+        self.kill_grace = kill_grace
+        self.clock = clock
+        self.stop: Optional[Stop] = None  # set once we decided to end it
+        self.kill_at: Optional[float] = None  # monotonic, when KILL follows the TERM
+        self.returncode: Optional[int] = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def poll(self) -> bool:
+        """True once the main process has exited (and was reaped)."""
+        if self.returncode is None:
+            self.returncode = self.popen.poll()
+        return self.returncode is not None
+
+    def next_event(self) -> Optional[float]:
+        """The next monotonic time this task needs attention: its deadline or its KILL."""
+        return self.kill_at if self.kill_at is not None else self.deadline
+
+    def tick(self, now: float) -> None:
+        """Act on the deadline and the KILL that follows a TERM."""
+        if (
+            self.stop is None
+            and self.deadline is not None
+            and self.timeout is not None
+            and now >= self.deadline
+        ):
+            took = format_duration(self.timeout)
+            self.terminate(Stop(Outcome.TIMEOUT, f"timeout: still running after {took}, killed"))
+        if self.kill_at is not None and now >= self.kill_at:
+            self.kill_at = None
+            kill_group(self.pid, signal.SIGKILL)
+            sweep(self.cookie)
+
+    def terminate(self, stop: Stop) -> None:
+        """TERM the whole group now; KILL it (and sweep stragglers) after ``kill_grace``."""
+        if self.stop is not None:
+            return
+        self.stop = stop
+        kill_group(self.pid, signal.SIGTERM)
+        self.kill_at = self.clock() + self.kill_grace
+
+    def kill_now(self, stop: Stop) -> None:
+        """KILL the whole group and its stragglers at once (second signal, or the pilot must go)."""
+        if self.stop is None:
+            self.stop = stop
+        self.kill_at = None
+        kill_group(self.pid, signal.SIGKILL)
+        sweep(self.cookie)
+
+    def finish(self, tail_bytes: int, wallclock: Callable[[], float]) -> Result:
+        """The result, once ``poll`` said the main process exited. Leftovers of the task are killed."""
+        assert self.returncode is not None
+        if self.stop is not None:
+            # We ended it: make sure nothing it started survives, in or out of its group.
+            kill_group(self.pid, signal.SIGKILL)
+            sweep(self.cookie)
+        elif group_alive(self.pid):
+            # It exited but left processes behind in its group: they belong to the task, not the node.
+            kill_group(self.pid, signal.SIGKILL)
+        ended = wallclock()
+        outcome, reason, code, sig = self._classify()
+        return Result(
+            outcome=outcome,
+            reason=reason,
+            started=self.started,
+            ended=ended,
+            exit_code=code,
+            signal=sig,
+            stdout_tail=read_tail(self.folder / "stdout", tail_bytes),
+            stderr_tail=read_tail(self.folder / "stderr", tail_bytes),
+        )
+
+    def _classify(self) -> tuple[Outcome, str, Optional[int], Optional[int]]:
+        code = self.returncode
+        assert code is not None
+        exit_code, sig = (code, None) if code >= 0 else (None, -code)
+        if self.stop is not None:
+            return self.stop.outcome, self.stop.reason, exit_code, sig
+        if code == 0:
+            return Outcome.DONE, "exit code 0", 0, None
+        if sig is not None:
+            return Outcome.FAILED, f"killed by signal {sig} ({signal_name(sig)})", None, sig
+        return Outcome.FAILED, f"exit code {code}", code, None
+
+
+def start(
+    *,
+    token_id: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    folder: Path,
+    timeout: Optional[float],
+    kill_grace: float,
+    clock: Callable[[], float] = time.monotonic,
+    wallclock: Callable[[], float] = time.time,
+) -> Payload | Result:
+    """Start the task in ``folder`` (created here) with stdout and stderr streamed to files there.
+
+    Returns a Payload, or a NOT_STARTED Result saying why the process could not start.
+    """
+    cookie = uuid.uuid4().hex
+    started = wallclock()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / "stdout").open("wb") as out, (folder / "stderr").open("wb") as err:
+            popen = subprocess.Popen(
+                list(argv),
+                cwd=folder,
+                env={**env, COOKIE_VARIABLE: cookie},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                close_fds=True,
+            )
+    except OSError as error:
+        return Result(Outcome.NOT_STARTED, _start_failure(error, argv[0], folder), started, wallclock())
+    return Payload(
+        token_id=token_id,
+        popen=popen,
+        folder=folder,
+        cookie=cookie,
+        started=started,
+        timeout=timeout,
+        kill_grace=kill_grace,
+        clock=clock,
+    )
+
+
+def _start_failure(error: OSError, program: str, folder: Path) -> str:
+    if error.filename is not None and str(error.filename) == str(folder):
+        return f"cannot use task folder {folder}: {error.strerror}"
+    if error.errno == errno.ENOENT:
+        return f"command not found: {program}"
+    if error.errno == errno.EACCES:
+        return f"permission denied: {program} is not executable"
+    if error.errno == errno.ENOEXEC:
+        return f"cannot execute {program}: not a program (missing #! line?)"
+    return f"cannot start {program}: {error.strerror or error}"
+
+
+def kill_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass  # the group is already empty
+    except PermissionError:
+        # Group id reused by a process of another user: not ours to touch.
+        log.warning("not allowed to signal process group %d", pgid)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    return True
+
+
+def sweep(cookie: str, proc: Path = Path("/proc")) -> int:
+    """KILL every process of ours whose environment carries this task's cookie; returns how many.
+
+    Catches what left the process group (setsid, daemonised grandchildren). Two passes, because a process
+    may fork while we scan. Only Linux has /proc; elsewhere the process-group kill is all we do.
+    """
+    needle = f"{COOKIE_VARIABLE}={cookie}".encode()
+    me = os.getpid()
+    killed = 0
+    for _ in range(2):
+        found = 0
+        for entry in _proc_entries(proc):
+            pid = int(entry.name)
+            if pid == me:
+                continue
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue  # gone, or another user's
+            if needle in environ.split(b"\0"):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    found += 1
+                except ProcessLookupError:
+                    pass
+        killed += found
+        if not found:
+            break
+    return killed
+
+
+def _proc_entries(proc: Path) -> list[Path]:
+    try:
+        return [entry for entry in proc.iterdir() if entry.name.isdigit()]
+    except OSError:
+        return []
+
+
+def read_tail(path: Path, limit: int) -> bytes:
+    """The last ``limit`` bytes of a file, read from its end: a task that wrote gigabytes costs nothing."""
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(0, size - limit))
+            return file.read(limit)
+    except OSError:
+        return b""
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

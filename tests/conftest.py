@@ -1,0 +1,184 @@
+"""Shared fixtures: the built pilot.pyz, site.toml files written per test, and pilots run as subprocesses.
+
+Tests run the real zipapp as users do (``./pilot.pyz ...``). Its packages unpack into a per-session
+folder (PILOT_PYZ_ROOT) so the tests never touch the machine's /tmp/pilot-pyz-<uid>.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
+    """A small TOML writer for test configs: {"server": {...}, "cache.files.ref": {...}}."""
+    lines = []
+    for name, table in sections.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="session")
+def pyz() -> Path:
+    """The zipapp under test: $PILOT_PYZ, or ./pilot.pyz built by `make pyz` (built here if missing)."""
+    path = Path(os.environ.get("PILOT_PYZ", REPO / "pilot.pyz"))
+    if not path.exists():
+        subprocess.run([sys.executable, str(REPO / "build" / "build.py"), "--output", str(path)], check=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pyz_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pyz-root")
+
+
+@dataclass
+class Site:
+    """One test's site: its folder, its site.toml, and how to run pilot.pyz against it."""
+
+    folder: Path
+    config: Path
+    pyz: Path
+    env: dict[str, str]
+
+    def write(self, sections: Mapping[str, Mapping[str, Any]]) -> Path:
+        self.config.write_text(to_toml(sections))
+        return self.config
+
+    def argv(self, *args: str) -> list[str]:
+        return [str(self.pyz), *args]
+
+    def run(
+        self, *args: str, timeout: float = 120, env: Optional[Mapping[str, str]] = None, config: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``pilot.pyz <args> --config <site.toml>`` to the end; returns the completed process."""
+        argv = self.argv(*args) + (["--config", str(self.config)] if config else [])
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**self.env, **(env or {})},
+            cwd=self.folder,
+            check=False,
+        )
+
+    def start(
+        self, *args: str, env: Optional[Mapping[str, str]] = None, log_name: Optional[str] = None
+    ) -> subprocess.Popen[str]:
+        """Start ``pilot.pyz <args> --config <site.toml>`` in the background; stderr goes to a log file."""
+        log = (self.folder / (log_name or f"pilot-{time.monotonic_ns()}.log")).open("w")
+        return subprocess.Popen(
+            [*self.argv(*args), "--config", str(self.config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**self.env, **(env or {})},
+            cwd=self.folder,
+            start_new_session=True,
+        )
+
+    def status(self) -> dict[str, int]:
+        result = self.run("status", "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def token(self, token_id: str) -> dict[str, Any]:
+        result = self.run("tokens", "show", token_id)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def site(tmp_path: Path, pyz: Path, pyz_root: Path) -> Site:
+    env = {
+        **os.environ,
+        "PILOT_PYZ_ROOT": str(pyz_root),
+        "TMPDIR": str(tmp_path),
+    }
+    for variable in ("PILOT_CONFIG", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_JOB_END_TIME"):
+        env.pop(variable, None)
+    return Site(folder=tmp_path, config=tmp_path / "site.toml", pyz=pyz, env=env)
+
+
+def local_config(
+    folder: Path, command: list[str], **overrides: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """A site.toml for the local pool in ``folder``; ``overrides`` replace or add keys per section."""
+    sections: dict[str, dict[str, Any]] = {
+        "server": {"backend": "local", "path": str(folder / "pool.db"), "lease": "30s"},
+        "task": {"command": command, "timeout": "60s", "kill_grace": "2s"},
+        "pilot": {"slots": 2, "workdir": str(folder / "work")},
+    }
+    for name, table in overrides.items():
+        sections.setdefault(name, {}).update(table)
+    return sections
+
+
+def pool_rows(pool: Path) -> list[dict[str, Any]]:
+    """Every token of a local pool file, read directly with sqlite3 (not through the code under test)."""
+    with sqlite3.connect(pool) as db:
+        db.row_factory = sqlite3.Row
+        rows = db.execute(
+            "SELECT id, state, fields, attempts, failures, exit_code, reason FROM tokens"
+        ).fetchall()
+    return [
+        {**dict(row), "fields": json.loads(row["fields"]), "attempts": json.loads(row["attempts"])}
+        for row in rows
+    ]
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def reaper() -> Iterator[list[subprocess.Popen[Any]]]:
+    """Processes a test starts; whatever is still alive at the end is killed with its process group."""
+    started: list[subprocess.Popen[Any]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            try:
+                os.killpg(os.getpgid(process.pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                process.kill()
+            process.wait(timeout=10)
