@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Optional
@@ -41,7 +41,7 @@ def make_identity(environ: Mapping[str, str], hostname: str, pid: int) -> Identi
     """A pilot id that is unique across nodes and restarts: short host, pid and a random suffix."""
     short = hostname.split(".", 1)[0] or "localhost"
     return Identity(
-        pilot_id=f"{short}-{pid}-{secrets.token_hex(2)}",
+        pilot_id=f"{short}-{pid}-{os.urandom(2).hex()}",
         host=hostname,
         batch_job=batch_job_id(environ),
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 
@@ -53,7 +53,8 @@ class Attempt:
     reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # By hand, not dataclasses.asdict: this runs for every attempt at every claim and report.
+        return {name: getattr(self, name) for name in _ATTEMPT_FIELDS}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Attempt:
@@ -66,6 +67,9 @@ class Attempt:
 
     def closed(self, outcome: Outcome, ended: float, reason: str) -> Attempt:
         return replace(self, outcome=outcome.value, ended=ended, reason=reason)
+
+
+_ATTEMPT_FIELDS = tuple(Attempt.__dataclass_fields__)
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,9 @@ CREATE TABLE tokens (
     stderr_tail BLOB,
     updated REAL
 );
+-- One index serves both claim queries: todo in order, and locked (few: one per running task) by expiry.
+-- Every extra index is another page written at every claim and report.
 CREATE INDEX tokens_state ON tokens (state, seq);
-CREATE INDEX tokens_lease ON tokens (state, lease_expires);
 """
 
 

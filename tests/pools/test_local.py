@@ -1,0 +1,187 @@
+"""The embedded SQLite pool: atomic claims across processes, leases with an injected clock, history."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.errors import PoolError, TokenError
+from agent.identity import Identity
+from agent.pools import NewToken, Saved
+from agent.pools.local import LocalPool
+from agent.token import Outcome, Result, State, make_report
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pool_for(path: Path, name: str, clock: Clock, lease: float = 10.0) -> LocalPool:
+    return LocalPool(path, Identity(name, "node1", "slurm:42"), lease, create=True, clock=clock)
+
+
+def result(outcome: Outcome, code: int | None = 0) -> Result:
+    return Result(outcome, f"exit code {code}", 1.0, 2.0, code, None, b"out", b"err")
+
+
+def test_claims_hand_out_tokens_in_order_and_record_who_claimed(tmp_path: Path) -> None:
+    clock = Clock()
+    with pool_for(tmp_path / "p.db", "pilot-a", clock) as pool:
+        pool.add(NewToken(f"t{i}", {"input": i}) for i in range(3))
+        leases = pool.claim(2)
+        assert [lease.token.id for lease in leases] == ["t0", "t1"]
+        attempt = leases[0].token.attempts[-1]
+        assert (attempt.pilot, attempt.host, attempt.batch_job, attempt.claimed) == (
+            "pilot-a",
+            "node1",
+            "slurm:42",
+            clock.now,
+        )
+        assert pool.counts().as_dict() == {"todo": 1, "locked": 2, "done": 0, "error": 0}
+
+
+def test_report_closes_the_attempt_and_keeps_the_tails(tmp_path: Path) -> None:
+    clock = Clock()
+    with pool_for(tmp_path / "p.db", "pilot-a", clock) as pool:
+        pool.add([NewToken("t0", {"input": "x"})])
+        (lease,) = pool.claim(1)
+        assert pool.report(lease, make_report(lease.token, result(Outcome.DONE), 1)) is Saved.SAVED
+        token = pool.get("t0")
+        assert token.state is State.DONE
+        assert token.attempts[-1].outcome == "done" and token.attempts[-1].exit_code == 0
+        assert pool.tails("t0") == (b"out", b"err")
+
+
+def test_expired_lease_is_claimable_and_the_late_report_is_a_conflict(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "p.db"
+    with pool_for(path, "pilot-a", clock) as first, pool_for(path, "pilot-b", clock) as second:
+        first.add([NewToken("t0", {"input": "x"})])
+        (old,) = first.claim(1)
+        clock.now += 9
+        assert second.claim(1) == []  # still leased
+        clock.now += 2
+        (new,) = second.claim(1)
+        history = new.token.attempts
+        assert [a.pilot for a in history] == ["pilot-a", "pilot-b"]
+        assert history[0].outcome == "lease-expired"
+        assert first.renew([old]).lost == [old]
+        assert first.report(old, make_report(old.token, result(Outcome.DONE), 1)) is Saved.CONFLICT
+        assert second.report(new, make_report(new.token, result(Outcome.FAILED, 3), 1)) is Saved.SAVED
+        token = second.get("t0")
+        assert token.state is State.ERROR and token.attempts[-1].pilot == "pilot-b"
+
+
+def test_renewal_keeps_the_token_ours(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "p.db"
+    with pool_for(path, "pilot-a", clock) as first, pool_for(path, "pilot-b", clock) as second:
+        first.add([NewToken("t0", {})])
+        (lease,) = first.claim(1)
+        for _ in range(5):
+            clock.now += 8
+            (lease,) = first.renew([lease]).renewed
+            assert second.claim(1) == []
+        assert lease.expires == clock.now + 10
+
+
+def test_failures_are_charged_until_max_attempts_and_reset_gives_a_fresh_budget(tmp_path: Path) -> None:
+    clock = Clock()
+    with pool_for(tmp_path / "p.db", "pilot-a", clock) as pool:
+        pool.add([NewToken("t0", {})])
+        for expected in (State.TODO, State.ERROR):
+            (lease,) = pool.claim(1)
+            pool.report(lease, make_report(lease.token, result(Outcome.FAILED, 1), 2))
+            assert pool.get("t0").state is expected
+        assert pool.reset(locked=False, errors=True) == 1
+        token = pool.get("t0")
+        assert (token.state, token.failures, len(token.attempts)) == (State.TODO, 0, 2)
+
+
+def test_reset_locked_closes_the_open_attempt(tmp_path: Path) -> None:
+    with pool_for(tmp_path / "p.db", "pilot-a", Clock()) as pool:
+        pool.add([NewToken("t0", {})])
+        pool.claim(1)
+        assert pool.reset(locked=True, errors=False) == 1
+        assert pool.get("t0").attempts[-1].outcome == "reset"
+
+
+def test_a_duplicate_id_adds_nothing_and_names_the_id(tmp_path: Path) -> None:
+    with pool_for(tmp_path / "p.db", "pilot-a", Clock()) as pool:
+        pool.add([NewToken("a", {})])
+        with pytest.raises(TokenError, match="'a': already in the pool; nothing was added"):
+            pool.add([NewToken("b", {}), NewToken("a", {})])
+        assert pool.counts().total == 1
+
+
+def test_missing_pool_file_is_an_error_when_not_creating(tmp_path: Path) -> None:
+    with pytest.raises(PoolError, match="no such pool file"):
+        LocalPool(tmp_path / "none.db", Identity("p", "h", None), 10)
+
+
+def test_corrupt_file_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    path.write_bytes(b"this is not sqlite at all\n" * 100)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(PoolError, match="not a usable pool file"):
+        LocalPool(path, Identity("p", "h", None), 10, create=True)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_someone_elses_sqlite_file_is_not_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE results (x)")
+    before = path.read_bytes()
+    with pytest.raises(PoolError, match="not a pilot pool"):
+        LocalPool(path, Identity("p", "h", None), 10, create=True)
+    assert path.read_bytes() == before
+
+
+CLAIMER = """
+import json, sys
+from agent.identity import Identity
+from agent.pools.local import LocalPool
+from agent.pools import NewToken
+from agent.token import Outcome, Result, make_report
+pool = LocalPool(sys.argv[1], Identity(sys.argv[2], "h", None), 600)
+got = []
+while True:
+    leases = pool.claim(int(sys.argv[3]))
+    if not leases:
+        break
+    for lease in leases:
+        got.append(lease.token.id)
+        pool.report(lease, make_report(lease.token, Result(Outcome.DONE, "ok", 0, 0, 0), 1))
+print(json.dumps(got))
+"""
+
+
+def test_many_processes_claiming_at_once_never_share_a_token(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    with pool_for(path, "setup", Clock()) as pool:
+        pool.add(NewToken(f"t{i}", {}) for i in range(2000))
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, str(path), f"p{n}", str(1 + n % 3)],
+            stdout=subprocess.PIPE,
+            cwd=REPO,
+        )
+        for n in range(8)
+    ]
+    claimed = [json.loads(p.communicate(timeout=120)[0]) for p in processes]
+    every = [token for got in claimed for token in got]
+    assert len(every) == len(set(every)) == 2000
+    assert sum(1 for got in claimed if got) > 1  # they really competed

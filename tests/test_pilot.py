@@ -1,0 +1,174 @@
+"""The pilot end to end, through the built pilot.pyz as a subprocess, on the embedded local pool."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from conftest import REPO, Site, local_config, pool_rows, wait_for
+
+TASKS = REPO / "tests" / "tasks"
+PY = sys.executable
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie waiting for a parent that does not reap."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_two_pilots_with_two_slots_run_every_token_exactly_once(site: Site, reaper: list) -> None:
+    ran = site.folder / "ran.log"
+    site.write(local_config(site.folder, [PY, str(TASKS / "record.py"), str(ran), "{id}", "0.02"]))
+    assert site.run("tokens", "add", "--range", "60").returncode == 0
+    pilots = [site.start(log_name=f"pilot{n}.log") for n in range(2)]
+    reaper.extend(pilots)
+    assert [pilot.wait(timeout=180) for pilot in pilots] == [0, 0]
+    executed = ran.read_text().split()
+    assert len(executed) == 60 and set(executed) == {f"range-{i}" for i in range(60)}
+    assert site.status() == {"todo": 0, "locked": 0, "done": 60, "error": 0, "total": 60}
+    for n in range(2):
+        log = (site.folder / f"pilot{n}.log").read_text()
+        assert " INFO done in " in log, "both pilots should have run tasks"
+        assert "pilot ends (exit 0): pool empty" in log
+    for row in pool_rows(site.folder / "pool.db"):
+        assert [a["outcome"] for a in row["attempts"]] == ["done"]
+
+
+def test_a_pilot_killed_mid_task_loses_its_token_to_another_after_the_lease(site: Site, reaper: list) -> None:
+    ran = site.folder / "ran.log"
+    site.write(
+        local_config(
+            site.folder,
+            [PY, str(TASKS / "record.py"), str(ran), "{id}", "{input}"],
+            server={"lease": "2s"},
+            pilot={"slots": 1, "idle_timeout": "60s"},
+        )
+    )
+    (site.folder / "one.jsonl").write_text(json.dumps({"id": "slow", "input": "3"}) + "\n")
+    assert site.run("tokens", "add", "--jsonl", "one.jsonl").returncode == 0
+    first = site.start(log_name="first.log")
+    reaper.append(first)
+    pid_file = wait_for(lambda: next((site.folder / "work").glob("*/slow.1/pid"), None), 30, what="task start")
+    task_pid = int(wait_for(pid_file.read_text, 5, what="task pid"))
+    # The node goes away: the pilot and its task die at once, nobody says goodbye.
+    os.kill(first.pid, signal.SIGKILL)
+    os.killpg(task_pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    assert site.status()["locked"] == 1
+    second = site.start(log_name="second.log")
+    reaper.append(second)
+    assert second.wait(timeout=60) == 0
+    assert ran.read_text().split() == ["slow"]
+    token = site.token("slow")
+    assert token["state"] == "done"
+    assert [a["outcome"] for a in token["attempts"]] == ["lease-expired", "done"]
+    assert token["attempts"][0]["pilot"] != token["attempts"][1]["pilot"]
+
+
+def test_timeouts_missing_commands_and_failures_are_errors_and_the_pilot_goes_on(site: Site) -> None:
+    site.write(local_config(site.folder, ["{prog}", "{arg}"], task={"timeout": "1s", "kill_grace": "1s"}))
+    tokens = [
+        {"id": "slow", "prog": "/bin/sleep", "arg": "30"},
+        {"id": "missing", "prog": "/nonexistent/tool", "arg": ""},
+        {"id": "failing", "prog": "/bin/false", "arg": ""},
+        {"id": "no-field", "prog": "/bin/true"},
+        {"id": "fine", "prog": "/bin/true", "arg": ""},
+    ]
+    (site.folder / "t.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tokens))
+    assert site.run("tokens", "add", "--jsonl", "t.jsonl").returncode == 0
+    result = site.run()
+    assert result.returncode == 0, result.stderr
+    rows = {row["id"]: row for row in pool_rows(site.folder / "pool.db")}
+    assert rows["fine"]["state"] == "done"
+    assert rows["slow"]["state"] == "error" and rows["slow"]["reason"].startswith("timeout: still running after")
+    assert rows["slow"]["attempts"][0]["outcome"] == "timeout"
+    assert rows["missing"]["state"] == "error" and rows["missing"]["reason"] == "command not found: /nonexistent/tool"
+    assert rows["failing"]["state"] == "error" and rows["failing"]["exit_code"] == 1
+    assert rows["no-field"]["state"] == "error" and "has no field 'arg'" in rows["no-field"]["reason"]
+    assert "pool empty" in result.stderr
+
+
+NASTY_LINES = [
+    b"; touch pwned1",
+    b"$(touch pwned2)",
+    b"`touch pwned3`",
+    b"'quoted' \"double\" && touch pwned4 | cat > pwned5",
+    b"caf\xc3\xa9 with raw \xff\xfe bytes",
+    b"  spaces around  ",
+    b"--flag-looking -rf ~",
+]
+
+
+def test_shell_syntax_in_tokens_is_passed_as_data_and_never_executed(site: Site) -> None:
+    out = site.folder / "out"
+    out.mkdir()
+    (site.folder / "nasty.txt").write_bytes(b"\n".join(NASTY_LINES) + b"\n")
+    (site.folder / "more.jsonl").write_text(json.dumps({"id": "newline", "input": "a\n; touch pwned6\n'b\""}) + "\n")
+    site.write(local_config(site.folder, [PY, str(TASKS / "echo_bytes.py"), str(out), "{id}", "{input}"]))
+    assert site.run("tokens", "add", "--lines", "nasty.txt").returncode == 0
+    assert site.run("tokens", "add", "--jsonl", "more.jsonl").returncode == 0
+    result = site.run()
+    assert result.returncode == 0, result.stderr
+    expected = {f"nasty-{n}": line for n, line in enumerate(NASTY_LINES, start=1)}
+    expected["newline"] = b"a\n; touch pwned6\n'b\""
+    for token_id, value in expected.items():
+        assert (out / f"{token_id}.argv").read_bytes() == value, token_id
+        assert (out / f"{token_id}.env").read_bytes() == value, token_id
+    assert not [p for p in site.folder.rglob("pwned*")]
+    assert not [p for p in Path.cwd().glob("pwned*")]
+
+
+def test_a_shell_command_gets_values_through_the_environment(site: Site) -> None:
+    out = site.folder / "out"
+    out.mkdir()
+    script = 'printf "%s" "$PILOT_TOKEN_INPUT" > "$0/$PILOT_TOKEN_ID"'
+    site.write(local_config(site.folder, ["sh", "-c", script, str(out)]))
+    (site.folder / "nasty.txt").write_bytes(b"\n".join(NASTY_LINES) + b"\n")
+    assert site.run("tokens", "add", "--lines", "nasty.txt").returncode == 0
+    assert site.run().returncode == 0
+    for n, line in enumerate(NASTY_LINES, start=1):
+        assert (out / f"nasty-{n}").read_bytes() == line
+    assert not [p for p in site.folder.rglob("pwned*")]
+
+
+def test_a_timed_out_task_is_killed_with_its_grandchildren_even_detached_ones(site: Site) -> None:
+    # A child in the task's process group, and one that left it with setsid and ignores TERM.
+    script = (
+        "sleep 300 & echo $! > grandchild; "
+        'setsid sh -c \'trap "" TERM; exec sleep 301\' & echo $! > detached; '
+        "wait"
+    )
+    site.write(local_config(site.folder, ["sh", "-c", script], task={"timeout": "1s", "kill_grace": "1s"}))
+    assert site.run("tokens", "add", "--range", "1").returncode == 0
+    result = site.run()
+    assert result.returncode == 0, result.stderr
+    (folder,) = (site.folder / "work").glob("*/range-0.1")
+    grandchild = int((folder / "grandchild").read_text())
+    detached = int((folder / "detached").read_text())
+    wait_for(lambda: not alive(grandchild) and not alive(detached), 10, what="grandchildren to die")
+    assert "timeout: still running after 1.0s, killed" in result.stderr
+
+
+def test_max_tasks_stops_claiming_and_leaves_the_rest(site: Site) -> None:
+    site.write(local_config(site.folder, ["/bin/true"], pilot={"max_tasks": 3, "slots": 2}))
+    assert site.run("tokens", "add", "--range", "10").returncode == 0
+    result = site.run()
+    assert result.returncode == 0
+    assert "max_tasks (3) reached" in result.stderr
+    assert site.status() == {"todo": 7, "locked": 0, "done": 3, "error": 0, "total": 10}
+
+
+def test_task_folders_are_kept_only_for_failures_by_default(site: Site) -> None:
+    site.write(local_config(site.folder, ["sh", "-c", 'test "$PILOT_TOKEN_INPUT" != 1']))
+    assert site.run("tokens", "add", "--range", "3").returncode == 0
+    assert site.run().returncode == 0
+    kept = sorted(p.name for p in (site.folder / "work").glob("*/*"))
+    assert kept == ["range-1.1"]
+    assert (site.folder / "work").glob("*/range-1.1/stderr")
