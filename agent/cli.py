@@ -12,23 +12,24 @@ import functools
 import json
 import logging
 import os
-import shutil
-import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 import click
 
-from agent import __version__, logs
-from agent.config import Config, load
+from agent import __version__
 from agent.errors import ExitCode, PilotError, UsageError
-from agent.identity import make_identity
-from agent.pools import NewToken, Pool, open_pool
-from agent.token import check_token_id
-from agent.units import parse_duration
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from agent.config import Config
+    from agent.identity import Identity
+    from agent.pools import NewToken, Pool
+
+# Everything else is imported where it is used: `pilot.pyz --version` and `--help` stay as quick as
+# the interpreter plus click, and a local pilot never imports urllib3.
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,18 +40,39 @@ class Context:
     def __init__(self) -> None:
         self.config_path: Optional[Path] = None
         self.verbosity = 0
-        self.identity = make_identity(os.environ, socket.gethostname(), os.getpid())
+        self._identity: Optional[Identity] = None
+
+    @property
+    def identity(self) -> Identity:
+        if self._identity is None:
+            import socket
+
+            from agent.identity import make_identity
+
+            self._identity = make_identity(os.environ, socket.gethostname(), os.getpid())
+        return self._identity
+
+    def setup_logging(self) -> None:
+        from agent import logs
+
+        logs.setup(self.identity.pilot_id, self.verbosity)
 
     def config(self, walltime: Optional[float] = None) -> Config:
+        from agent.config import load
+
         if self.config_path is None:
             raise UsageError("no configuration: pass --config site.toml (or set PILOT_CONFIG)")
         return load(self.config_path, os.environ, walltime_override=walltime)
 
     def pool(self, config: Config, *, create: bool = False) -> Pool:
+        from agent.pools import open_pool
+
         return open_pool(config.server, self.identity, create=create)
 
 
 def _duration(value: Optional[str]) -> Optional[float]:
+    from agent.units import parse_duration
+
     if value is None:
         return None
     try:
@@ -76,7 +98,7 @@ def common(command: F) -> F:
     def wrapper(ctx: Context, config_path: Optional[Path], verbose: bool, quiet: bool, **kwargs: Any) -> Any:
         ctx.config_path = config_path or ctx.config_path
         ctx.verbosity = 1 if verbose else -1 if quiet else ctx.verbosity
-        logs.setup(ctx.identity.pilot_id, ctx.verbosity)
+        ctx.setup_logging()
         return command(ctx, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -114,7 +136,7 @@ def cli(
     obj.config_path = config_path
     obj.verbosity = 1 if verbose else -1 if quiet else 0
     if ctx.invoked_subcommand is None:
-        logs.setup(obj.identity.pilot_id, obj.verbosity)
+        obj.setup_logging()
         ctx.exit(_run(obj, _duration(walltime)))
 
 
@@ -195,6 +217,8 @@ def tokens_add(
         ./pilot.pyz tokens add --config site.toml --jsonl params.jsonl
         ./pilot.pyz tokens add --config site.toml --range 1000
     """
+    from agent.pools import NewToken
+
     chosen = [option for option in (lines_file, jsonl_file, count) if option is not None]
     if len(chosen) != 1:
         raise UsageError("give exactly one of --lines FILE, --jsonl FILE or --range N")
@@ -228,11 +252,16 @@ def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def _from_lines(path: Path, prefix: str) -> Iterator[NewToken]:
+    from agent.pools import NewToken
+
     for number, line in _read_lines(path):
         yield NewToken(f"{prefix}-{number}", {"input": line})
 
 
 def _from_jsonl(path: Path, prefix: str) -> Iterator[NewToken]:
+    from agent.pools import NewToken
+    from agent.token import check_token_id
+
     for number, line in _read_lines(path):
         try:
             fields = json.loads(line)
@@ -331,6 +360,8 @@ def check(ctx: Context) -> None:
     Example:
         ./pilot.pyz check --config site.toml
     """
+    import shutil
+
     config = ctx.config()
     click.echo(f"config {config.path}: ok")
     with ctx.pool(config) as pool:
@@ -342,6 +373,86 @@ def check(ctx: Context) -> None:
         if found is None or not os.access(found, os.X_OK):
             raise UsageError(f"task.command: program {program!r} not found or not executable on this node")
         click.echo(f"program {program}: {found}")
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """Fill, list and clean this node's cache of the [cache.files] entries."""
+
+
+@cache_group.command("fetch")
+@common
+def cache_fetch(ctx: Context) -> None:
+    """Make every [cache.files] entry ready on this node (to warm a node ahead of its jobs).
+
+    \b
+    Example:
+        ./pilot.pyz cache fetch --config site.toml
+    """
+    from agent.cache import Cache
+
+    config = ctx.config()
+    if not config.cache.files:
+        raise UsageError(f"{config.path}: no [cache.files.<name>] entries to fetch")
+    with Cache(config.cache).prepare() as held:
+        for name, path in held.paths.items():
+            click.echo(f"{name}: {path}")
+
+
+@cache_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
+@common
+def cache_list(ctx: Context, as_json: bool) -> None:
+    """Show the entries in the cache folder: size, age, whether a pilot uses them.
+
+    \b
+    Example:
+        ./pilot.pyz cache list --config site.toml
+    """
+    import dataclasses
+    import time
+
+    from agent.cache import Cache
+    from agent.units import format_duration, format_size
+
+    config = ctx.config()
+    listed = Cache(config.cache).list()
+    if as_json:
+        for item in listed:
+            click.echo(json.dumps(dataclasses.asdict(item)))
+        return
+    click.echo(f"cache folder {config.cache.dir}: {len(listed)} entries")
+    now = time.time()
+    for item in listed:
+        age = format_duration(now - item.created) if item.created else "-"
+        used = "in use" if item.in_use else "unused"
+        names = f" [{', '.join(item.names)}]" if item.names else ""
+        click.echo(
+            f"  {item.key:<40} {item.state:<8} {format_size(item.size):>9} {age:>7} {used:<6} "
+            f"{item.source}{names}"
+        )
+
+
+@cache_group.command("clean")
+@common
+def cache_clean(ctx: Context) -> None:
+    """Remove every entry that no pilot on this node uses, and interrupted downloads.
+
+    \b
+    Example:
+        ./pilot.pyz cache clean --config site.toml
+    """
+    from agent.cache import Cache
+    from agent.units import format_size
+
+    config = ctx.config()
+    removed, kept = Cache(config.cache).clean()
+    for item in removed:
+        click.echo(f"removed {item.key} ({format_size(item.size)})")
+    for item in kept:
+        click.echo(f"kept {item.key}: in use")
+    freed = format_size(sum(item.size for item in removed))
+    click.echo(f"{len(removed)} removed ({freed} freed), {len(kept)} in use and kept")
 
 
 def main() -> None:

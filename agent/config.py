@@ -100,7 +100,7 @@ class PilotConfig:
     slots: int
     workdir: Path
     max_tasks: int  # 0: no limit
-    idle_timeout: float  # how long a pilot with nothing to claim waits for tokens before it exits
+    idle_timeout: float  # how long a pilot with nothing to claim waits for tokens other pilots still hold
     keep_workdirs: str  # "always", "failed" or "never"
     black_hole_failures: int  # consecutive failures of different tokens that stop the pilot; 0: never
     black_hole_window: float
@@ -127,6 +127,7 @@ class CacheConfig:
     dir: Path
     max_size: Optional[int]
     files: tuple[CacheFile, ...] = ()
+    timeout: float = 60.0  # seconds a download may stall before it is resumed
 
 
 @dataclass(frozen=True)
@@ -453,8 +454,9 @@ def _cache(table: _Table, base: Path, environ: Mapping[str, str]) -> CacheConfig
             )
         )
         entry.finish()
+    timeout = table.duration("timeout", 60.0)
     table.finish()
-    return CacheConfig(dir=directory, max_size=max_size, files=tuple(files))
+    return CacheConfig(dir=directory, max_size=max_size, files=tuple(files), timeout=timeout)
 
 
 def _source(entry: _Table, base: Path, environ: Mapping[str, str]) -> str:

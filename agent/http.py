@@ -116,6 +116,8 @@ class HttpClient:
             all_headers.setdefault("Content-Type", "application/json")
         repeatable = retry if retry is not None else method in IDEMPOTENT
         retries = self.retry if repeatable else Retry(0, read=False)
+        if repeatable and method not in IDEMPOTENT:
+            retries = retries.new(allowed_methods=None)  # the caller vouches that this one is safe to repeat
         limit = self.timeout if timeout is None else Timeout(connect=min(timeout, 10.0), read=timeout)
         try:
             response = self.manager.request(
@@ -150,10 +152,28 @@ class HttpClient:
         try:
             yield response
         finally:
+            if not response.closed:
+                response.close()  # a body left unread must not go back to the pool with its connection
             response.release_conn()
 
     def close(self) -> None:
         self.manager.clear()
+
+
+def chunks(response: Any, url: str, size: int) -> Iterator[bytes]:
+    """The body of a ``stream`` response as it is on the wire (no decoding), ``size`` bytes at a time.
+
+    A connection that breaks, stalls past the read timeout or ends before Content-Length is
+    ServerUnreachable, so callers can resume without importing urllib3.
+    """
+    try:
+        while True:
+            data = response.read(size, decode_content=False)
+            if not data:
+                return
+            yield data
+    except (HTTPError, OSError) as err:
+        raise ServerUnreachable(redact(url), _reason(err)) from None
 
 
 def _reason(err: BaseException) -> str:
@@ -167,6 +187,7 @@ def _reason(err: BaseException) -> str:
         ("CERTIFICATE_VERIFY_FAILED", "TLS certificate verification failed"),
         ("Connection reset", "connection reset"),
         ("Remote end closed", "connection closed by the server"),
+        ("IncompleteRead", "connection closed before the end of the body"),
     ):
         if marker in text:
             return short

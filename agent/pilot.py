@@ -10,27 +10,30 @@ import contextlib
 import hashlib
 import logging
 import re
-import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
 from agent import runner, template
+from agent.breaker import Breaker
 from agent.config import Config
-from agent.errors import ExitCode
+from agent.errors import ExitCode, ServerUnreachable
 from agent.identity import Identity
+from agent.journal import Journal
+from agent.outage import Outage
 from agent.pools import Lease, Pool, Saved
+from agent.reporter import Reporter
 from agent.runner import Payload, Stop
 from agent.signals import Signals
 from agent.token import Outcome, Report, Result, State, make_report
 from agent.units import format_duration
-from agent.walltime import Walltime
+from agent.walltime import TOKEN_ESTIMATE, Walltime, token_estimate
 
 log = logging.getLogger(__name__)
 
-EMPTY_POLL = 10.0  # seconds between looks at a pool that had nothing to claim
+EMPTY_POLL = 10.0  # at most this many seconds between looks at a pool that had nothing to claim
 MAX_SLEEP = 60.0
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -47,6 +50,15 @@ class Ending:
 class Running:
     lease: Lease
     payload: Payload
+
+
+@dataclass
+class Suspect:
+    """A failure held back while the breaker decides whether the token or the node is to blame."""
+
+    lease: Lease
+    result: Result
+    folder: Path
 
 
 @dataclass
@@ -85,13 +97,30 @@ class Pilot:
         self.clock = clock
         self.wallclock = wallclock
         self.folder = config.pilot.workdir / identity.pilot_id
+        self.config_dir = str(config.path.resolve().parent)
+        # What every task's environment starts from; the token's fields are added per task.
+        self.base_env = {
+            **environ,
+            **config.task.env,
+            "PILOT_ID": identity.pilot_id,
+            "PILOT_CONFIG_DIR": self.config_dir,
+        }
         self.running: dict[str, Running] = {}
+        self.outage = Outage(config.server.max_outage)
+        self.journal = Journal(config.pilot.workdir / "journal", identity.pilot_id)
+        self.reporter = Reporter(pool, self.journal, self.outage, clock)
+        self.breaker = Breaker(config.pilot.black_hole_failures, config.pilot.black_hole_window)
+        self.suspects: dict[str, Suspect] = {}
+        self.black_hole = ""  # why the breaker tripped, once it has
         self.tally = Tally()
         self.claimed = 0
         self.draining: Optional[str] = None
         self.stopping: Optional[Ending] = None
         self.killed = False
         self.idle_since: Optional[float] = None
+        self.locked_elsewhere = 0  # tokens other pilots held when we last found nothing to claim
+        # A dead pilot's token comes back after one lease: look again at least twice per lease.
+        self.empty_poll = min(EMPTY_POLL, config.server.lease / 2)
         self.next_claim = 0.0
         self.next_renewal = 0.0
 
@@ -99,21 +128,27 @@ class Pilot:
 
     def run(self) -> Ending:
         self._announce()
+        self.reporter.adopt_orphans(self._count)  # results a dead pilot on this node could not send
         with self.signals:
             try:
                 while True:
                     self._heed_signals()
+                    self._heed_server()
                     for lease in self._claim():
-                        self._run(lease)
+                        if self._fits(lease):
+                            self._run(lease)
                     ending = self._ending()
                     if ending is not None:
                         return ending
                     self.signals.wait(self._sleep_time())
+                    self._heed_signals()  # before reaping: a task killed along with us is interrupted
                     for running, result in self._finished():
                         self._report(running, result)
+                    self._heed_suspects()
                     self._keep_leases()
             finally:
                 self._abandon()
+                self.journal.close()
                 self._tidy_pilot_folder()
 
     # -- claim -------------------------------------------------------------------------------------
@@ -123,22 +158,40 @@ class Pilot:
         if not wanted:
             return []
         now = self.clock()
-        leases = self.pool.claim(wanted)
+        try:
+            leases = self.pool.claim(wanted)
+        except ServerUnreachable as err:
+            self.reporter.unreachable(err)
+            return []
+        self.reporter.reachable()
         self.claimed += len(leases)
         if len(leases) < wanted:
-            self.next_claim = now + EMPTY_POLL
-            if not leases and not self.running and self.idle_since is None:
-                self.idle_since = now
+            self.next_claim = now + self.empty_poll
+            if not leases and not self.running:
+                self._note_idle(now)
         if leases:
             self.idle_since = None
             if not self.running:
                 self.next_renewal = now + self.config.server.lease / 3
         return leases
 
+    def _note_idle(self, now: float) -> None:
+        """Nothing to claim and nothing running. Waiting only helps while other pilots hold tokens that
+        may come back (their pilot may be dead), and then at most pilot.idle_timeout."""
+        if self.idle_since is None:
+            self.idle_since = now
+        if not self.config.pilot.idle_timeout:
+            self.locked_elsewhere = 0
+            return
+        try:
+            self.locked_elsewhere = self.pool.counts().locked
+        except ServerUnreachable as err:
+            self.reporter.unreachable(err)
+
     def _claims_wanted(self) -> int:
         """How many tokens to claim now: free slots, unless draining, stopping, or the pool was just empty."""
-        if self.stopping or self.draining:
-            return 0
+        if self.stopping or self.draining or self.breaker.tripped or len(self.journal):
+            return 0  # a journal to send means the server was away: results first, then new work
         free = self.config.pilot.slots - len(self.running)
         max_tasks = self.config.pilot.max_tasks
         if max_tasks:
@@ -147,13 +200,34 @@ class Pilot:
                 return 0
             free = min(free, max_tasks - self.claimed)
         now = self.clock()
-        if free <= 0 or now < self.next_claim:
+        if free <= 0 or now < self.next_claim or not self.outage.may_try(now):
             return 0
         verdict = self.walltime.verdict(now)
         if verdict is not None:
             self._drain(verdict)
             return 0
         return free
+
+    # -- walltime: a token's own estimate -----------------------------------------------------------
+
+    def _fits(self, lease: Lease) -> bool:
+        """False for a token whose own estimate (field ``expected_duration``) does not fit before the job's
+        end: it goes back to todo uncharged, for a pilot with more time, and this pilot drains."""
+        token = lease.token
+        try:
+            estimate = token_estimate(token.fields)
+        except ValueError as err:
+            log.warning("ignoring the token's %s: %s", TOKEN_ESTIMATE, err, extra={"token": token.id})
+            return True
+        verdict = None if estimate is None else self.walltime.verdict(self.clock(), estimate, TOKEN_ESTIMATE)
+        if verdict is None:
+            return True
+        folder = self.folder / task_folder_name(token.id, len(token.attempts))
+        self._report_now(
+            lease, Result(Outcome.INTERRUPTED, f"not started: {verdict}", None, self.wallclock()), folder
+        )
+        self._drain(verdict)
+        return False
 
     # -- run ---------------------------------------------------------------------------------------
 
@@ -162,9 +236,7 @@ class Pilot:
         attempt_number = len(token.attempts)
         folder = self.folder / task_folder_name(token.id, attempt_number)
         values = template.token_values(token.id, token.fields, self.cache_paths)
-        values.update(
-            {"pilot.config_dir": str(self.config.path.resolve().parent), "pilot.task_dir": str(folder)}
-        )
+        values.update({"pilot.config_dir": self.config_dir, "pilot.task_dir": str(folder)})
         try:
             argv = [template.render(word, values) for word in self.config.task.command]
         except (template.MissingField, template.UnsafeValue) as err:
@@ -172,12 +244,9 @@ class Pilot:
             self._report_now(lease, Result(Outcome.NOT_STARTED, str(err), now, now), folder)
             return
         env = {
-            **self.environ,
-            **self.config.task.env,
+            **self.base_env,
             **template.task_environment(token.id, token.fields, self.cache_paths),
-            "PILOT_ID": self.identity.pilot_id,
             "PILOT_TASK_DIR": str(folder),
-            "PILOT_CONFIG_DIR": values["pilot.config_dir"],
         }
         started = runner.start(
             token_id=token.id,
@@ -193,7 +262,8 @@ class Pilot:
             self._report_now(lease, started, folder)
             return
         self.running[token.id] = Running(lease, started)
-        log.info("started (attempt %d): %s", attempt_number, " ".join(argv), extra={"token": token.id})
+        if log.isEnabledFor(logging.INFO):
+            log.info("started (attempt %d): %s", attempt_number, " ".join(argv), extra={"token": token.id})
 
     def _finished(self) -> list[tuple[Running, Result]]:
         now = self.clock()
@@ -213,16 +283,75 @@ class Pilot:
         self._report_now(running.lease, result, running.payload.folder)
 
     def _report_now(self, lease: Lease, result: Result, folder: Path) -> None:
+        """Report, except a failure while the black-hole breaker cannot yet tell whether the token or the
+        node is at fault: that one is held (its lease kept) until a success or the window says token."""
+        if result.outcome.charged and self.breaker.limit:
+            if not self.breaker.tripped:
+                self.suspects[lease.token.id] = Suspect(lease, result, folder)
+                if self.breaker.failure(lease.token.id, self.clock()):
+                    self._trip()
+                return
+            result = self._absolved(result)
+        elif result.outcome is Outcome.DONE:
+            self._release_suspects(self.breaker.success())
+        self._deliver(lease, result, folder)
+
+    def _deliver(self, lease: Lease, result: Result, folder: Path) -> None:
         report = make_report(lease.token, result, self.config.task.max_attempts)
-        saved = self.pool.report(lease, report)
-        self._count(lease, report, saved)
+        saved = self.reporter.send(lease, report)
+        if saved is not None:
+            self._count(lease, report, saved)
         if result.outcome in (Outcome.DONE, Outcome.FAILED) and result.duration is not None:
             self.walltime.estimator.record(result.duration)
         self._tidy_task_folder(folder, report)
 
+    # -- black holes -------------------------------------------------------------------------------
+
+    def _trip(self) -> None:
+        limit, window = self.breaker.limit, format_duration(self.breaker.window)
+        self.black_hole = (
+            f"black hole: {limit} different tokens failed in a row within {window} on this node; "
+            "their tokens were given back uncharged"
+        )
+        log.error("%s; no more claims", self.black_hole)
+        for token_id in list(self.suspects):
+            suspect = self.suspects.pop(token_id)
+            self._deliver(suspect.lease, self._absolved(suspect.result), suspect.folder)
+
+    def _absolved(self, result: Result) -> Result:
+        """A failure blamed on the node: given back to todo, not charged to the token."""
+        return replace(
+            result, outcome=Outcome.UNHEALTHY, reason=f"not charged, {self.black_hole}: {result.reason}"
+        )
+
+    def _release_suspects(self, token_ids: list[str]) -> None:
+        """These failures were the tokens' own: report them, charged."""
+        for token_id in token_ids:
+            suspect = self.suspects.pop(token_id, None)
+            if suspect is not None:
+                self._deliver(suspect.lease, suspect.result, suspect.folder)
+
+    def _heed_suspects(self) -> None:
+        if self.suspects:
+            self._release_suspects(self.breaker.expire(self.clock()))
+
+    # -- the server --------------------------------------------------------------------------------
+
+    def _heed_server(self) -> None:
+        """Send what the journal holds; give up when the server has been away longer than max_outage."""
+        self.reporter.flush(self._count)
+        now = self.clock()
+        if self.stopping is None and self.outage.exceeded(now):
+            limit = format_duration(self.config.server.max_outage)
+            reason = (
+                f"{self.outage.describe(now)}, longer than server.max_outage ({limit}); unsent reports stay "
+                f"in {self.journal.folder} for the next pilot on this node, leases are left to expire"
+            )
+            log.error("%s", reason)
+            self._stop(Ending(ExitCode.SERVER_UNREACHABLE, reason), "the pool server stayed unreachable")
+
     def _count(self, lease: Lease, report: Report, saved: Saved) -> None:
         token, result = lease.token, report.result
-        took = f" in {format_duration(result.duration)}" if result.duration is not None else ""
         extra = {"token": token.id}
         if saved is Saved.CONFLICT:
             self.tally.conflicts += 1
@@ -233,13 +362,14 @@ class Pilot:
             )
         elif report.state is State.DONE:
             self.tally.done += 1
-            log.info("done%s", took, extra=extra)
+            if log.isEnabledFor(logging.INFO):
+                log.info("done%s", _took(result), extra=extra)
         elif result.outcome.charged:
             self.tally.failed += 1
             where = "error" if report.state is State.ERROR else "todo for another attempt"
             log.warning(
                 "failed%s: %s; token to %s (failure %d of at most %d)",
-                took,
+                _took(result),
                 result.reason,
                 where,
                 report.failures,
@@ -257,14 +387,25 @@ class Pilot:
         if not self.running or now < self.next_renewal:
             return
         self.next_renewal = now + self.config.server.lease / 3
-        renewal = self.pool.renew([running.lease for running in self.running.values()])
+        held = [running.lease for running in self.running.values()]
+        held += [suspect.lease for suspect in self.suspects.values()]
+        try:
+            renewal = self.pool.renew(held)
+        except ServerUnreachable as err:
+            self.reporter.unreachable(err)
+            return
+        self.reporter.reachable()
         for lease in renewal.renewed:
-            self.running[lease.token.id].lease = lease
+            holder = self.running.get(lease.token.id) or self.suspects[lease.token.id]
+            holder.lease = lease
         for lease in renewal.lost:
-            log.warning(
-                "lease lost (token reset or taken by another pilot): stopping its task",
-                extra={"token": lease.token.id},
-            )
+            extra = {"token": lease.token.id}
+            if self.suspects.pop(lease.token.id, None) is not None:
+                log.warning(
+                    "lease lost while its failure was held back; the failure is not reported", extra=extra
+                )
+                continue
+            log.warning("lease lost (token reset or taken by another pilot): stopping its task", extra=extra)
             self.running[lease.token.id].payload.terminate(
                 Stop(Outcome.LEASE_LOST, "lease lost: the token was reset or is held by another pilot")
             )
@@ -276,12 +417,12 @@ class Pilot:
         if signals.stop_signal is not None and self.stopping is None:
             name = signals.stop_signal.name
             code = ExitCode.INTERRUPTED if name == "SIGINT" else ExitCode.TERMINATED
-            self.stopping = Ending(code, f"stopped by {name}; running tasks were given back")
             log.warning(
                 "%s: stopping %d running task(s) and giving their tokens back", name, len(self.running)
             )
-            for running in self.running.values():
-                running.payload.terminate(Stop(Outcome.INTERRUPTED, f"interrupted: the pilot got {name}"))
+            self._stop(
+                Ending(code, f"stopped by {name}; running tasks were given back"), f"the pilot got {name}"
+            )
         if signals.stops >= 2 and not self.killed:
             self.killed = True
             log.warning("second stop signal: killing running tasks now")
@@ -292,21 +433,46 @@ class Pilot:
         if signals.drain_signal is not None:
             self._drain(f"drain requested by {signals.drain_signal.name}")
 
+    def _stop(self, ending: Ending, why: str) -> None:
+        """End soon: TERM every running task (KILL after the grace), report held failures as they are."""
+        self.stopping = ending
+        for running in self.running.values():
+            running.payload.terminate(Stop(Outcome.INTERRUPTED, f"interrupted: {why}"))
+        self._release_suspects(list(self.suspects))
+
     def _drain(self, reason: str) -> None:
         if self.draining is None:
             self.draining = reason
             log.info("%s: no more claims; %d running task(s) may finish", reason, len(self.running))
 
     def _ending(self) -> Optional[Ending]:
-        if self.running:
-            return None
-        if self.stopping is not None:
+        if self.stopping is not None and not self.running:
             return self.stopping
-        if self.draining is not None:
-            return Ending(ExitCode.OK, self.draining)
-        if self.idle_since is not None and self.clock() - self.idle_since >= self.config.pilot.idle_timeout:
+        if self.running or len(self.journal):
+            return None  # results first: wait for the server, at most server.max_outage
+        if self.breaker.tripped:
+            return Ending(ExitCode.BLACK_HOLE, self.black_hole)
+        ending = Ending(ExitCode.OK, self.draining) if self.draining is not None else self._idle_ending()
+        if ending is not None and self.suspects:
+            self._release_suspects(list(self.suspects))  # nothing left to compare with: real failures
+            return None
+        return ending
+
+    def _idle_ending(self) -> Optional[Ending]:
+        """Idle: end now unless other pilots hold tokens that may come back, and wait for those at most
+        pilot.idle_timeout."""
+        if self.idle_since is None:
+            return None
+        if not self.locked_elsewhere:
             return Ending(ExitCode.OK, "pool empty: nothing left to claim")
-        return None
+        waited = self.config.pilot.idle_timeout
+        if self.clock() - self.idle_since < waited:
+            return None
+        return Ending(
+            ExitCode.OK,
+            f"pool empty: nothing to claim, {self.locked_elsewhere} token(s) still locked by other pilots "
+            f"after waiting {format_duration(waited)}",
+        )
 
     def _sleep_time(self) -> float:
         now = self.clock()
@@ -321,10 +487,15 @@ class Pilot:
             wake.append(self.next_claim)
         if self.idle_since is not None:
             wake.append(self.idle_since + self.config.pilot.idle_timeout)
+        if self.outage.down or len(self.journal):
+            wake.append(self.outage.next_try)
+        if self.breaker.streak:
+            wake.append(self.breaker.streak[0][1] + self.breaker.window)
         return max(0.0, min(wake) - now)
 
     def _abandon(self) -> None:
         """On the way out with tasks still running (an error in the loop): kill them, give tokens back."""
+        self._release_suspects(list(self.suspects))
         for token_id, running in list(self.running.items()):
             running.payload.kill_now(Stop(Outcome.INTERRUPTED, "interrupted: the pilot hit an error"))
             running.payload.popen.wait()
@@ -346,7 +517,7 @@ class Pilot:
         keep = self.config.pilot.keep_workdirs
         if keep == "always" or (keep == "failed" and report.state is not State.DONE):
             return
-        shutil.rmtree(folder, ignore_errors=True)
+        runner.remove_folder(folder)
 
     def _tidy_pilot_folder(self) -> None:
         with contextlib.suppress(OSError):
@@ -366,6 +537,10 @@ class Pilot:
             self.folder,
         )
         log.info("%s", self.walltime.describe(self.clock()))
+
+
+def _took(result: Result) -> str:
+    return f" in {format_duration(result.duration)}" if result.duration is not None else ""
 
 
 def task_folder_name(token_id: str, attempt: int) -> str:

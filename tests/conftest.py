@@ -158,6 +158,15 @@ def pool_rows(pool: Path) -> list[dict[str, Any]]:
     ]
 
 
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie waiting for a parent that does not reap."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def wait_for(predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

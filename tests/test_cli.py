@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import Site, local_config, to_toml
 
 from agent import __version__
 from agent.errors import ExitCode
-from conftest import Site, local_config, to_toml
 
 
 def digest(path: Path) -> str:
@@ -40,7 +40,15 @@ def test_version(site: Site) -> None:
 
 
 def test_every_command_has_help_with_examples(site: Site) -> None:
-    for command in (["run"], ["tokens", "add"], ["tokens", "show"], ["status"], ["reset"], ["check"], ["init"]):
+    for command in (
+        ["run"],
+        ["tokens", "add"],
+        ["tokens", "show"],
+        ["status"],
+        ["reset"],
+        ["check"],
+        ["init"],
+    ):
         result = site.run(*command, "--help", config=False)
         assert result.returncode == 0 and "Example" in result.stdout, command
 
@@ -48,13 +56,18 @@ def test_every_command_has_help_with_examples(site: Site) -> None:
 BAD_CONFIGS = {
     "broken TOML": ("[task\ncommand = 1\n", "invalid TOML"),
     "unknown key": (to_toml({"task": {"command": ["x"], "comand": ["y"]}}), "task.comand: unknown key"),
-    "wrong type": (to_toml({"task": {"command": ["x"]}, "pilot": {"slots": "two"}}), "pilot.slots: expected an"),
+    "wrong type": (
+        to_toml({"task": {"command": ["x"]}, "pilot": {"slots": "two"}}),
+        "pilot.slots: expected an",
+    ),
     "empty command": (to_toml({"task": {"command": []}}), "task.command: is empty"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_CONFIGS)
-def test_bad_config_stops_before_claiming_with_one_line(site: Site, pool_with_tokens: Path, case: str) -> None:
+def test_bad_config_stops_before_claiming_with_one_line(
+    site: Site, pool_with_tokens: Path, case: str
+) -> None:
     text, expected = BAD_CONFIGS[case]
     before = digest(pool_with_tokens)
     site.config.write_text(text)

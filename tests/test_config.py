@@ -3,10 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import to_toml
 
 from agent.config import Secret, expand_path, load
 from agent.errors import ConfigError
-from conftest import to_toml
 
 MINIMAL = {"task": {"command": ["python3", "run.py", "{input}"]}}
 
@@ -37,7 +37,7 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
 
 
 def test_string_command_is_split_like_a_shell_but_kept_as_argv(tmp_path: Path) -> None:
-    config = load(write(tmp_path, '[task]\ncommand = "python3 \'my script.py\' {input}"\n'), {})
+    config = load(write(tmp_path, "[task]\ncommand = \"python3 'my script.py' {input}\"\n"), {})
     assert config.task.command_text == ("python3", "my script.py", "{input}")
 
 
@@ -51,7 +51,7 @@ def test_paths_expand_home_variables_and_defaults(tmp_path: Path) -> None:
 
 
 def test_broken_toml_names_line_and_column(tmp_path: Path) -> None:
-    message = error_of(tmp_path, "[task]\ncommand = [\"a\"]\ntimeout = = \"1h\"\n[pilot]\n")
+    message = error_of(tmp_path, '[task]\ncommand = ["a"]\ntimeout = = "1h"\n[pilot]\n')
     assert message.startswith(f"{tmp_path / 'site.toml'}: invalid TOML:")
     assert "line" in message and "column" in message
 
@@ -79,7 +79,9 @@ def test_unknown_table_is_named(tmp_path: Path) -> None:
         ({"pilot": {"keep_workdirs": "sometimes"}}, "pilot.keep_workdirs: expected one of"),
     ],
 )
-def test_wrong_types_name_the_key_and_what_was_expected(tmp_path: Path, sections: dict, expected: str) -> None:
+def test_wrong_types_name_the_key_and_what_was_expected(
+    tmp_path: Path, sections: dict, expected: str
+) -> None:
     assert expected in error_of(tmp_path, to_toml({**MINIMAL, **sections}))
 
 
@@ -93,8 +95,12 @@ def test_missing_command_is_refused(tmp_path: Path) -> None:
 
 
 def test_placeholder_errors_are_found_before_anything_runs(tmp_path: Path) -> None:
-    assert "task.command: bad placeholder" in error_of(tmp_path, to_toml({"task": {"command": ["a", "{in put}"]}}))
-    assert "names no entry in [cache.files]" in error_of(tmp_path, to_toml({"task": {"command": ["{cache.x}"]}}))
+    assert "task.command: bad placeholder" in error_of(
+        tmp_path, to_toml({"task": {"command": ["a", "{in put}"]}})
+    )
+    assert "names no entry in [cache.files]" in error_of(
+        tmp_path, to_toml({"task": {"command": ["{cache.x}"]}})
+    )
     assert "is not one of" in error_of(tmp_path, to_toml({"task": {"command": ["{pilot.home}"]}}))
 
 
@@ -104,7 +110,7 @@ def test_unset_variable_in_a_path_is_named(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="site.toml: no such file"):
+    with pytest.raises(ConfigError, match=r"site\.toml: no such file"):
         load(tmp_path / "site.toml", {})
 
 
@@ -112,7 +118,12 @@ def test_password_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text("hunter2\n")
     secret.chmod(0o644)
-    server = {"backend": "couchdb", "url": "http://127.0.0.1:5984", "database": "t", "password_file": str(secret)}
+    server = {
+        "backend": "couchdb",
+        "url": "http://127.0.0.1:5984",
+        "database": "t",
+        "password_file": str(secret),
+    }
     message = error_of(tmp_path, to_toml({**MINIMAL, "server": server}))
     assert "readable by group or others" in message and "chmod 600" in message
     assert "hunter2" not in message
@@ -122,7 +133,12 @@ def test_password_comes_from_a_private_file_and_never_shows(tmp_path: Path) -> N
     secret = tmp_path / "password"
     secret.write_text("hunter2\n")
     secret.chmod(0o600)
-    server = {"backend": "couchdb", "url": "http://127.0.0.1:5984", "database": "t", "password_file": str(secret)}
+    server = {
+        "backend": "couchdb",
+        "url": "http://127.0.0.1:5984",
+        "database": "t",
+        "password_file": str(secret),
+    }
     config = load(write(tmp_path, to_toml({**MINIMAL, "server": server})), {})
     assert config.server.couchdb is not None
     assert config.server.couchdb.password == Secret("hunter2")
@@ -132,7 +148,10 @@ def test_password_comes_from_a_private_file_and_never_shows(tmp_path: Path) -> N
 def test_credentials_in_the_url_are_refused(tmp_path: Path) -> None:
     server = {"backend": "couchdb", "url": "https://alice:pw@db.example.org", "database": "t"}
     message = error_of(tmp_path, to_toml({**MINIMAL, "server": server}))
-    assert "server.url: put the user name in server.username" in message and "pw" not in message.split(": ", 2)[2]
+    assert (
+        "server.url: put the user name in server.username" in message
+        and "pw" not in message.split(": ", 2)[2]
+    )
 
 
 def test_walltime_override_wins(tmp_path: Path) -> None:

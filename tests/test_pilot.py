@@ -8,19 +8,10 @@ import signal
 import sys
 from pathlib import Path
 
-from conftest import REPO, Site, local_config, pool_rows, wait_for
+from conftest import REPO, Site, alive, local_config, pool_rows, wait_for
 
 TASKS = REPO / "tests" / "tasks"
 PY = sys.executable
-
-
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie waiting for a parent that does not reap."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_two_pilots_with_two_slots_run_every_token_exactly_once(site: Site, reaper: list) -> None:
@@ -55,7 +46,9 @@ def test_a_pilot_killed_mid_task_loses_its_token_to_another_after_the_lease(site
     assert site.run("tokens", "add", "--jsonl", "one.jsonl").returncode == 0
     first = site.start(log_name="first.log")
     reaper.append(first)
-    pid_file = wait_for(lambda: next((site.folder / "work").glob("*/slow.1/pid"), None), 30, what="task start")
+    pid_file = wait_for(
+        lambda: next((site.folder / "work").glob("*/slow.1/pid"), None), 30, what="task start"
+    )
     task_pid = int(wait_for(pid_file.read_text, 5, what="task pid"))
     # The node goes away: the pilot and its task die at once, nobody says goodbye.
     os.kill(first.pid, signal.SIGKILL)
@@ -73,7 +66,14 @@ def test_a_pilot_killed_mid_task_loses_its_token_to_another_after_the_lease(site
 
 
 def test_timeouts_missing_commands_and_failures_are_errors_and_the_pilot_goes_on(site: Site) -> None:
-    site.write(local_config(site.folder, ["{prog}", "{arg}"], task={"timeout": "1s", "kill_grace": "1s"}))
+    site.write(
+        local_config(
+            site.folder,
+            ["{prog}", "{arg}"],
+            task={"timeout": "1s", "kill_grace": "1s"},
+            pilot={"black_hole_failures": 0},  # four failures in five tokens would trip it (tested elsewhere)
+        )
+    )
     tokens = [
         {"id": "slow", "prog": "/bin/sleep", "arg": "30"},
         {"id": "missing", "prog": "/nonexistent/tool", "arg": ""},
@@ -87,9 +87,14 @@ def test_timeouts_missing_commands_and_failures_are_errors_and_the_pilot_goes_on
     assert result.returncode == 0, result.stderr
     rows = {row["id"]: row for row in pool_rows(site.folder / "pool.db")}
     assert rows["fine"]["state"] == "done"
-    assert rows["slow"]["state"] == "error" and rows["slow"]["reason"].startswith("timeout: still running after")
+    assert rows["slow"]["state"] == "error" and rows["slow"]["reason"].startswith(
+        "timeout: still running after"
+    )
     assert rows["slow"]["attempts"][0]["outcome"] == "timeout"
-    assert rows["missing"]["state"] == "error" and rows["missing"]["reason"] == "command not found: /nonexistent/tool"
+    assert (
+        rows["missing"]["state"] == "error"
+        and rows["missing"]["reason"] == "command not found: /nonexistent/tool"
+    )
     assert rows["failing"]["state"] == "error" and rows["failing"]["exit_code"] == 1
     assert rows["no-field"]["state"] == "error" and "has no field 'arg'" in rows["no-field"]["reason"]
     assert "pool empty" in result.stderr
@@ -110,7 +115,9 @@ def test_shell_syntax_in_tokens_is_passed_as_data_and_never_executed(site: Site)
     out = site.folder / "out"
     out.mkdir()
     (site.folder / "nasty.txt").write_bytes(b"\n".join(NASTY_LINES) + b"\n")
-    (site.folder / "more.jsonl").write_text(json.dumps({"id": "newline", "input": "a\n; touch pwned6\n'b\""}) + "\n")
+    (site.folder / "more.jsonl").write_text(
+        json.dumps({"id": "newline", "input": "a\n; touch pwned6\n'b\""}) + "\n"
+    )
     site.write(local_config(site.folder, [PY, str(TASKS / "echo_bytes.py"), str(out), "{id}", "{input}"]))
     assert site.run("tokens", "add", "--lines", "nasty.txt").returncode == 0
     assert site.run("tokens", "add", "--jsonl", "more.jsonl").returncode == 0
@@ -142,7 +149,7 @@ def test_a_timed_out_task_is_killed_with_its_grandchildren_even_detached_ones(si
     # A child in the task's process group, and one that left it with setsid and ignores TERM.
     script = (
         "sleep 300 & echo $! > grandchild; "
-        'setsid sh -c \'trap "" TERM; exec sleep 301\' & echo $! > detached; '
+        "setsid sh -c 'trap \"\" TERM; exec sleep 301' & echo $! > detached; "
         "wait"
     )
     site.write(local_config(site.folder, ["sh", "-c", script], task={"timeout": "1s", "kill_grace": "1s"}))

@@ -37,7 +37,9 @@ def test_non_string_values_render_as_json() -> None:
 
 
 def test_environment_has_every_field_the_id_and_cache_paths() -> None:
-    env = template.task_environment("t9", {"input": "x", "sample-name": "s", "bad": "a\0b"}, {"ref.db": "/c/r"})
+    env = template.task_environment(
+        "t9", {"input": "x", "sample-name": "s", "bad": "a\0b"}, {"ref.db": "/c/r"}
+    )
     assert env == {
         "PILOT_TOKEN_INPUT": "x",
         "PILOT_TOKEN_SAMPLE_NAME": "s",

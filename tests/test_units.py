@@ -20,7 +20,8 @@ def test_malformed_duration_names_the_expected_form(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "size"), [("50GB", 50 * 10**9), ("1GiB", 2**30), ("4KiB", 4096), ("123", 123), ("1.5 MB", 1_500_000)]
+    ("text", "size"),
+    [("50GB", 50 * 10**9), ("1GiB", 2**30), ("4KiB", 4096), ("123", 123), ("1.5 MB", 1_500_000)],
 )
 def test_sizes_accept_decimal_and_binary_units(text: str, size: int) -> None:
     assert parse_size(text) == size
@@ -32,4 +33,10 @@ def test_malformed_size_is_refused() -> None:
 
 
 def test_durations_format_short() -> None:
-    assert [format_duration(s) for s in (0.42, 42, 360, 3900, 90000)] == ["0.4s", "42s", "6m", "1h05m", "1d01h"]
+    assert [format_duration(s) for s in (0.42, 42, 360, 3900, 90000)] == [
+        "0.4s",
+        "42s",
+        "6m",
+        "1h05m",
+        "1d01h",
+    ]

@@ -12,7 +12,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, Site, local_config
 
 BUILD = [sys.executable, str(REPO / "build" / "build.py"), "--output"]
@@ -41,8 +40,13 @@ def test_sixteen_cold_starts_at_once_unpack_once(site: Site, tmp_path: Path) -> 
     assert site.run("tokens", "add", "--range", "3").returncode == 0
     env = {**site.env, "PILOT_PYZ_ROOT": str(root)}
     starts = [
-        subprocess.Popen(site.argv("status", "--json", "--config", str(site.config)), env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            site.argv("status", "--json", "--config", str(site.config)),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(16)
     ]
     results = [(p.wait(timeout=120), *p.communicate()) for p in starts]
@@ -88,7 +92,9 @@ def read_only_root(tmp_path: Path, site: Site):
         subprocess.run(["umount", str(mounted)], check=True)
 
 
-def test_a_read_only_root_that_already_holds_this_build_is_used_as_is(site: Site, read_only_root: Path) -> None:
+def test_a_read_only_root_that_already_holds_this_build_is_used_as_is(
+    site: Site, read_only_root: Path
+) -> None:
     with pytest.raises(OSError, match="Read-only"):
         (read_only_root / "probe").write_text("x")
     env = {**site.env, "PILOT_PYZ_ROOT": str(read_only_root)}
@@ -99,7 +105,9 @@ def test_a_read_only_root_that_already_holds_this_build_is_used_as_is(site: Site
 def pyenv_pythons() -> list[Path]:
     """Every CPython 3.9+ that pyenv has; the test fails (not skips) when pyenv is missing."""
     try:
-        root = Path(subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=True).stdout.strip())
+        root = Path(
+            subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=True).stdout.strip()
+        )
     except (OSError, subprocess.CalledProcessError) as err:
         pytest.fail(f"pyenv is needed to test every Python version: {err}")
     found = []
@@ -116,12 +124,25 @@ def test_runs_unchanged_under_every_cpython_from_3_9(site: Site) -> None:
     assert {"9", "13"} <= minors, f"expected at least 3.9 and 3.13 in pyenv, found {sorted(pythons)}"
     site.write(local_config(site.folder, ["/bin/true"], pilot={"slots": 2}))
     for python in pythons:
-        version = subprocess.run([str(python), str(site.pyz), "--version"], env=site.env,
-                                 capture_output=True, text=True, check=False)
+        version = subprocess.run(
+            [str(python), str(site.pyz), "--version"],
+            env=site.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert version.returncode == 0, (python, version.stderr)
-        assert site.run("tokens", "add", "--range", "4", "--prefix", python.parent.parent.name).returncode == 0
-        run = subprocess.run([str(python), str(site.pyz), "--config", str(site.config)], env=site.env,
-                             capture_output=True, text=True, check=False, timeout=120)
+        assert (
+            site.run("tokens", "add", "--range", "4", "--prefix", python.parent.parent.name).returncode == 0
+        )
+        run = subprocess.run(
+            [str(python), str(site.pyz), "--config", str(site.config)],
+            env=site.env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
         assert run.returncode == 0, (python, run.stderr)
         assert "pool empty" in run.stderr
     assert site.status()["done"] == 4 * len(pythons)

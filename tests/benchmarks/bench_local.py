@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ensure_pyz, median_time, report, run_measured  # noqa: E402
+from common import ensure_pyz, median_time, report, run_measured
 
 TOKENS = 2000
 SLOTS = 2
@@ -42,8 +42,12 @@ def pilot_run(pyz: Path, folder: Path, workdir: Path, env: dict[str, str]) -> tu
         f'[task]\ncommand = ["/bin/true"]\n'
         f'[pilot]\nslots = {SLOTS}\nworkdir = "{workdir}"\n'
     )
-    subprocess.run([str(pyz), "tokens", "add", "--range", str(TOKENS), "--config", str(config)],
-                   env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(pyz), "tokens", "add", "--range", str(TOKENS), "--config", str(config)],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     code, seconds, rss = run_measured([str(pyz), "--config", str(config), "--quiet"], env=env)
     if code != 0:
         raise SystemExit(f"pilot exited {code}")
@@ -68,14 +72,23 @@ def main() -> None:
         f"local pool: {TOKENS} x /bin/true, slots={SLOTS}",
         [
             ("baseline", f"{base_rate:7.0f} tasks/s (bare Python loop, {SLOTS} threads, subprocess.run)"),
-            ("pilot.pyz", f"{pilot_rate:7.0f} tasks/s, ratio {pilot_rate / base_rate:.2f} (target >= 0.5); "
-                          f"workdir on disk ({seconds:.2f}s including start-up)"),
+            (
+                "pilot.pyz",
+                f"{pilot_rate:7.0f} tasks/s, ratio {pilot_rate / base_rate:.2f} (target >= 0.5); "
+                f"workdir on disk ({seconds:.2f}s including start-up)",
+            ),
             ("pilot.pyz", f"{tmpfs_rate:7.0f} tasks/s, ratio {tmpfs_rate / base_rate:.2f}; workdir on tmpfs"),
-            ("overhead", f"{(seconds - base) / TOKENS * 1000:7.2f} ms per task over the baseline (disk), "
-                         f"{(tmpfs_seconds - base) / TOKENS * 1000:.2f} ms (tmpfs)"),
+            (
+                "overhead",
+                f"{(seconds - base) / TOKENS * 1000:7.2f} ms per task over the baseline (disk), "
+                f"{(tmpfs_seconds - base) / TOKENS * 1000:.2f} ms (tmpfs)",
+            ),
             ("peak RSS", f"{rss / 2**20:7.1f} MB (target < 40 MB)"),
-            ("warm start", f"{pyz_start * 1000:7.1f} ms for pilot.pyz --version vs {python_start * 1000:.1f} ms "
-                           f"for python -c pass ({pyz_start / python_start:.1f}x)"),
+            (
+                "warm start",
+                f"{pyz_start * 1000:7.1f} ms for pilot.pyz --version vs {python_start * 1000:.1f} ms "
+                f"for python -c pass ({pyz_start / python_start:.1f}x)",
+            ),
         ],
     )
 

@@ -21,8 +21,9 @@ def ensure_pyz() -> Path:
     return PYZ
 
 
-def run_measured(argv: Sequence[str], env: Optional[dict[str, str]] = None,
-                 cwd: Optional[Path] = None) -> tuple[int, float, int]:
+def run_measured(
+    argv: Sequence[str], env: Optional[dict[str, str]] = None, cwd: Optional[Path] = None
+) -> tuple[int, float, int]:
     """Run to the end; returns (exit code, wall seconds, peak RSS of that process in bytes)."""
     start = time.perf_counter()
     process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -5,9 +5,8 @@ argv: OUTDIR TOKEN_ID VALUE
 
 import os
 import sys
+from pathlib import Path
 
-outdir, token_id, value = sys.argv[1], sys.argv[2], sys.argv[3]
-with open(os.path.join(outdir, token_id + ".argv"), "wb") as file:
-    file.write(os.fsencode(value))
-with open(os.path.join(outdir, token_id + ".env"), "wb") as file:
-    file.write(os.environb[b"PILOT_TOKEN_INPUT"])
+outdir, token_id, value = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+(outdir / f"{token_id}.argv").write_bytes(os.fsencode(value))
+(outdir / f"{token_id}.env").write_bytes(os.environb[b"PILOT_TOKEN_INPUT"])

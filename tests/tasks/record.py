@@ -6,10 +6,10 @@ argv: LOG TOKEN_ID [SECONDS]. Writes its pid to ./pid first so tests can find it
 import os
 import sys
 import time
+from pathlib import Path
 
 log, token_id = sys.argv[1], sys.argv[2]
-with open("pid", "w") as file:
-    file.write(str(os.getpid()))
+Path("pid").write_text(str(os.getpid()))
 if len(sys.argv) > 3:
     time.sleep(float(sys.argv[3]))
 fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -1,0 +1,42 @@
+"""The black-hole breaker: a node that fails every task must stop eating the pool.
+
+A broken node (missing library, full disk, bad GPU) fails each task in seconds and, left alone, moves the
+whole pool to error. The breaker trips after ``limit`` consecutive failures of *different* tokens within
+``window`` seconds on one pilot; any success resets it, so a working node with one bad token never trips.
+Pure logic, clock passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Breaker:
+    limit: int  # 0: never trips
+    window: float
+    streak: list[tuple[str, float]] = field(default_factory=list)  # (token id, when it failed), oldest first
+    tripped: bool = False
+
+    def failure(self, token_id: str, now: float) -> bool:
+        """Count a charged failure; True when this one trips the breaker."""
+        if not self.limit:
+            return False
+        self.expire(now)
+        if token_id not in {failed for failed, _ in self.streak}:
+            self.streak.append((token_id, now))
+        if len(self.streak) >= self.limit:
+            self.tripped = True
+        return self.tripped
+
+    def success(self) -> list[str]:
+        """A task succeeded: the node works. Returns the streak's token ids, which were real failures."""
+        ids = [token_id for token_id, _ in self.streak]
+        self.streak.clear()
+        return ids
+
+    def expire(self, now: float) -> list[str]:
+        """Drop failures older than the window; returns their token ids (real failures, not the node)."""
+        old = [token_id for token_id, when in self.streak if now - when > self.window]
+        self.streak = [(token_id, when) for token_id, when in self.streak if now - when <= self.window]
+        return old

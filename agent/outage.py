@@ -1,0 +1,64 @@
+"""Whether the pool server answers, and when to try it again: jittered exponential backoff, capped.
+
+Pure bookkeeping with the clock passed in. The loop asks ``may_try`` before talking to the server,
+reports ``failed`` or ``ok`` after, and gives up when ``exceeded`` says server.max_outage has passed.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Optional
+
+from agent.units import format_duration
+
+
+class Outage:
+    def __init__(
+        self,
+        max_outage: float,
+        *,
+        base: float = 1.0,
+        cap: float = 60.0,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.max_outage = max_outage
+        self.base = base
+        self.cap = cap
+        self.jitter = jitter
+        self.since: Optional[float] = None  # monotonic time of the first failure in a row
+        self.failures = 0
+        self.next_try = 0.0
+        self.cause = ""
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def may_try(self, now: float) -> bool:
+        return self.since is None or now >= self.next_try
+
+    def failed(self, now: float, cause: str) -> None:
+        """One more failed attempt: wait twice as long as last time (capped), with a random half of it
+        added so that a thousand pilots do not come back in step."""
+        if self.since is None:
+            self.since = now
+        self.failures += 1
+        self.cause = cause
+        delay = min(self.cap, self.base * 2 ** (self.failures - 1))
+        self.next_try = now + delay * (0.5 + self.jitter() / 2)
+
+    def ok(self, now: float) -> Optional[float]:
+        """The server answered. Returns how long it had been away, or None when it was not."""
+        if self.since is None:
+            return None
+        away = now - self.since
+        self.since, self.failures, self.cause = None, 0, ""
+        return away
+
+    def exceeded(self, now: float) -> bool:
+        return self.since is not None and now - self.since >= self.max_outage
+
+    def describe(self, now: float) -> str:
+        if self.since is None:
+            return "server reachable"
+        return f"server unreachable for {format_duration(now - self.since)} ({self.cause})"

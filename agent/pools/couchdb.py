@@ -1,0 +1,581 @@
+"""The CouchDB pool in the PiCaS layout (see ``picas.py``), spoken over HTTP to CouchDB or pouchdb-server.
+
+Claims never hand a token to two pilots: a claim writes the lock with ``_bulk_docs`` conditional on the
+revision the view showed free, so of two pilots that saw the same token, one gets a conflict. Under
+contention claims spread over a random window of the todo view, keep the rest of the window as candidates
+for the next claim, and back off with jitter after conflicts. A task costs about two requests: its share of
+one view read and one ``_bulk_docs`` per claim, and one PUT for its report (result and logs in one go).
+
+Leases: a claim writes a lease (id, expiry) under the token's ``pilot`` key; renewals extend it. A token
+whose lease expired is found through our own design document (``_design/pilot``, view ``leases``) and
+claimed again. A report is conditional on our revision; on a conflict the token is read again: if it
+still holds our lease, our result is merged onto it and saved, else the newer attempt wins (CONFLICT).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Callable, Optional
+from urllib.parse import quote, urlencode
+
+from agent.config import ServerConfig
+from agent.errors import PoolError, ServerUnreachable, TokenError
+from agent.http import HttpClient, Response
+from agent.identity import Identity
+from agent.pools import picas
+from agent.pools.base import Counts, Lease, NewToken, Pool, Renewal, Saved
+from agent.token import Report, State, Token
+
+log = logging.getLogger(__name__)
+
+# Rows of the todo view read at a time. A claim takes some at random and keeps the rest for the next
+# claims: fewer reads mean fewer view index updates, which cost the server more than the claims do.
+WINDOW_MIN = 64
+WINDOW_PER_SLOT = 16
+WINDOW_MAX = 500
+CANDIDATES_MAX_AGE = 30.0  # seconds a window read stays worth trying before it is read again
+CONFLICT_ROUNDS = 30  # claim rounds that met only conflicts before a claim gives up for now
+BACKOFF_BASE = 0.02  # seconds; doubled per conflict round, jittered, capped
+BACKOFF_MAX = 1.0
+WRITE_ROUNDS = 4  # re-read and merge this often before a renewal or report gives up
+BATCH = 500  # documents per _bulk_docs or _all_docs request
+
+
+def conflict_backoff(round_: int, rng: random.Random) -> float:
+    """Seconds to wait after ``round_`` (1, 2, ...) claim rounds in a row met conflicts: full jitter."""
+    return rng.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (round_ - 1)))
+
+
+def window_size(wanted: int) -> int:
+    return max(WINDOW_MIN, min(WINDOW_MAX, WINDOW_PER_SLOT * wanted))
+
+
+def lease_scan_interval(lease_seconds: float) -> float:
+    """How often claims also look for expired leases (always when the todo view is empty)."""
+    return max(1.0, min(60.0, lease_seconds / 4))
+
+
+def basic_auth(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class CouchDBPool(Pool):
+    def __init__(
+        self,
+        server: ServerConfig,
+        identity: Identity,
+        *,
+        http: Optional[HttpClient] = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Optional[random.Random] = None,
+    ) -> None:
+        assert server.couchdb is not None
+        super().__init__(identity, server.lease)
+        self.couch = server.couchdb
+        self.design = self.couch.design_doc
+        self.where = f"{self.couch.url}/{self.couch.database}"
+        self.db_url = f"{self.couch.url}/{quote(self.couch.database, safe='')}"
+        headers = {"Accept": "application/json"}
+        if self.couch.username is not None:
+            if self.couch.password is None:
+                raise PoolError(
+                    self.where,
+                    f"no password for user {self.couch.username!r}: set server.password_file or the "
+                    "environment variable PILOT_SERVER_PASSWORD",
+                )
+            headers["Authorization"] = basic_auth(self.couch.username, self.couch.password.reveal())
+        self.http = http or HttpClient(
+            timeout=server.timeout,
+            ca_bundle=self.couch.ca_bundle,
+            verify_tls=self.couch.tls_verify,
+            headers=headers,
+        )
+        self.clock = clock
+        self.sleep = sleep
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self.candidates: list[dict[str, Any]] = []  # the rest of the last todo window, to try next
+        self.candidates_read = 0.0
+        self.todo_rows: Optional[int] = None  # the todo view's size at the last read
+        self.next_lease_scan = 0.0
+        self.lease_view_missing = False
+
+    # -- HTTP --------------------------------------------------------------------------------------
+
+    def _request(
+        self, method: str, path: str, *, body: Any = None, retry: Optional[bool] = None, root: bool = False
+    ) -> Response:
+        url = (self.couch.url if root else self.db_url) + path
+        try:
+            return self.http.request(method, url, json_body=body, retry=retry)
+        except ServerUnreachable as err:
+            raise ServerUnreachable(self.where, err.problem) from None
+
+    def _json(self, response: Response, what: str) -> Any:
+        if response.status == 404:
+            raise self._missing(what, f"not found (HTTP 404: {_reason(response)})")
+        if response.status >= 300:
+            raise self._error(response, what)
+        try:
+            return response.json()
+        except ValueError:
+            raise PoolError(
+                self.where, f"{what}: the answer is not JSON; is this a CouchDB server?"
+            ) from None
+
+    def _error(self, response: Response, what: str) -> PoolError:
+        """The one line for an answer we cannot use. Credentials never appear: only the user name does."""
+        status, reason = response.status, _reason(response)
+        user = self.couch.username
+        if status == 401 and user is None:
+            problem = "the server wants a user name and password: set server.username and password_file"
+        elif status == 401:
+            problem = f"the server refused the credentials of user {user!r}"
+        elif status == 403:
+            problem = f"user {user or '(anonymous)'!r} is not allowed to do this"
+        elif status >= 500:
+            return ServerUnreachable(self.where, f"{what}: server error (HTTP {status}: {reason})")
+        else:
+            problem = "unexpected answer"
+        return PoolError(self.where, f"{what}: {problem} (HTTP {status}: {reason})")
+
+    def _missing(self, what: str, problem: str) -> PoolError:
+        """A 404: say so, or that the whole database is missing."""
+        response = self._request("GET", "")
+        if response.status == 404:
+            return PoolError(
+                self.where, f"no database {self.couch.database!r} on the server (create it: `pilot.pyz init`)"
+            )
+        if response.status >= 300:
+            return self._error(response, what)
+        return PoolError(self.where, f"{what}: {problem}")
+
+    def _view(self, design: str, view: str, **params: Any) -> Optional[dict[str, Any]]:
+        """Rows of a view; None when the view (or its design document) does not exist."""
+        query = urlencode(
+            {k: json.dumps(v) if not isinstance(v, str) else v for k, v in params.items()}, safe='[]",'
+        )
+        response = self._request("GET", f"/_design/{quote(design)}/_view/{quote(view)}?{query}")
+        if response.status == 404:
+            return None
+        return self._json(response, f"reading the view {design}/{view}")
+
+    def _rows(self, design: str, view: str, **params: Any) -> dict[str, Any]:
+        found = self._view(design, view, **params)
+        if found is None:
+            what = f"reading the view {design}/{view}"
+            raise self._missing(what, "no such view (create it: `pilot.pyz init`)")
+        return found
+
+    def _bulk(self, docs: Sequence[Mapping[str, Any]], what: str, *, retry: bool) -> list[dict[str, Any]]:
+        """One ``_bulk_docs`` write: one result per document, in order, ``rev`` or ``error``."""
+        results = self._json(self._request("POST", "/_bulk_docs", body={"docs": docs}, retry=retry), what)
+        if not isinstance(results, list) or len(results) != len(docs):
+            raise PoolError(self.where, f"{what}: unexpected answer to _bulk_docs")
+        for doc, result in zip(docs, results):
+            error = result.get("error")
+            if error and error != "conflict":
+                raise PoolError(
+                    self.where, f"{what}: token {doc['_id']!r}: {error}: {result.get('reason', '')}"
+                )
+        return results
+
+    def _fetch(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The current documents of these ids (a read: safe to retry); missing or deleted ones left out."""
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(list(ids), BATCH):
+            body = self._json(
+                self._request("POST", "/_all_docs?include_docs=true", body={"keys": list(chunk)}, retry=True),
+                "reading tokens",
+            )
+            for row in body.get("rows", []):
+                doc = row.get("doc")
+                if isinstance(doc, dict):
+                    found[doc["_id"]] = doc
+        return found
+
+    def _doc_path(self, token_id: str) -> str:
+        return "/" + quote(token_id, safe="")
+
+    def _get_doc(self, token_id: str) -> Optional[dict[str, Any]]:
+        response = self._request("GET", self._doc_path(token_id))
+        if response.status == 404:
+            return None
+        return self._json(response, f"reading token {token_id!r}")
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- claim -------------------------------------------------------------------------------------
+
+    def claim(self, n: int) -> list[Lease]:
+        if n <= 0:
+            return []
+        leases: list[Lease] = []
+        now = self.clock()
+        scanned = False
+        if now >= self.next_lease_scan:
+            leases += self._claim_expired(n, now)
+            scanned = True
+        conflict_rounds = 0
+        while len(leases) < n:
+            docs = self._candidates(n - len(leases))
+            if not docs:
+                if not scanned:  # todo is empty: tokens whose pilot died are all that is left
+                    leases += self._claim_expired(n - len(leases), self.clock())
+                break
+            got, conflicts = self._lock(docs, self.clock())
+            leases += got
+            if conflicts > len(got):
+                self.candidates = []  # mostly taken by others since the read: read a fresh window
+            if conflicts and not got:
+                conflict_rounds += 1
+                if conflict_rounds >= CONFLICT_ROUNDS:
+                    log.warning("claim: %d rounds of conflicts in a row; trying again later", conflict_rounds)
+                    break
+                self.sleep(conflict_backoff(conflict_rounds, self.rng))
+        return leases
+
+    def _candidates(self, wanted: int) -> list[dict[str, Any]]:
+        """Up to ``wanted`` todo tokens to try: from the last window if fresh enough, else a new window."""
+        now = self.clock()
+        if now - self.candidates_read > CANDIDATES_MAX_AGE:
+            self.candidates = []
+        if len(self.candidates) < wanted:
+            self.candidates = self._todo_window(window_size(wanted))
+            self.candidates_read = now
+        picked, self.candidates = self.candidates[:wanted], self.candidates[wanted:]
+        return picked
+
+    def _todo_window(self, size: int) -> list[dict[str, Any]]:
+        """A random window of the todo view, shuffled: pilots that read at once spread over the tokens."""
+        skip = 0
+        if self.todo_rows and self.todo_rows > size:
+            skip = self.rng.randrange(self.todo_rows - size + 1)
+        body = self._rows(self.design, "todo", include_docs=True, limit=size, skip=skip)
+        rows = body.get("rows", [])
+        if not rows and skip:
+            body = self._rows(self.design, "todo", include_docs=True, limit=size)
+            rows = body.get("rows", [])
+        total = body.get("total_rows")
+        self.todo_rows = total if isinstance(total, int) else None
+        docs = [row["doc"] for row in rows if picas.state_of(row.get("doc") or {}) is State.TODO]
+        self.rng.shuffle(docs)
+        return docs
+
+    def _claim_expired(self, wanted: int, now: float) -> list[Lease]:
+        self.next_lease_scan = now + lease_scan_interval(self.lease_seconds)
+        body = self._view(
+            picas.LEASE_DESIGN,
+            picas.LEASE_VIEW,
+            include_docs=True,
+            startkey=[self.design, 0],
+            endkey=[self.design, now],
+            limit=wanted,
+        )
+        if body is None:
+            if not self.lease_view_missing:
+                self.lease_view_missing = True
+                log.warning(
+                    "no view %s/%s: tokens of pilots that died stay locked until `pilot.pyz reset --locked` "
+                    "(a database admin creates the view with `pilot.pyz init`)",
+                    picas.LEASE_DESIGN,
+                    picas.LEASE_VIEW,
+                )
+            return []
+        docs = []
+        for row in body.get("rows", []):
+            doc = row.get("doc") or {}
+            lease = picas.lease_of(doc)
+            if picas.state_of(doc) is State.LOCKED and lease and lease.get("expires", now) < now:
+                docs.append(doc)
+        if not docs:
+            return []
+        got, _ = self._lock(docs, now)
+        for lease in got:
+            log.info("claimed again: the lease of its last pilot expired", extra={"token": lease.token.id})
+        return got
+
+    def _lock(self, docs: Sequence[Mapping[str, Any]], now: float) -> tuple[list[Lease], int]:
+        """Write our lock on these documents, each conditional on the revision read; (leases, conflicts)."""
+        expires = now + self.lease_seconds
+        pending = []
+        for doc in docs:
+            attempt = self.new_attempt(now)
+            lease_id = uuid.uuid4().hex
+            new, attempts = picas.claimed(
+                doc, attempt, lease_id=lease_id, expires=expires, design=self.design, now=now
+            )
+            pending.append((new, attempts, attempt, lease_id))
+        written = [new for new, _, _, _ in pending]
+        try:
+            results = self._bulk(written, "claiming tokens", retry=False)
+        except ServerUnreachable:
+            # The write may have reached the server before the answer was lost: keep what is ours.
+            current = self._fetch([doc["_id"] for doc in written])
+            results = [
+                {"id": new["_id"], "rev": current[new["_id"]]["_rev"]}
+                if picas.lease_id_of(current.get(new["_id"], {})) == lease_id
+                else {"id": new["_id"], "error": "conflict"}
+                for new, _, _, lease_id in pending
+            ]
+        leases, conflicts = [], 0
+        for (new, attempts, attempt, lease_id), result in zip(pending, results):
+            if "rev" not in result:
+                conflicts += 1
+                continue
+            new["_rev"] = result["rev"]
+            token = replace(picas.to_token(new), attempts=tuple(attempts))
+            leases.append(Lease(token=token, lease_id=lease_id, expires=expires, attempt=attempt, handle=new))
+        return leases, conflicts
+
+    # -- renew and report --------------------------------------------------------------------------
+
+    def renew(self, leases: Sequence[Lease]) -> Renewal:
+        expires = self.clock() + self.lease_seconds
+        pending = [(lease, lease.handle) for lease in leases]
+        renewed: list[Lease] = []
+        lost: list[Lease] = []
+        for _ in range(WRITE_ROUNDS):
+            if not pending:
+                break
+            docs = [picas.renewed(doc, expires) for _, doc in pending]
+            results = self._bulk(docs, "renewing leases", retry=True)
+            conflicted = []
+            for (lease, _), doc, result in zip(pending, docs, results):
+                if "rev" in result:
+                    doc["_rev"] = result["rev"]
+                    renewed.append(replace(lease, expires=expires, handle=doc))
+                else:
+                    conflicted.append(lease)
+            pending = []
+            if not conflicted:
+                break
+            current = self._fetch([lease.token.id for lease in conflicted])
+            for lease in conflicted:
+                doc = current.get(lease.token.id)
+                if doc is not None and picas.lease_id_of(doc) == lease.lease_id:
+                    pending.append((lease, doc))  # changed by someone else, but still ours: again
+                else:
+                    lost.append(lease)
+        # Still conflicting after every round: keep them as they are; the lease has not run out yet.
+        renewed += [lease for lease, _ in pending]
+        return Renewal(renewed, lost)
+
+    def report(self, lease: Lease, report: Report) -> Saved:
+        token_id = lease.token.id
+        index = len(lease.token.attempts) - 1
+        doc = lease.handle
+        for _ in range(WRITE_ROUNDS):
+            new = picas.reported(doc, lease.lease_id, index, report, self.clock())
+            response = self._request("PUT", self._doc_path(token_id), body=new)
+            if response.status in (200, 201, 202):
+                return Saved.SAVED
+            if response.status != 409:
+                raise self._error(response, f"reporting token {token_id!r}")
+            current = self._get_doc(token_id)
+            if current is None:
+                return Saved.CONFLICT
+            if picas.ours(current).get("reported") == lease.lease_id:
+                return Saved.SAVED  # an earlier try of this PUT was saved; its answer was lost
+            if picas.lease_id_of(current) != lease.lease_id:
+                return Saved.CONFLICT
+            doc = current  # someone edited the token while it was ours: merge our result and save again
+        raise TokenError(token_id, f"the report kept meeting conflicting writes in {self.where}")
+
+    # -- tokens ------------------------------------------------------------------------------------
+
+    def add(self, tokens: Iterable[NewToken]) -> int:
+        docs = []
+        for token in tokens:
+            taken = sorted(name for name in token.fields if name in picas.RESERVED or name.startswith("_"))
+            if taken:
+                raise TokenError(
+                    token.id, f"field {taken[0]!r} is kept for PiCaS and pilot bookkeeping; rename it"
+                )
+            docs.append(picas.new_token(token.id, token.fields))
+        existing = self._fetch([doc["_id"] for doc in docs])
+        if existing:
+            first = next(doc["_id"] for doc in docs if doc["_id"] in existing)
+            raise TokenError(first, f"already in the pool {self.where}; nothing was added")
+        added = 0
+        for chunk in _chunks(docs, BATCH):
+            results = self._bulk(chunk, "adding tokens", retry=True)
+            conflicted = [doc for doc, result in zip(chunk, results) if "rev" not in result]
+            added += len(chunk) - len(conflicted)
+            if conflicted:
+                # A retried request whose first try was saved conflicts with itself: that one is ours.
+                current = self._fetch([doc["_id"] for doc in conflicted])
+                for doc in conflicted:
+                    now = current.get(doc["_id"])
+                    if now is None or {k: v for k, v in now.items() if k != "_rev"} != doc:
+                        raise TokenError(
+                            doc["_id"], f"added by someone else meanwhile; {added} others were added"
+                        )
+                    added += 1
+        return added
+
+    def get(self, token_id: str) -> Token:
+        doc = self._get_doc(token_id)
+        if doc is None:
+            raise TokenError(token_id, f"not in the pool {self.where}")
+        if doc.get("type") != "token":
+            raise TokenError(
+                token_id, f"a document in {self.where}, but not a token (type {doc.get('type')!r})"
+            )
+        return picas.to_token(doc)
+
+    def tails(self, token_id: str) -> Optional[tuple[bytes, bytes]]:
+        self.get(token_id)
+        tails = []
+        for suffix in ("out", "err"):
+            name = f"logs_{token_id}.{suffix}"
+            response = self._request("GET", f"{self._doc_path(token_id)}/{quote(name, safe='')}")
+            if response.status == 404:
+                tails.append(b"")
+            elif response.status >= 300:
+                raise self._error(response, f"reading the attachment {name}")
+            else:
+                tails.append(response.data)
+        return tails[0], tails[1]
+
+    def counts(self) -> Counts:
+        body = self._rows(self.design, "overview_total", group=True)
+        found = {row.get("key"): row.get("value") for row in body.get("rows", [])}
+        return Counts(**{state: int(found.get(state) or 0) for state in ("todo", "locked", "done", "error")})
+
+    def reset(self, *, locked: bool, errors: bool) -> int:
+        changed = 0
+        for view, wanted in (("locked", locked), ("error", errors)):
+            if wanted:
+                changed += self._reset_view(view)
+        return changed
+
+    def _reset_view(self, view: str) -> int:
+        """Every token in the view back to todo, as PiCaS's resetTokens.py does with ``Monitor/<view>``."""
+        changed, conflict_rounds = 0, 0
+        while conflict_rounds < WRITE_ROUNDS:
+            rows = self._rows(self.design, view, include_docs=True, limit=BATCH).get("rows", [])
+            docs = [row["doc"] for row in rows if isinstance(row.get("doc"), dict)]
+            if not docs:
+                break
+            now = self.clock()
+            new = [picas.reset(doc, now, fresh_budget=view == "error") for doc in docs]
+            results = self._bulk(new, f"resetting {view} tokens", retry=True)
+            saved = sum(1 for result in results if "rev" in result)
+            changed += saved
+            conflict_rounds = 0 if saved == len(results) else conflict_rounds + 1
+        return changed
+
+    # -- init and check ----------------------------------------------------------------------------
+
+    def init(self) -> list[str]:
+        lines = [self._ensure_database()]
+        lines += self._ensure_design(self.design, picas.monitor_views(), ours=False)
+        lines += self._ensure_design(picas.LEASE_DESIGN, picas.lease_views(), ours=True)
+        return lines
+
+    def _ensure_database(self) -> str:
+        name = self.couch.database
+        response = self._request("GET", "")
+        if response.status == 200:
+            info = self._json(response, f"reading the database {name!r}")
+            return f"database {name}: exists ({info.get('doc_count', '?')} documents)"
+        if response.status != 404:
+            raise self._error(response, f"reading the database {name!r}")
+        response = self._request("PUT", "")
+        if response.status in (201, 202, 412):
+            return f"database {name}: created"
+        raise self._error(response, f"creating the database {name!r} (a server admin can)")
+
+    def _ensure_design(self, name: str, views: Mapping[str, Any], *, ours: bool) -> list[str]:
+        """Create the design document or add its missing views. A Monitor view that differs from the
+        PiCaS one is the site's choice and is kept; our own design document is brought up to date."""
+        path = f"/_design/{quote(name)}"
+        response = self._request("GET", path)
+        if response.status == 404:
+            doc: dict[str, Any] = {"_id": f"_design/{name}"}
+        else:
+            doc = self._json(response, f"reading the design document {name}")
+        present = doc.get("views") if isinstance(doc.get("views"), dict) else {}
+        missing = [view for view in views if view not in present]
+        differing = [view for view in views if view in present and present[view] != views[view]]
+        changed = missing + (differing if ours else [])
+        lines = []
+        if changed or doc.get("language") != "javascript":
+            doc["views"] = {**present, **{view: views[view] for view in changed}}
+            doc["language"] = "javascript"
+            put = self._request("PUT", path, body=doc)
+            if put.status not in (200, 201, 202):
+                raise self._error(put, f"writing the design document {name} (a database admin can)")
+            verb = "created" if response.status == 404 else "updated"
+            lines.append(f"design document {name}: {verb} (views {', '.join(changed or views)})")
+        else:
+            lines.append(f"design document {name}: up to date (views {', '.join(views)})")
+        if differing and not ours:
+            lines.append(
+                f"design document {name}: kept the site's own definition of {', '.join(differing)} "
+                "(differs from the PiCaS examples)"
+            )
+        return lines
+
+    def check(self) -> list[str]:
+        root = self._json(self._request("GET", "/", root=True), "reaching the server")
+        if not isinstance(root, dict) or not ({"couchdb", "express-pouchdb"} & root.keys()):
+            raise PoolError(self.where, "the server answers, but it is not CouchDB")
+        product = "CouchDB" if "couchdb" in root else "PouchDB Server"
+        lines = [f"server {self.couch.url}: reachable ({product} {root.get('version', '?')})"]
+        session = self._json(self._request("GET", "/_session", root=True), "checking the credentials")
+        user = (session.get("userCtx") or {}).get("name")
+        if self.couch.username is not None and user != self.couch.username:
+            raise PoolError(self.where, f"the server did not log in user {self.couch.username!r}")
+        lines.append(f"credentials: {'user ' + repr(user) if user else 'none (anonymous)'} accepted")
+        info = self._json(self._request("GET", ""), f"reading the database {self.couch.database!r}")
+        lines.append(f"database {self.couch.database}: ok ({info.get('doc_count', '?')} documents)")
+        lines.append(self._check_design(self.design, picas.monitor_views(), required=True))
+        lines.append(self._check_design(picas.LEASE_DESIGN, picas.lease_views(), required=False))
+        counts = self.counts()
+        lines.append("tokens: " + ", ".join(f"{k} {v}" for k, v in counts.as_dict().items()))
+        return lines
+
+    def _check_design(self, name: str, views: Mapping[str, Any], *, required: bool) -> str:
+        response = self._request("GET", f"/_design/{quote(name)}")
+        doc = {} if response.status == 404 else self._json(response, f"reading the design document {name}")
+        present = doc.get("views") if isinstance(doc.get("views"), dict) else {}
+        missing = [view for view in views if view not in present]
+        if missing and required:
+            raise PoolError(
+                self.where, f"design document {name}: no view {', '.join(missing)} (run `pilot.pyz init`)"
+            )
+        if missing:
+            return (
+                f"design document {name}: missing; tokens of pilots that die stay locked until "
+                "`pilot.pyz reset --locked` (a database admin runs `pilot.pyz init` to add it)"
+            )
+        differing = [view for view in views if present[view] != views[view]]
+        note = f"; {', '.join(differing)} differ from the PiCaS examples" if differing else ""
+        return f"design document {name}: views {', '.join(views)} present{note}"
+
+
+def _reason(response: Response) -> str:
+    """CouchDB's ``error: reason`` from an error answer, short and without anything we sent."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.data[:100].decode("utf-8", "replace").strip() or "no details"
+    if isinstance(body, dict):
+        parts = [str(body.get(key)) for key in ("error", "reason") if body.get(key)]
+        return ": ".join(parts)[:200] or "no details"
+    return "no details"

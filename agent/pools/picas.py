@@ -1,0 +1,305 @@
+"""The PiCaS token layout: the Monitor views as the PiCaS examples define them, and how a claim, a lease
+renewal, a report and a reset change a token document. Pure functions on JSON objects, no I/O.
+
+A token is a CouchDB document with ``type: "token"``, ``lock`` and ``done`` (integer epoch seconds, 0 when
+not set), ``hostname``, ``scrub_count``, ``exit_code``, ``error`` (a list of ``{time, message}``) and the
+user's fields (``input``, ...). Which view a token is in follows from ``lock``, ``done`` and ``exit_code``
+alone, so picas pilots, the PiCaS web views and ``resetTokens.py`` keep working on tokens we touch.
+
+What we add lives under one key, ``pilot``, that picas ignores: the lease (id, expiry, design document),
+the attempt history, the charged failure count, and the id of the last lease whose report was saved (so a
+report whose answer was lost and is sent again is recognised as ours).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from agent.token import Attempt, Outcome, Report, State, Token, close_attempt
+
+OURS = "pilot"  # the one key of a token document that holds what picas does not know
+PICAS_FIELDS = ("type", "lock", "done", "hostname", "scrub_count", "exit_code", "error")
+JOB_ID_FIELDS = ("slurm_job_id", "pbs_job_id", "dirac_job_id", "wms_job_id", "cream_job_id")
+RESERVED = frozenset((OURS, *PICAS_FIELDS, *JOB_ID_FIELDS))
+VIEWS = ("todo", "locked", "done", "error", "overview_total")
+LEASE_DESIGN = "pilot"  # our own design document, so Monitor stays exactly as PiCaS defines it
+LEASE_VIEW = "leases"
+
+# The conditions of examples/create_views.py in the picasclient repository, and the map and reduce
+# functions as couchdb-python's ViewDefinition stores them (leading newline stripped, dedented).
+CONDITIONS = {
+    "todo": "doc.lock == 0 && doc.done == 0",
+    "locked": "doc.lock > 0 && doc.done == 0",
+    "done": "doc.lock > 0 && doc.done > 0 && parseInt(doc.exit_code) == 0",
+    "error": "doc.lock > 0 && doc.done > 0 && parseInt(doc.exit_code) != 0",
+}
+_STATE_MAP = """function(doc) {
+   if(doc.type == "token") {
+    if(%s) {
+      emit(doc._id, doc._id);
+    }
+  }
+}
+"""
+_OVERVIEW_MAP = """function(doc) {
+   if(doc.type == "token") {
+       if (%(todo)s){
+          emit('todo', 1);
+       }
+       if(%(locked)s) {
+          emit('locked', 1);
+       }
+       if(%(done)s) {
+          emit('done', 1);
+       }
+       if(%(error)s) {
+          emit('error', 1);
+       }
+   }
+}
+"""
+_OVERVIEW_REDUCE = """function (key, values, rereduce) {
+   return sum(values);
+}
+"""
+# Locked tokens that carry one of our leases, by design document and expiry: [design, expires].
+_LEASE_MAP = """function(doc) {
+  if (doc.type == "token" && doc.lock > 0 && doc.done == 0 && doc.pilot && doc.pilot.lease) {
+    emit([doc.pilot.lease.design, doc.pilot.lease.expires], null);
+  }
+}
+"""
+
+
+def monitor_views() -> dict[str, dict[str, str]]:
+    """The views of the PiCaS ``Monitor`` design document, exactly as the PiCaS examples create them."""
+    views = {name: {"map": _STATE_MAP % condition} for name, condition in CONDITIONS.items()}
+    views["overview_total"] = {"map": _OVERVIEW_MAP % CONDITIONS, "reduce": _OVERVIEW_REDUCE}
+    return views
+
+
+def lease_views() -> dict[str, dict[str, str]]:
+    return {LEASE_VIEW: {"map": _LEASE_MAP}}
+
+
+# -- reading a token -------------------------------------------------------------------------------
+
+
+def parse_int(value: Any) -> Optional[int]:
+    """JavaScript's ``parseInt`` as the views apply it to ``exit_code``: None where it gives NaN."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        sign = -1 if text.startswith("-") else 1
+        digits = text.lstrip("+-")
+        end = 0
+        while end < len(digits) and digits[end].isdigit():
+            end += 1
+        return sign * int(digits[:end]) if end else None
+    return None
+
+
+def _number(value: Any) -> float:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def state_of(doc: Mapping[str, Any]) -> Optional[State]:
+    """The view a token is in, by the PiCaS conditions; None for a document in none of them."""
+    lock, done = _number(doc.get("lock")), _number(doc.get("done"))
+    if lock == 0 and done == 0 and "lock" in doc and "done" in doc:
+        return State.TODO
+    if lock > 0 and done == 0 and "done" in doc:
+        return State.LOCKED
+    if lock > 0 and done > 0:
+        return State.DONE if parse_int(doc.get("exit_code")) == 0 else State.ERROR
+    return None
+
+
+def ours(doc: Mapping[str, Any]) -> dict[str, Any]:
+    value = doc.get(OURS)
+    return value if isinstance(value, dict) else {}
+
+
+def lease_of(doc: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+    lease = ours(doc).get("lease")
+    return lease if isinstance(lease, dict) else None
+
+
+def lease_id_of(doc: Mapping[str, Any]) -> Optional[str]:
+    lease = lease_of(doc)
+    return lease.get("id") if lease else None
+
+
+def attempts_of(doc: Mapping[str, Any]) -> list[Attempt]:
+    raw = ours(doc).get("attempts")
+    return (
+        [Attempt.from_json(item) for item in raw if isinstance(item, dict)] if isinstance(raw, list) else []
+    )
+
+
+def user_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The token's own data for the task's ``{field}``: everything but CouchDB's and the bookkeeping."""
+    return {k: v for k, v in doc.items() if not k.startswith("_") and k not in RESERVED}
+
+
+def to_token(doc: Mapping[str, Any]) -> Token:
+    state = state_of(doc) or State.ERROR  # in none of the views: not something a pilot may claim
+    failures = ours(doc).get("failures", 0)
+    return Token(
+        id=doc["_id"],
+        fields=user_fields(doc),
+        state=state,
+        attempts=tuple(attempts_of(doc)),
+        failures=failures if isinstance(failures, int) else 0,
+    )
+
+
+# -- writing a token -------------------------------------------------------------------------------
+
+
+def new_token(token_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A todo token as picas's ``create_tokens`` makes it (a ``Task`` with ``type: "token"``)."""
+    return {
+        "_id": token_id,
+        "type": "token",
+        "lock": 0,
+        "done": 0,
+        "hostname": "",
+        "scrub_count": 0,
+        "exit_code": "",
+        "error": [],
+        **fields,
+    }
+
+
+def _epoch(seconds: float) -> int:
+    return max(1, int(seconds))  # PiCaS keeps whole seconds; 0 would mean "not set"
+
+
+def _with_ours(doc: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+    new = copy.deepcopy(dict(doc))
+    new[OURS] = {**ours(doc), **changes}
+    return new
+
+
+def claimed(
+    doc: Mapping[str, Any], attempt: Attempt, *, lease_id: str, expires: float, design: str, now: float
+) -> tuple[dict[str, Any], list[Attempt]]:
+    """The document locked for ``attempt``, and the attempt history with it last.
+
+    A token still locked under an expired lease gets its open attempt closed as lease-expired first.
+    """
+    attempts = attempts_of(doc)
+    if state_of(doc) is State.LOCKED and attempts and attempts[-1].outcome is None:
+        old = lease_of(doc) or {}
+        ended = old.get("expires", now)
+        attempts[-1] = attempts[-1].closed(Outcome.LEASE_EXPIRED, ended, "lease expired, pilot gone")
+    attempts.append(attempt)
+    new = _with_ours(
+        doc,
+        lease={"id": lease_id, "expires": expires, "design": design},
+        attempts=[a.to_json() for a in attempts],
+    )
+    new.update({"lock": _epoch(now), "done": 0, "hostname": attempt.host})
+    return new, attempts
+
+
+def renewed(doc: Mapping[str, Any], expires: float) -> dict[str, Any]:
+    lease = {**(lease_of(doc) or {}), "expires": expires}
+    return _with_ours(doc, lease=lease)
+
+
+def picas_exit_code(exit_code: Optional[int], signal: Optional[int]) -> int:
+    """A non-zero exit code for a failed attempt (the error view needs one): 128 + signal as shells do."""
+    if exit_code:
+        return exit_code
+    return 128 + signal if signal else 1
+
+
+def log_names(token_id: str) -> tuple[str, str]:
+    return f"logs_{token_id}.out", f"logs_{token_id}.err"
+
+
+def with_logs(doc: dict[str, Any], stdout: bytes, stderr: bytes) -> None:
+    """``logs_<id>.out`` and ``logs_<id>.err`` as inline attachments, as the PiCaS examples attach them;
+    an empty log is left out, and the logs of an earlier attempt go. Other attachments stay."""
+    attachments = doc.get("_attachments") if isinstance(doc.get("_attachments"), dict) else {}
+    for name, data in zip(log_names(doc["_id"]), (stdout, stderr)):
+        attachments.pop(name, None)
+        if data:
+            attachments[name] = {"content_type": "text/plain", "data": base64.b64encode(data).decode("ascii")}
+    if attachments:
+        doc["_attachments"] = attachments
+    else:
+        doc.pop("_attachments", None)
+
+
+def reported(
+    doc: Mapping[str, Any], lease_id: str, attempt_index: int, report: Report, now: float
+) -> dict[str, Any]:
+    """The document after the report of the attempt at ``attempt_index`` of the history.
+
+    done: ``done`` set, ``exit_code`` 0. error: ``done`` set, a non-zero ``exit_code`` and an entry in
+    ``error``, as picas does. Back to todo: ``lock`` and ``done`` 0, ``scrub_count`` up by one, as a picas
+    scrub. The logs go on as attachments either way.
+    """
+    result = report.result
+    attempts = attempts_of(doc)
+    if 0 <= attempt_index < len(attempts):
+        attempts[attempt_index] = close_attempt(attempts[attempt_index], result)
+    new = _with_ours(
+        doc,
+        lease=None,
+        reported=lease_id,
+        failures=report.failures,
+        attempts=[a.to_json() for a in attempts],
+    )
+    with_logs(new, result.stdout_tail, result.stderr_tail)
+    if report.state is State.DONE:
+        new.update({"done": _epoch(now), "exit_code": 0})
+        return new
+    if result.outcome.charged:
+        errors = new.get("error") if isinstance(new.get("error"), list) else []
+        new["error"] = [*errors, {"time": _epoch(now), "message": result.reason}]
+    if report.state is State.ERROR:
+        new.update({"done": _epoch(now), "exit_code": picas_exit_code(result.exit_code, result.signal)})
+        if _number(new.get("lock")) <= 0:
+            new["lock"] = _epoch(now)
+        return new
+    return _scrubbed(new, drop_logs=False)
+
+
+def _scrubbed(doc: dict[str, Any], *, drop_logs: bool) -> dict[str, Any]:
+    """Back to todo as PiCaS's ``resetTokens.py`` does it; it drops all attachments, we only our logs."""
+    scrubs = doc.get("scrub_count")
+    doc.update(
+        {
+            "lock": 0,
+            "done": 0,
+            "hostname": "",
+            "exit_code": "",
+            "scrub_count": (scrubs if isinstance(scrubs, int) else 0) + 1,
+        }
+    )
+    for name in JOB_ID_FIELDS:
+        doc.pop(name, None)
+    if drop_logs:
+        with_logs(doc, b"", b"")
+    return doc
+
+
+def reset(doc: Mapping[str, Any], now: float, *, fresh_budget: bool) -> dict[str, Any]:
+    """A locked or error token back to todo; an open attempt is closed as reset."""
+    attempts = attempts_of(doc)
+    if attempts and attempts[-1].outcome is None:
+        attempts[-1] = attempts[-1].closed(Outcome.RESET, now, "reset by `pilot reset`")
+    changes: dict[str, Any] = {"lease": None, "attempts": [a.to_json() for a in attempts]}
+    if fresh_budget:
+        changes["failures"] = 0
+    return _scrubbed(_with_ours(doc, **changes), drop_logs=True)

@@ -1,0 +1,103 @@
+"""Reports to the pool, or to the journal while the server is away; nothing is lost either way.
+
+While the journal holds anything, new reports queue behind it so results reach the server in the order
+they finished. A report the server refuses because the lease moved on is a conflict: logged, never forced
+over the newer attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Optional
+
+from agent.errors import ServerUnreachable
+from agent.journal import Journal, orphans
+from agent.outage import Outage
+from agent.pools import Lease, Pool, Saved
+from agent.token import Report
+
+log = logging.getLogger(__name__)
+
+#: Called for every report the server took: the lease, the report and whether it was saved.
+Delivered = Callable[[Lease, Report, Saved], None]
+
+
+class Reporter:
+    def __init__(self, pool: Pool, journal: Journal, outage: Outage, clock: Callable[[], float]) -> None:
+        self.pool = pool
+        self.journal = journal
+        self.outage = outage
+        self.clock = clock
+
+    def send(self, lease: Lease, report: Report) -> Optional[Saved]:
+        """Report now, or keep it in the journal (None) when the server is away or others wait before it."""
+        if self.outage.down or len(self.journal):
+            self._keep(lease, report)
+            return None
+        try:
+            saved = self.pool.report(lease, report)
+        except ServerUnreachable as err:
+            self.unreachable(err)
+            self._keep(lease, report)
+            return None
+        self.reachable()
+        return saved
+
+    def flush(self, delivered: Delivered) -> int:
+        """Send what the journal holds, oldest first, when the backoff allows; returns how many left."""
+        if not len(self.journal) or not self.outage.may_try(self.clock()):
+            return len(self.journal)
+        sent = 0
+        try:
+            for entry in self.journal.entries:
+                saved = self.pool.report(entry.lease, entry.report)
+                delivered(entry.lease, entry.report, saved)
+                sent += 1
+        except ServerUnreachable as err:
+            self.unreachable(err)
+        else:
+            self.reachable()
+        finally:
+            if sent:
+                self.journal.sent(sent)
+                log.info("sent %d report(s) from the journal, %d left", sent, len(self.journal))
+        return len(self.journal)
+
+    def adopt_orphans(self, delivered: Delivered) -> int:
+        """Send the reports that pilots which died on this node left in their journals; returns how many.
+
+        A journal is deleted once every report in it reached the server; one the server could not take
+        stays for the next pilot (or this one's own journal takes them, if the server went away now)."""
+        adopted = 0
+        with orphans(self.journal.folder, self.journal.path) as found:
+            for path, entries in found:
+                log.info("found %d unsent report(s) from an earlier pilot in %s", len(entries), path)
+                for entry in entries:
+                    saved = self.send(entry.lease, entry.report)
+                    if saved is not None:
+                        delivered(entry.lease, entry.report, saved)
+                    adopted += 1
+                path.unlink(missing_ok=True)
+        return adopted
+
+    def unreachable(self, err: ServerUnreachable) -> None:
+        now = self.clock()
+        first = not self.outage.down
+        self.outage.failed(now, err.problem)
+        if first:
+            log.warning("%s: running tasks go on, reports go to the journal, no new claims", err)
+
+    def reachable(self) -> None:
+        away = self.outage.ok(self.clock())
+        if away is not None:
+            log.info("server reachable again after %.0fs", away)
+
+    def _keep(self, lease: Lease, report: Report) -> None:
+        self.journal.add(lease, report)
+        log.warning(
+            "report kept in the journal %s until the server answers (%s)",
+            self.journal.path,
+            report.result.reason,
+            extra={"token": lease.token.id},
+        )

@@ -1,0 +1,197 @@
+"""CouchDB pool throughput: 1,000 `/bin/true` tokens, 4 pilot.pyz pilots against 4 picas RunActor pilots, in
+the same run, against the same pouchdb-server (in memory, on 127.0.0.1), one after the other.
+
+Prints tasks per second for both and their ratio (target >= 3), duplicate executions for both (target 0 for
+ours), HTTP requests per task for both, and the CPU time per task of the server and of the pilots (which
+bounds the throughput on a small machine). Requests are counted from pouchdb-server's request log (every
+request it served for that database) in a second, untimed pass, since logging costs the server time.
+Executions are counted from each pilot's own record of starting a task: our pilots' "started" log lines,
+the picas actors' list of the tokens they process.
+
+    .venv/bin/python tests/benchmarks/bench_couchdb.py [--tokens 1000] [--pilots 4] [--slots 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from common import ensure_pyz, report  # noqa: E402
+from servers.pouchdb import PouchDBServer, ServerMissing, require_picas  # noqa: E402
+
+PICAS_SIDE = HERE.parent / "pools" / "picas_side.py"
+STARTED = re.compile(r" token=(\S+) INFO started \(attempt")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a running process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_all(processes: list[subprocess.Popen[bytes]], what: str, *, strict: bool) -> tuple[float, int]:
+    """Wait for every pilot; (their CPU seconds, how many exited non-zero)."""
+    cpu, failed = 0.0, 0
+    for process in processes:
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        cpu += usage.ru_utime + usage.ru_stime
+        if process.returncode != 0:
+            if strict:
+                raise SystemExit(f"{what}: a pilot exited with {process.returncode}")
+            failed += 1
+    return cpu, failed
+
+
+def duplicates(executed: Counter[str], tokens: int) -> tuple[int, int]:
+    """(executions beyond the first, tokens never executed)."""
+    return sum(n - 1 for n in executed.values() if n > 1), tokens - len(executed)
+
+
+@dataclass
+class Phase:
+    elapsed: float  # seconds from the first pilot's start to the last one's exit
+    requests: int  # HTTP requests pouchdb-server served for this phase's database
+    server_cpu: float  # CPU seconds pouchdb-server spent meanwhile
+    pilots_cpu: float  # CPU seconds of the pilots and their tasks
+    failed: int  # pilots that exited non-zero
+
+
+def run_pilots(
+    server: PouchDBServer,
+    database: str,
+    argvs: list[list[str]],
+    env: dict[str, str],
+    *,
+    logs: list[Path],
+    strict: bool,
+) -> Phase:
+    assert server.process is not None
+    count = server.request_count if server.log_requests else lambda _: 0
+    before, cpu_before = count(database), cpu_seconds(server.process.pid)
+    start = time.perf_counter()
+    processes = []
+    for argv, log in zip(argvs, logs):
+        with log.open("wb") as out:
+            processes.append(subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT))
+    pilots_cpu, failed = wait_all(processes, argvs[0][0], strict=strict)
+    elapsed = time.perf_counter() - start
+    return Phase(
+        elapsed=elapsed,
+        requests=count(database) - before,
+        server_cpu=cpu_seconds(server.process.pid) - cpu_before,
+        pilots_cpu=pilots_cpu,
+        failed=failed,
+    )
+
+
+def ours(
+    pyz: Path, server: PouchDBServer, folder: Path, options: argparse.Namespace
+) -> tuple[Phase, Counter]:
+    database = server.create_database("ours")
+    config = folder / "site.toml"
+    config.write_text(
+        f'[server]\nbackend = "couchdb"\nurl = "{server.url}"\ndatabase = "{database}"\n\n'
+        f'[task]\ncommand = ["/bin/true"]\n\n[pilot]\nslots = {options.slots}\nworkdir = "{folder}/work"\n'
+    )
+    env = {**os.environ, "TMPDIR": str(folder)}
+    for args in (["init"], ["tokens", "add", "--range", str(options.tokens)]):
+        subprocess.run([str(pyz), *args, "--config", str(config)], check=True, env=env, capture_output=True)
+    logs = [folder / f"pilot-{i}.log" for i in range(options.pilots)]
+    argv = [str(pyz), "run", "--config", str(config)]
+    phase = run_pilots(server, database, [argv] * options.pilots, env, logs=logs, strict=True)
+    executed = Counter(m.group(1) for log in logs for m in STARTED.finditer(log.read_text()))
+    return phase, executed
+
+
+def picas(
+    python: Path, server: PouchDBServer, folder: Path, options: argparse.Namespace
+) -> tuple[Phase, Counter]:
+    database = server.create_database("picas")
+    base = [str(python), str(PICAS_SIDE), server.url, database]
+    for args in (["views", "Monitor"], ["add", str(options.tokens)]):
+        subprocess.run([*base, *args], check=True, capture_output=True)
+    records = [folder / f"picas-{i}.ids" for i in range(options.pilots)]
+    argvs = [[*base, "run", str(record), "--", "/bin/true"] for record in records]
+    logs = [folder / f"picas-{i}.log" for i in range(options.pilots)]
+    # A picas pilot that gives up on contention exits non-zero: counted, not fatal.
+    phase = run_pilots(server, database, argvs, dict(os.environ), logs=logs, strict=False)
+    executed = Counter(line for record in records if record.exists() for line in record.read_text().split())
+    return phase, executed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tokens", type=int, default=1000)
+    parser.add_argument("--pilots", type=int, default=4)
+    parser.add_argument("--slots", type=int, default=1, help="slots per pilot.pyz pilot (picas has one)")
+    options = parser.parse_args()
+    pyz = ensure_pyz()
+    python = require_picas()
+    runs: dict[str, tuple[Phase, Counter[str]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-couchdb-") as tmp:
+        # Timed on a server that logs nothing; requests counted in a second pass on one that logs them all.
+        for name, logging in (("timed", False), ("counted", True)):
+            folder = Path(tmp) / name
+            server = PouchDBServer(
+                folder / "server", auth=False, in_memory=True, log_requests=logging
+            ).start()
+            try:
+                for side, run in (("ours", ours), ("picas", picas)):
+                    (folder / side).mkdir()
+                    binary = pyz if side == "ours" else python
+                    runs[f"{side} {name}"] = run(binary, server, folder / side, options)
+            finally:
+                server.stop()
+    mine, mine_ran = runs["ours timed"]
+    theirs, theirs_ran = runs["picas timed"]
+    mine_requests = runs["ours counted"][0].requests
+    theirs_requests = runs["picas counted"][0].requests
+    tokens = options.tokens
+    ours_rate, picas_rate = tokens / mine.elapsed, tokens / theirs.elapsed
+    ours_dup, ours_missing = duplicates(mine_ran, tokens)
+    picas_dup, picas_missing = duplicates(theirs_ran, tokens)
+    report(
+        f"CouchDB pool: {tokens} /bin/true tokens, {options.pilots} pilots each, pouchdb-server in memory",
+        [
+            (f"pilot.pyz (slots={options.slots})", f"{ours_rate:.1f} tasks/s ({mine.elapsed:.1f}s)"),
+            ("picas RunActor", f"{picas_rate:.1f} tasks/s ({theirs.elapsed:.1f}s)"),
+            ("ratio", f"{ours_rate / picas_rate:.2f}x (target >= 3)"),
+            ("duplicates, pilot.pyz", f"{ours_dup} (never run: {ours_missing}; target 0)"),
+            ("duplicates, picas", f"{picas_dup} (never run: {picas_missing}; gave up: {theirs.failed})"),
+            ("requests per task, pilot.pyz", f"{mine_requests / tokens:.2f} (target <= 2)"),
+            ("requests per task, picas", f"{theirs_requests / tokens:.2f}"),
+            (
+                "server CPU ms per task",
+                f"pilot.pyz {1000 * mine.server_cpu / tokens:.1f}, "
+                f"picas {1000 * theirs.server_cpu / tokens:.1f}",
+            ),
+            (
+                "pilot CPU ms per task",
+                f"pilot.pyz {1000 * mine.pilots_cpu / tokens:.1f}, "
+                f"picas {1000 * theirs.pilots_cpu / tokens:.1f} (with the tasks)",
+            ),
+        ],
+    )
+    counted_dup = sum(duplicates(runs["ours counted"][1], tokens))
+    return 0 if ours_dup == ours_missing == counted_dup == 0 else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ServerMissing as err:
+        sys.exit(f"bench_couchdb: {err}")

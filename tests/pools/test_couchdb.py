@@ -1,0 +1,401 @@
+"""The CouchDB pool against a real pouchdb-server: claims, leases, reports, resets, init, check, credentials.
+
+Pools run in this process with an injected clock; the documents are read back over plain HTTP (urllib),
+not through the code under test.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from servers.pouchdb import ADMIN, MEMBER, PouchDBServer, free_port
+
+from agent.config import CouchDBServer, Secret, ServerConfig
+from agent.errors import ExitCode, PoolError, ServerUnreachable, TokenError
+from agent.http import HttpClient, Response
+from agent.identity import Identity
+from agent.pools import NewToken, Saved
+from agent.pools.couchdb import CouchDBPool
+from agent.pools.picas import LEASE_DESIGN, monitor_views
+from agent.token import Outcome, Result, make_report
+
+LEASE = 10.0
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def server_config(
+    url: str, database: str, *, user: Optional[tuple[str, Optional[str]]] = None, timeout: float = 10.0
+) -> ServerConfig:
+    username, password = user if user else (None, None)
+    couch = CouchDBServer(
+        url=url,
+        database=database,
+        username=username,
+        password=Secret(password) if password is not None else None,
+        design_doc="Monitor",
+        ca_bundle=None,
+        tls_verify=True,
+    )
+    return ServerConfig(backend="couchdb", lease=LEASE, max_outage=60.0, timeout=timeout, couchdb=couch)
+
+
+def make_pool(
+    server: PouchDBServer,
+    database: str,
+    name: str = "pilot-a",
+    clock: Optional[Clock] = None,
+    *,
+    user: Optional[tuple[str, Optional[str]]] = None,
+    http: Optional[HttpClient] = None,
+) -> CouchDBPool:
+    return CouchDBPool(
+        server_config(server.url, database, user=user),
+        Identity(name, f"{name}.node", "slurm:42"),
+        http=http,
+        clock=clock or Clock(),
+        sleep=lambda _: None,
+        rng=random.Random(7),
+    )
+
+
+def result(outcome: Outcome = Outcome.DONE, code: Optional[int] = 0, out: bytes = b"out") -> Result:
+    return Result(outcome, f"exit code {code}", 1.0, 2.0, code, None, out, b"err")
+
+
+def ready_pool(server: PouchDBServer, database: str, tokens: int, **kwargs: Any) -> CouchDBPool:
+    pool = make_pool(server, database, **kwargs)
+    pool.init()
+    pool.add(NewToken(f"tok-{i:03d}", {"input": i}) for i in range(tokens))
+    return pool
+
+
+# -- init, add, counts -----------------------------------------------------------------------------
+
+
+def test_init_creates_the_database_and_both_design_documents_once(pouchdb: PouchDBServer) -> None:
+    database = "init-" + str(free_port())
+    pool = make_pool(pouchdb, database)
+    try:
+        first = pool.init()
+        assert first[0] == f"database {database}: created"
+        monitor = pouchdb.request("GET", f"/{database}/_design/Monitor").body
+        assert monitor["views"] == monitor_views()
+        assert monitor["language"] == "javascript"
+        assert pouchdb.request("GET", f"/{database}/_design/{LEASE_DESIGN}").status == 200
+        again = pool.init()
+        assert again[0].startswith(f"database {database}: exists")
+        assert all("up to date" in line for line in again[1:])
+    finally:
+        pouchdb.delete_database(database)
+
+
+def test_init_keeps_a_site_specific_monitor_view_and_adds_the_missing_ones(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    own = {
+        "map": 'function(doc) { if (doc.type == "token" && doc.lock == 0 && doc.cores == 4) emit(doc._id); }'
+    }
+    pouchdb.request("PUT", f"/{couch_db}/_design/Monitor", {"language": "javascript", "views": {"todo": own}})
+    lines = make_pool(pouchdb, couch_db).init()
+    views = pouchdb.request("GET", f"/{couch_db}/_design/Monitor").body["views"]
+    assert views["todo"] == own
+    assert views["done"] == monitor_views()["done"]
+    assert any("kept the site's own definition of todo" in line for line in lines)
+
+
+def test_added_tokens_have_the_picas_fields_and_duplicates_are_refused(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    pool = ready_pool(pouchdb, couch_db, 3)
+    doc = pouchdb.docs(couch_db)["tok-001"]
+    assert {k: doc[k] for k in ("type", "lock", "done", "hostname", "scrub_count", "exit_code", "error")} == {
+        "type": "token",
+        "lock": 0,
+        "done": 0,
+        "hostname": "",
+        "scrub_count": 0,
+        "exit_code": "",
+        "error": [],
+    }
+    assert doc["input"] == 1
+    with pytest.raises(TokenError, match="'tok-002': already in the pool"):
+        pool.add([NewToken("new-1", {}), NewToken("tok-002", {})])
+    assert "new-1" not in pouchdb.docs(couch_db)  # nothing was added
+    with pytest.raises(TokenError, match="field 'lock' is kept for PiCaS"):
+        pool.add([NewToken("new-2", {"lock": 5})])
+    assert pool.counts().as_dict() == {"todo": 3, "locked": 0, "done": 0, "error": 0}
+
+
+# -- claims ----------------------------------------------------------------------------------------
+
+
+def test_a_claim_on_a_stale_revision_gets_nothing_twice(pouchdb: PouchDBServer, couch_db: str) -> None:
+    first = ready_pool(pouchdb, couch_db, 6, name="pilot-a")
+    second = make_pool(pouchdb, couch_db, "pilot-b")
+    seen_by_first = first._candidates(3)  # read the window, as a claim does, and wait before writing
+    assert len(seen_by_first) == 3
+    first.candidates = seen_by_first
+    taken = second.claim(10)
+    assert len(taken) == 6
+    assert first.claim(3) == []  # its revisions are stale: every write conflicts, the view is empty now
+    docs = pouchdb.docs(couch_db)
+    assert {doc["pilot"]["lease"]["id"] for doc in docs.values()} == {lease.lease_id for lease in taken}
+
+
+def test_two_pools_claiming_in_turns_share_out_every_token_once(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    pools = [ready_pool(pouchdb, couch_db, 40, name="pilot-a"), make_pool(pouchdb, couch_db, "pilot-b")]
+    claimed: list[str] = []
+    while True:
+        got = [lease.token.id for pool in pools for lease in pool.claim(3)]
+        if not got:
+            break
+        claimed += got
+    assert sorted(claimed) == [f"tok-{i:03d}" for i in range(40)]
+    assert pools[0].counts().locked == 40
+
+
+def test_claimed_token_records_the_lock_as_picas_does(pouchdb: PouchDBServer, couch_db: str) -> None:
+    clock = Clock()
+    pool = ready_pool(pouchdb, couch_db, 1, clock=clock)
+    (lease,) = pool.claim(1)
+    doc = pouchdb.docs(couch_db)["tok-000"]
+    assert doc["lock"] == int(clock.now)
+    assert doc["done"] == 0
+    assert doc["hostname"] == "pilot-a.node"
+    assert doc["pilot"]["lease"] == {"id": lease.lease_id, "expires": clock.now + LEASE, "design": "Monitor"}
+    assert pouchdb.view_ids(couch_db, "Monitor", "locked") == ["tok-000"]
+    assert lease.token.fields == {"input": 0}
+
+
+def test_an_expired_lease_is_claimed_again_and_the_late_report_is_a_conflict(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    clock = Clock()
+    dying = ready_pool(pouchdb, couch_db, 1, name="pilot-a", clock=clock)
+    (old,) = dying.claim(1)
+    other = make_pool(pouchdb, couch_db, "pilot-b", clock)
+    assert other.claim(1) == []  # the lease is still good
+    clock.now += LEASE + 1
+    other.next_lease_scan = 0
+    (new,) = other.claim(1)
+    assert new.token.id == old.token.id
+    assert [a.outcome for a in new.token.attempts] == [Outcome.LEASE_EXPIRED.value, None]
+    assert [a.pilot for a in new.token.attempts] == ["pilot-a", "pilot-b"]
+
+    late = dying.report(old, make_report(old.token, result(), 1))
+    assert late is Saved.CONFLICT
+    assert pouchdb.docs(couch_db)["tok-000"]["pilot"]["lease"]["id"] == new.lease_id
+    assert other.report(new, make_report(new.token, result(), 1)) is Saved.SAVED
+    token = other.get("tok-000")
+    assert token.state.value == "done"
+    assert [a.outcome for a in token.attempts] == ["lease-expired", "done"]
+
+
+def test_the_pool_looks_for_expired_leases_when_todo_is_empty(pouchdb: PouchDBServer, couch_db: str) -> None:
+    clock = Clock()
+    pool = ready_pool(pouchdb, couch_db, 1, clock=clock)
+    pool.claim(1)
+    clock.now += LEASE + 1
+    pool.next_lease_scan = clock.now + 1000  # not due by the clock: found because todo is empty
+    assert [lease.token.id for lease in pool.claim(2)] == ["tok-000"]
+
+
+def test_renewal_extends_the_lease_and_reports_it_lost_after_a_reset(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    clock = Clock()
+    pool = ready_pool(pouchdb, couch_db, 2, clock=clock)
+    leases = pool.claim(2)
+    clock.now += 5
+    renewal = pool.renew(leases)
+    assert not renewal.lost
+    assert {lease.expires for lease in renewal.renewed} == {clock.now + LEASE}
+    docs = pouchdb.docs(couch_db)
+    assert {doc["pilot"]["lease"]["expires"] for doc in docs.values()} == {clock.now + LEASE}
+
+    assert make_pool(pouchdb, couch_db, "admin-tool").reset(locked=True, errors=False) == 2
+    again = pool.renew(renewal.renewed)
+    assert not again.renewed
+    assert len(again.lost) == 2
+
+
+def test_renewal_survives_an_edit_of_the_token_by_someone_else(pouchdb: PouchDBServer, couch_db: str) -> None:
+    pool = ready_pool(pouchdb, couch_db, 1)
+    (lease,) = pool.claim(1)
+    edited = {**pouchdb.docs(couch_db)["tok-000"], "note": "edited by hand"}
+    assert pouchdb.request("PUT", f"/{couch_db}/tok-000", edited).status == 201
+    renewal = pool.renew([lease])
+    assert len(renewal.renewed) == 1
+    assert pouchdb.docs(couch_db)["tok-000"]["note"] == "edited by hand"
+
+
+# -- reports ---------------------------------------------------------------------------------------
+
+
+def test_done_and_failed_reports_land_in_the_picas_views_with_logs(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    pool = ready_pool(pouchdb, couch_db, 3)
+    leases = sorted(pool.claim(3), key=lambda lease: lease.token.id)
+    outcomes = [result(), result(Outcome.FAILED, 3, b"bad"), result(Outcome.FAILED, 4)]
+    for lease, outcome in zip(leases, outcomes):
+        max_attempts = 2 if lease.token.id == "tok-002" else 1
+        assert pool.report(lease, make_report(lease.token, outcome, max_attempts)) is Saved.SAVED
+    docs = pouchdb.docs(couch_db)
+    assert pouchdb.view_ids(couch_db, "Monitor", "done") == ["tok-000"]
+    assert pouchdb.view_ids(couch_db, "Monitor", "error") == ["tok-001"]
+    assert pouchdb.view_ids(couch_db, "Monitor", "todo") == ["tok-002"]  # one more attempt allowed
+    assert docs["tok-000"]["exit_code"] == 0
+    assert docs["tok-001"]["exit_code"] == 3
+    assert docs["tok-001"]["error"][-1]["message"] == "exit code 3"
+    assert docs["tok-002"]["scrub_count"] == 1
+    assert docs["tok-002"]["pilot"]["failures"] == 1
+    assert set(docs["tok-001"]["_attachments"]) == {"logs_tok-001.out", "logs_tok-001.err"}
+    assert pool.tails("tok-001") == (b"bad", b"err")
+    raw = pouchdb.request("GET", f"/{couch_db}/tok-001?attachments=true").body["_attachments"]
+    assert base64.b64decode(raw["logs_tok-001.out"]["data"]) == b"bad"
+    assert pool.counts().as_dict() == {"todo": 1, "locked": 0, "done": 1, "error": 1}
+
+
+def test_a_report_merges_onto_a_token_edited_while_it_ran(pouchdb: PouchDBServer, couch_db: str) -> None:
+    pool = ready_pool(pouchdb, couch_db, 1)
+    (lease,) = pool.claim(1)
+    edited = {**pouchdb.docs(couch_db)["tok-000"], "note": "edited by hand"}
+    assert pouchdb.request("PUT", f"/{couch_db}/tok-000", edited).status == 201
+    assert pool.report(lease, make_report(lease.token, result(), 1)) is Saved.SAVED
+    doc = pouchdb.docs(couch_db)["tok-000"]
+    assert doc["note"] == "edited by hand"
+    assert doc["done"] > 0
+    assert doc["exit_code"] == 0
+
+
+class LosesAnswers(HttpClient):
+    """An HttpClient whose chosen requests reach the server but whose answers are lost on the way back."""
+
+    def __init__(self, method: str, path_end: str, times: int = 1) -> None:
+        super().__init__(timeout=10.0)
+        self.method = method
+        self.path_end = path_end
+        self.times = times
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Response:
+        response = super().request(method, url, **kwargs)
+        if self.times and method == self.method and url.split("?", maxsplit=1)[0].endswith(self.path_end):
+            self.times -= 1
+            raise ServerUnreachable(url, "connection reset")
+        return response
+
+
+def test_a_claim_whose_answer_was_lost_keeps_the_tokens_it_locked(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    ready_pool(pouchdb, couch_db, 2)
+    pool = make_pool(pouchdb, couch_db, "pilot-b", http=LosesAnswers("POST", "/_bulk_docs"))
+    leases = pool.claim(2)
+    assert sorted(lease.token.id for lease in leases) == ["tok-000", "tok-001"]
+    assert pool.http.times == 0
+    for lease in leases:
+        assert pool.report(lease, make_report(lease.token, result(), 1)) is Saved.SAVED
+
+
+def test_a_report_sent_again_after_a_lost_answer_is_saved_once(pouchdb: PouchDBServer, couch_db: str) -> None:
+    ready_pool(pouchdb, couch_db, 1)
+    pool = make_pool(pouchdb, couch_db, "pilot-b", http=LosesAnswers("PUT", "/tok-000"))
+    (lease,) = pool.claim(1)
+    report = make_report(lease.token, result(), 1)
+    with pytest.raises(ServerUnreachable):
+        pool.report(lease, report)
+    assert pool.report(lease, report) is Saved.SAVED  # the first PUT had landed
+    token = pool.get("tok-000")
+    assert [a.outcome for a in token.attempts] == ["done"]
+
+
+# -- reset -----------------------------------------------------------------------------------------
+
+
+def test_reset_puts_locked_and_error_tokens_back_like_resettokens(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    pool = ready_pool(pouchdb, couch_db, 3)
+    leases = sorted(pool.claim(3), key=lambda lease: lease.token.id)
+    pool.report(leases[0], make_report(leases[0].token, result(Outcome.FAILED, 2), 1))
+    pool.report(leases[1], make_report(leases[1].token, result(), 1))
+    assert pool.reset(locked=False, errors=True) == 1
+    doc = pouchdb.docs(couch_db)["tok-000"]
+    assert (doc["lock"], doc["done"], doc["exit_code"], doc["scrub_count"]) == (0, 0, "", 1)
+    assert "_attachments" not in doc
+    assert doc["pilot"]["failures"] == 0
+    assert pool.reset(locked=True, errors=False) == 1
+    attempts = pool.get("tok-002").attempts
+    assert attempts[-1].outcome == Outcome.RESET.value
+    assert pool.counts().as_dict() == {"todo": 2, "locked": 0, "done": 1, "error": 0}
+
+
+# -- errors: credentials, missing database or views, unreachable server ------------------------------
+
+
+def test_a_member_with_the_right_password_can_use_the_restricted_database(
+    pouchdb_auth: PouchDBServer, member_db: str
+) -> None:
+    admin = make_pool(pouchdb_auth, member_db, user=ADMIN)
+    admin.init()
+    pool = make_pool(pouchdb_auth, member_db, user=MEMBER)
+    pool.add([NewToken("t1", {"input": "x"})])
+    lines = pool.check()
+    assert f"credentials: user {MEMBER[0]!r} accepted" in lines
+    (lease,) = pool.claim(1)
+    assert pool.report(lease, make_report(lease.token, result(), 1)) is Saved.SAVED
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        ((MEMBER[0], "not-the-password"), "refused the credentials of user 'alice'"),
+        ((MEMBER[0], None), "no password for user 'alice'"),
+        (None, "the server wants a user name and password"),
+    ],
+)
+def test_bad_credentials_are_one_clear_pool_error(
+    pouchdb_auth: PouchDBServer, member_db: str, user: Optional[tuple[str, Optional[str]]], expected: str
+) -> None:
+    with pytest.raises(PoolError) as caught:
+        make_pool(pouchdb_auth, member_db, user=user).counts()
+    assert expected in str(caught.value)
+    assert caught.value.exit_code == ExitCode.POOL
+    assert "\n" not in str(caught.value)
+    assert "not-the-password" not in str(caught.value)
+
+
+def test_a_database_that_is_missing_or_has_no_views_says_to_run_init(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    with pytest.raises(PoolError, match=r"no database 'no-such-db'.*pilot\.pyz init"):
+        make_pool(pouchdb, "no-such-db").claim(1)
+    with pytest.raises(PoolError, match=r"Monitor/todo: no such view.*pilot\.pyz init"):
+        make_pool(pouchdb, couch_db).claim(1)
+
+
+def test_an_unreachable_server_is_server_unreachable(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    pool = CouchDBPool(
+        server_config(url, "tokens", timeout=2.0),
+        Identity("p", "h", None),
+        http=HttpClient(timeout=2.0, retries=1, backoff=0.01),
+    )
+    with pytest.raises(ServerUnreachable, match="connection refused") as caught:
+        pool.claim(1)
+    assert caught.value.exit_code == ExitCode.SERVER_UNREACHABLE
+    assert str(caught.value).startswith(f"pool {url}/tokens: ")
