@@ -7,13 +7,10 @@ arrives, or a timer is due (a task's timeout, a lease renewal, the next look at 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Callable, Optional
 
 from agent import runner, template
@@ -35,7 +32,6 @@ log = logging.getLogger(__name__)
 
 EMPTY_POLL = 10.0  # at most this many seconds between looks at a pool that had nothing to claim
 MAX_SLEEP = 60.0
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,7 @@ class Suspect:
 
     lease: Lease
     result: Result
-    folder: Path
+    folder: str
 
 
 @dataclass
@@ -106,6 +102,7 @@ class Pilot:
             "PILOT_CONFIG_DIR": self.config_dir,
         }
         self.running: dict[str, Running] = {}
+        self.claimed_early: list[Lease] = []  # claimed with a report, not started yet
         self.outage = Outage(config.server.max_outage)
         self.journal = Journal(config.pilot.workdir / "journal", identity.pilot_id)
         self.reporter = Reporter(pool, self.journal, self.outage, clock)
@@ -150,20 +147,37 @@ class Pilot:
                 self._abandon()
                 self.journal.close()
                 self._tidy_pilot_folder()
+                log.info("tasks: %s", self.tally)
 
     # -- claim -------------------------------------------------------------------------------------
 
     def _claim(self) -> list[Lease]:
+        if self.claimed_early:
+            return self._early_claims()
         wanted = self._claims_wanted()
         if not wanted:
             return []
-        now = self.clock()
         try:
             leases = self.pool.claim(wanted)
         except ServerUnreachable as err:
             self.reporter.unreachable(err)
             return []
         self.reporter.reachable()
+        self._claimed(wanted, leases)
+        return leases
+
+    def _early_claims(self) -> list[Lease]:
+        """Tokens claimed along with the last reports. They passed max_tasks and the walltime when claimed;
+        a stop, a drain signal or a tripped breaker since then gives them back unstarted."""
+        leases, self.claimed_early = self.claimed_early, []
+        if self.stopping is None and self.signals.drain_signal is None and not self.breaker.tripped:
+            return leases
+        for lease in leases:
+            self._give_back(lease, "not started: the pilot stopped claiming")
+        return []
+
+    def _claimed(self, wanted: int, leases: list[Lease]) -> None:
+        now = self.clock()
         self.claimed += len(leases)
         if len(leases) < wanted:
             self.next_claim = now + self.empty_poll
@@ -173,7 +187,6 @@ class Pilot:
             self.idle_since = None
             if not self.running:
                 self.next_renewal = now + self.config.server.lease / 3
-        return leases
 
     def _note_idle(self, now: float) -> None:
         """Nothing to claim and nothing running. Waiting only helps while other pilots hold tokens that
@@ -184,7 +197,7 @@ class Pilot:
             self.locked_elsewhere = 0
             return
         try:
-            self.locked_elsewhere = self.pool.counts().locked
+            self.locked_elsewhere = self.pool.counts().locked - len(self.suspects)  # ours are not elsewhere
         except ServerUnreachable as err:
             self.reporter.unreachable(err)
 
@@ -192,7 +205,7 @@ class Pilot:
         """How many tokens to claim now: free slots, unless draining, stopping, or the pool was just empty."""
         if self.stopping or self.draining or self.breaker.tripped or len(self.journal):
             return 0  # a journal to send means the server was away: results first, then new work
-        free = self.config.pilot.slots - len(self.running)
+        free = self.config.pilot.slots - len(self.running) - len(self.claimed_early)
         max_tasks = self.config.pilot.max_tasks
         if max_tasks:
             if self.claimed >= max_tasks:
@@ -222,21 +235,23 @@ class Pilot:
         verdict = None if estimate is None else self.walltime.verdict(self.clock(), estimate, TOKEN_ESTIMATE)
         if verdict is None:
             return True
-        folder = self.folder / task_folder_name(token.id, len(token.attempts))
-        self._report_now(
-            lease, Result(Outcome.INTERRUPTED, f"not started: {verdict}", None, self.wallclock()), folder
-        )
+        self._give_back(lease, f"not started: {verdict}")
         self._drain(verdict)
         return False
+
+    def _give_back(self, lease: Lease, reason: str) -> None:
+        """A claimed token this pilot will not start: back to todo, not charged."""
+        folder = runner.task_folder(self.folder, lease.token.id, len(lease.token.attempts))
+        self._deliver(lease, Result(Outcome.INTERRUPTED, reason, None, self.wallclock()), folder)
 
     # -- run ---------------------------------------------------------------------------------------
 
     def _run(self, lease: Lease) -> None:
         token = lease.token
         attempt_number = len(token.attempts)
-        folder = self.folder / task_folder_name(token.id, attempt_number)
+        folder = runner.task_folder(self.folder, token.id, attempt_number)
         values = template.token_values(token.id, token.fields, self.cache_paths)
-        values.update({"pilot.config_dir": self.config_dir, "pilot.task_dir": str(folder)})
+        values.update({"pilot.config_dir": self.config_dir, "pilot.task_dir": folder})
         try:
             argv = [template.render(word, values) for word in self.config.task.command]
         except (template.MissingField, template.UnsafeValue) as err:
@@ -246,7 +261,7 @@ class Pilot:
         env = {
             **self.base_env,
             **template.task_environment(token.id, token.fields, self.cache_paths),
-            "PILOT_TASK_DIR": str(folder),
+            "PILOT_TASK_DIR": folder,
         }
         started = runner.start(
             token_id=token.id,
@@ -280,12 +295,16 @@ class Pilot:
     # -- report ------------------------------------------------------------------------------------
 
     def _report(self, running: Running, result: Result) -> None:
-        self._report_now(running.lease, result, running.payload.folder)
+        """A task ended: report it, and claim its successor in the same round trip."""
+        self._report_now(running.lease, result, running.payload.folder, claim=True)
 
-    def _report_now(self, lease: Lease, result: Result, folder: Path) -> None:
+    def _report_now(self, lease: Lease, result: Result, folder: str, *, claim: bool = False) -> None:
         """Report, except a failure while the black-hole breaker cannot yet tell whether the token or the
         node is at fault: that one is held (its lease kept) until a success or the window says token."""
-        if result.outcome.charged and self.breaker.limit:
+        # A token that already failed (charged) where tasks worked is at fault itself, not this node: its
+        # failure is charged now and neither trips nor resets the breaker. Else the last tokens of a pool,
+        # the bad ones, trip every working node and are given back uncharged forever.
+        if result.outcome.charged and self.breaker.limit and not lease.token.failures:
             if not self.breaker.tripped:
                 self.suspects[lease.token.id] = Suspect(lease, result, folder)
                 if self.breaker.failure(lease.token.id, self.clock()):
@@ -294,13 +313,17 @@ class Pilot:
             result = self._absolved(result)
         elif result.outcome is Outcome.DONE:
             self._release_suspects(self.breaker.success())
-        self._deliver(lease, result, folder)
+        self._deliver(lease, result, folder, claim=claim)
 
-    def _deliver(self, lease: Lease, result: Result, folder: Path) -> None:
+    def _deliver(self, lease: Lease, result: Result, folder: str, *, claim: bool = False) -> None:
         report = make_report(lease.token, result, self.config.task.max_attempts)
-        saved = self.reporter.send(lease, report)
+        wanted = self._claims_wanted() if claim else 0
+        saved, leases = self.reporter.send(lease, report, wanted)
         if saved is not None:
             self._count(lease, report, saved)
+        if wanted and saved is not None:
+            self._claimed(wanted, leases)
+            self.claimed_early += leases  # started by the loop's next claim step
         if result.outcome in (Outcome.DONE, Outcome.FAILED) and result.duration is not None:
             self.walltime.estimator.record(result.duration)
         self._tidy_task_folder(folder, report)
@@ -384,7 +407,7 @@ class Pilot:
 
     def _keep_leases(self) -> None:
         now = self.clock()
-        if not self.running or now < self.next_renewal:
+        if not (self.running or self.suspects) or now < self.next_renewal:
             return
         self.next_renewal = now + self.config.server.lease / 3
         held = [running.lease for running in self.running.values()]
@@ -481,7 +504,7 @@ class Pilot:
             event = running.payload.next_event()
             if event is not None:
                 wake.append(event)
-        if self.running:
+        if self.running or self.suspects:  # held failures keep their leases too
             wake.append(self.next_renewal)
         if not self.stopping and not self.draining and len(self.running) < self.config.pilot.slots:
             wake.append(self.next_claim)
@@ -496,6 +519,9 @@ class Pilot:
     def _abandon(self) -> None:
         """On the way out with tasks still running (an error in the loop): kill them, give tokens back."""
         self._release_suspects(list(self.suspects))
+        for lease in self.claimed_early:
+            self._give_back(lease, "not started: the pilot hit an error")
+        self.claimed_early = []
         for token_id, running in list(self.running.items()):
             running.payload.kill_now(Stop(Outcome.INTERRUPTED, "interrupted: the pilot hit an error"))
             running.payload.popen.wait()
@@ -513,7 +539,7 @@ class Pilot:
 
     # -- folders -----------------------------------------------------------------------------------
 
-    def _tidy_task_folder(self, folder: Path, report: Report) -> None:
+    def _tidy_task_folder(self, folder: str, report: Report) -> None:
         keep = self.config.pilot.keep_workdirs
         if keep == "always" or (keep == "failed" and report.state is not State.DONE):
             return
@@ -541,11 +567,3 @@ class Pilot:
 
 def _took(result: Result) -> str:
     return f" in {format_duration(result.duration)}" if result.duration is not None else ""
-
-
-def task_folder_name(token_id: str, attempt: int) -> str:
-    """A folder name for any token id: safe characters only, a hash when the id had to change."""
-    safe = _UNSAFE_NAME.sub("_", token_id)[:80]
-    if safe != token_id:
-        safe += "-" + hashlib.sha256(token_id.encode("utf-8", "surrogateescape")).hexdigest()[:10]
-    return f"{safe}.{attempt}"

@@ -30,19 +30,23 @@ class Reporter:
         self.outage = outage
         self.clock = clock
 
-    def send(self, lease: Lease, report: Report) -> Optional[Saved]:
-        """Report now, or keep it in the journal (None) when the server is away or others wait before it."""
+    def send(self, lease: Lease, report: Report, claim: int = 0) -> tuple[Optional[Saved], list[Lease]]:
+        """Report now, and claim up to ``claim`` tokens in the same round trip. When the server is away,
+        or older reports wait in the journal, the report joins the journal (None) and nothing is claimed."""
         if self.outage.down or len(self.journal):
             self._keep(lease, report)
-            return None
+            return None, []
         try:
-            saved = self.pool.report(lease, report)
+            if claim:
+                saved, leases = self.pool.report_and_claim(lease, report, claim)
+            else:
+                saved, leases = self.pool.report(lease, report), []
         except ServerUnreachable as err:
             self.unreachable(err)
             self._keep(lease, report)
-            return None
+            return None, []
         self.reachable()
-        return saved
+        return saved, leases
 
     def flush(self, delivered: Delivered) -> int:
         """Send what the journal holds, oldest first, when the backoff allows; returns how many left."""
@@ -74,7 +78,7 @@ class Reporter:
             for path, entries in found:
                 log.info("found %d unsent report(s) from an earlier pilot in %s", len(entries), path)
                 for entry in entries:
-                    saved = self.send(entry.lease, entry.report)
+                    saved, _ = self.send(entry.lease, entry.report)
                     if saved is not None:
                         delivered(entry.lease, entry.report, saved)
                     adopted += 1

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +29,7 @@ from agent.token import Outcome, Result
 from agent.units import format_duration
 
 COOKIE_VARIABLE = "PILOT_TASK_COOKIE"
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 log = logging.getLogger(__name__)
 
 
@@ -46,7 +49,7 @@ class Payload:
         *,
         token_id: str,
         popen: subprocess.Popen[bytes],
-        folder: Path,
+        folder: str,
         outputs: tuple[int, int],
         cookie: str,
         started: float,
@@ -156,7 +159,7 @@ def start(
     token_id: str,
     argv: Sequence[str],
     env: Mapping[str, str],
-    folder: Path,
+    folder: str,
     timeout: Optional[float],
     kill_grace: float,
     clock: Callable[[], float] = time.monotonic,
@@ -223,7 +226,7 @@ def _close(fds: Sequence[int]) -> None:
             os.close(fd)
 
 
-def _start_failure(error: OSError, program: str, folder: Path) -> str:
+def _start_failure(error: OSError, program: str, folder: str) -> str:
     if error.filename is not None and str(error.filename) == str(folder):
         return f"cannot use task folder {folder}: {error.strerror}"
     if error.errno == errno.ENOENT:
@@ -293,12 +296,25 @@ def _proc_entries(proc: Path) -> list[Path]:
         return []
 
 
-def remove_folder(folder: Path) -> None:
+def task_folder(pilot_folder: Path, token_id: str, attempt: int) -> str:
+    """The task's folder, as a plain string: pathlib objects cost more than they help once per task."""
+    return os.path.join(pilot_folder, task_folder_name(token_id, attempt))
+
+
+def task_folder_name(token_id: str, attempt: int) -> str:
+    """A folder name for any token id: safe characters only, a hash when the id had to change."""
+    safe = _UNSAFE_NAME.sub("_", token_id)[:80]
+    if safe != token_id:
+        safe += "-" + hashlib.sha256(token_id.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return f"{safe}.{attempt}"
+
+
+def remove_folder(folder: str) -> None:
     """Remove a finished task's folder. Most hold just the two output files: three syscalls rather than
     rmtree's walk, which matters when tasks take milliseconds."""
     try:
-        os.unlink(folder / "stdout")
-        os.unlink(folder / "stderr")
+        os.unlink(os.path.join(folder, "stdout"))
+        os.unlink(os.path.join(folder, "stderr"))
         os.rmdir(folder)
     except OSError:
         shutil.rmtree(folder, ignore_errors=True)

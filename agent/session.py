@@ -12,18 +12,23 @@ from agent.health import check_node
 from agent.identity import Identity
 from agent.pilot import Ending, Pilot
 from agent.pools import Pool
+from agent.signals import Signals
 from agent.walltime import Walltime, find_end
 
 log = logging.getLogger(__name__)
 
 
 def run_pilot(config: Config, pool: Pool, identity: Identity, environ: Mapping[str, str]) -> Ending:
-    # A node that cannot run tasks must not take tokens: check it before anything is claimed.
-    for line in check_node(config, environ):
-        log.info("node check: %s", line)
-    end = find_end(config.walltime, environ, time.time(), time.monotonic())
-    walltime = Walltime(end, config.walltime)
-    # The entries stay held (shared flock) until the pilot ends, so no eviction takes them from its tasks.
-    with ready_cache(config.cache) as cache_paths:
-        pilot = Pilot(config, pool, identity, walltime, environ=environ, cache_paths=cache_paths)
-        return pilot.run()
+    signals = Signals()
+    with signals.drain_requests():
+        # A node that cannot run tasks must not take tokens: check it before anything is claimed.
+        for line in check_node(config, environ):
+            log.info("node check: %s", line)
+        end = find_end(config.walltime, environ, time.time(), time.monotonic())
+        walltime = Walltime(end, config.walltime)
+        # The entries stay held (shared flock) until the pilot ends, so no eviction takes them from tasks.
+        with ready_cache(config.cache) as cache_paths:
+            pilot = Pilot(
+                config, pool, identity, walltime, environ=environ, cache_paths=cache_paths, signals=signals
+            )
+            return pilot.run()

@@ -8,9 +8,11 @@ just before it sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any, Optional
 
@@ -45,6 +47,18 @@ class Signals:
         signal.set_wakeup_fd(self._previous_fd)
         os.close(self._read_fd)
         os.close(self._write_fd)
+
+    @contextlib.contextmanager
+    def drain_requests(self) -> Iterator[Signals]:
+        """Record USR1 and USR2 before the loop starts (walltime query, cache download), so that the
+        batch system's early warning does not kill a pilot that is still starting up. TERM and INT keep
+        their default actions until then: nothing is claimed yet, and a download resumes next time."""
+        previous = {sig: signal.signal(sig, self._on_drain) for sig in DRAIN_SIGNALS}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _on_stop(self, signum: int, frame: Optional[FrameType]) -> None:
         self.stops += 1

@@ -167,6 +167,47 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def a_node_dies_mid_task(
+    site: Site, reaper: list[subprocess.Popen[Any]], token_id: str, timeout: float = 60
+) -> str:
+    """Start a pilot; once its task for ``token_id`` runs, kill the pilot and the task at once (the node
+    goes away, nobody says goodbye), check the token is still locked, then run a second pilot to the end.
+    Returns the second pilot's log; fails the test unless it exits 0."""
+    first = site.start(log_name="first.log")
+    reaper.append(first)
+    started = wait_for(
+        lambda: next((site.folder / "work").glob(f"*/{token_id}.1/pid"), None), timeout, what="task start"
+    )
+    task_pid = int(wait_for(started.read_text, 5, what="task pid"))
+    os.kill(first.pid, signal.SIGKILL)
+    os.killpg(task_pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    assert site.status()["locked"] == 1
+    second = site.start(log_name="second.log")
+    reaper.append(second)
+    log = site.folder / "second.log"
+    assert second.wait(timeout=timeout * 2) == 0, log.read_text()[-2000:]
+    return log.read_text()
+
+
+def wait_with_peak_rss(process: subprocess.Popen[Any], interval: float = 0.01) -> tuple[int, int]:
+    """Wait for ``process``; returns (exit code, its own peak RSS in bytes, from /proc's VmHWM).
+
+    Not wait4's ru_maxrss: a child started with vfork inherits its parent's high-water mark at exec, so
+    under a big pytest process every child would look big."""
+    peak = 0
+    status = Path(f"/proc/{process.pid}/status")
+    while process.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except (OSError, ValueError):
+            pass  # exiting: the last reading stands
+        time.sleep(interval)
+    return process.returncode, peak
+
+
 def wait_for(predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

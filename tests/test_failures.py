@@ -3,12 +3,10 @@ stubborn processes, huge output. (Server outages need a server: tests/pools/test
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 
-from conftest import Site, alive, local_config, pool_rows, wait_for
+from conftest import Site, alive, local_config, pool_rows, wait_for, wait_with_peak_rss
 
 from agent.errors import ExitCode
 
@@ -170,14 +168,33 @@ def test_gigabytes_of_output_do_not_fill_the_pilots_memory(site: Site) -> None:
     )
     assert site.run("tokens", "add", "--range", "1").returncode == 0
     with (site.folder / "pilot.log").open("w") as log:
-        # The interpreter itself, not the shebang: a pyenv shim's own children would count too.
-        argv = [sys.executable, str(site.pyz), "--config", str(site.config)]
-        process = subprocess.Popen(argv, env=site.env, cwd=site.folder, stderr=log)
-        _, status, usage = os.wait4(process.pid, 0)  # peak RSS of the pilot and what it reaped, KiB
-    assert os.waitstatus_to_exitcode(status) == 0
-    peak_mb = usage.ru_maxrss / 1024
-    assert peak_mb < 60, f"the pilot peaked at {peak_mb:.0f} MB while its task wrote 1 GiB"
+        process = subprocess.Popen(site.argv("--config", str(site.config)), env=site.env, stderr=log)
+        code, peak = wait_with_peak_rss(process)
+    assert code == 0
+    assert peak < 60 * 2**20, f"the pilot peaked at {peak / 2**20:.0f} MB while its task wrote 1 GiB"
     tail = site.token("range-0")["stdout_tail"]
     assert len(tail.encode()) <= 4096 and tail.endswith("tail-marker\n")
     (stdout,) = (site.folder / "work").glob("*/range-0.1/stdout")
     assert stdout.stat().st_size == 2**30 + len("tail-marker\n")
+
+
+def test_a_drain_signal_during_start_up_is_kept_not_fatal(site: Site, reaper: list) -> None:
+    """Slurm's early USR1 can come while the pilot still fetches its input: it must drain, not die."""
+    from httpfiles import FileServer, Rules
+
+    data = b"x" * 400_000
+    with FileServer() as server:
+        url = server.serve("/ref.bin", data, Rules(rate=100_000))  # about four seconds
+        site.write(
+            local_config(site.folder, ["true", "{cache.ref}"], cache={"dir": str(site.folder / "cache")})
+        )
+        site.config.write_text(site.config.read_text() + f'\n[cache.files.ref]\nurl = "{url}"\n')
+        assert site.run("tokens", "add", "--range", "3").returncode == 0
+        pilot = site.start(log_name="pilot.log")
+        reaper.append(pilot)
+        wait_for(lambda: server.sent("/ref.bin") > 0, 30, what="the download to start")
+        pilot.send_signal(signal.SIGUSR1)
+        assert pilot.wait(timeout=60) == 0
+    log = (site.folder / "pilot.log").read_text()
+    assert "drain requested by SIGUSR1" in log
+    assert site.status()["todo"] == 3

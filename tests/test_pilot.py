@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
 from pathlib import Path
 
-from conftest import REPO, Site, alive, local_config, pool_rows, wait_for
+from conftest import REPO, Site, a_node_dies_mid_task, alive, local_config, pool_rows, wait_for
 
 TASKS = REPO / "tests" / "tasks"
 PY = sys.executable
@@ -44,20 +42,7 @@ def test_a_pilot_killed_mid_task_loses_its_token_to_another_after_the_lease(site
     )
     (site.folder / "one.jsonl").write_text(json.dumps({"id": "slow", "input": "3"}) + "\n")
     assert site.run("tokens", "add", "--jsonl", "one.jsonl").returncode == 0
-    first = site.start(log_name="first.log")
-    reaper.append(first)
-    pid_file = wait_for(
-        lambda: next((site.folder / "work").glob("*/slow.1/pid"), None), 30, what="task start"
-    )
-    task_pid = int(wait_for(pid_file.read_text, 5, what="task pid"))
-    # The node goes away: the pilot and its task die at once, nobody says goodbye.
-    os.kill(first.pid, signal.SIGKILL)
-    os.killpg(task_pid, signal.SIGKILL)
-    first.wait(timeout=10)
-    assert site.status()["locked"] == 1
-    second = site.start(log_name="second.log")
-    reaper.append(second)
-    assert second.wait(timeout=60) == 0
+    a_node_dies_mid_task(site, reaper, "slow", timeout=30)
     assert ran.read_text().split() == ["slow"]
     token = site.token("slow")
     assert token["state"] == "done"

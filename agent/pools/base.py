@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from agent.errors import ServerUnreachable
 from agent.identity import Identity
 from agent.token import Attempt, Report, Token
 
@@ -99,6 +100,18 @@ class Pool(abc.ABC):
     @abc.abstractmethod
     def report(self, lease: Lease, report: Report) -> Saved:
         """Close the lease's attempt with the report's result and move the token to the report's state."""
+
+    def report_and_claim(self, lease: Lease, report: Report, n: int) -> tuple[Saved, list[Lease]]:
+        """Report one result and claim up to ``n`` more: what a pilot does each time a task ends.
+
+        This default makes the two calls; a backend that can do both in one round trip (one SQLite
+        transaction, one ``_bulk_docs`` request) overrides it. The report counts even if the claim fails.
+        """
+        saved = self.report(lease, report)
+        try:
+            return saved, self.claim(n) if n > 0 else []
+        except ServerUnreachable:
+            return saved, []  # the report is in; the pilot's next claim finds the server away
 
     @abc.abstractmethod
     def counts(self) -> Counts:

@@ -31,7 +31,7 @@ from agent.http import HttpClient, Response
 from agent.identity import Identity
 from agent.pools import picas
 from agent.pools.base import Counts, Lease, NewToken, Pool, Renewal, Saved
-from agent.token import Report, State, Token
+from agent.token import Attempt, Outcome, Report, Result, State, Token
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ def window_size(wanted: int) -> int:
 def lease_scan_interval(lease_seconds: float) -> float:
     """How often claims also look for expired leases (always when the todo view is empty)."""
     return max(1.0, min(60.0, lease_seconds / 4))
+
+
+# A claim being written: the new document, the token's attempts, the new attempt, the lease id.
+_Claim = tuple[dict[str, Any], list[Attempt], Attempt, str]
 
 
 def basic_auth(username: str, password: str) -> str:
@@ -111,6 +115,7 @@ class CouchDBPool(Pool):
         self.todo_rows: Optional[int] = None  # the todo view's size at the last read
         self.next_lease_scan = 0.0
         self.lease_view_missing = False
+        self.uncertain: list[_Claim] = []  # claims whose answer was lost while the server was away
 
     # -- HTTP --------------------------------------------------------------------------------------
 
@@ -180,9 +185,15 @@ class CouchDBPool(Pool):
         return found
 
     def _bulk(self, docs: Sequence[Mapping[str, Any]], what: str, *, retry: bool) -> list[dict[str, Any]]:
-        """One ``_bulk_docs`` write: one result per document, in order, ``rev`` or ``error``."""
-        results = self._json(self._request("POST", "/_bulk_docs", body={"docs": docs}, retry=retry), what)
-        if not isinstance(results, list) or len(results) != len(docs):
+        """One ``_bulk_docs`` write: one result per document, in the order of ``docs``, ``rev`` or ``error``.
+
+        Results are matched to documents by id, not by position: pouchdb-server on disk answers in the
+        order its writes finished, and trusting the position handed one pilot another's conflict as a
+        successful claim."""
+        answer = self._json(self._request("POST", "/_bulk_docs", body={"docs": docs}, retry=retry), what)
+        by_id = {result.get("id"): result for result in answer} if isinstance(answer, list) else {}
+        results = [by_id.get(doc["_id"]) for doc in docs]
+        if len(by_id) != len(docs) or any(result is None for result in results):
             raise PoolError(self.where, f"{what}: unexpected answer to _bulk_docs")
         for doc, result in zip(docs, results):
             error = result.get("error")
@@ -223,8 +234,8 @@ class CouchDBPool(Pool):
     def claim(self, n: int) -> list[Lease]:
         if n <= 0:
             return []
-        leases: list[Lease] = []
         now = self.clock()
+        leases = self._settle_uncertain(n, now) if self.uncertain else []
         scanned = False
         if now >= self.next_lease_scan:
             leases += self._claim_expired(n, now)
@@ -247,6 +258,20 @@ class CouchDBPool(Pool):
                     break
                 self.sleep(conflict_backoff(conflict_rounds, self.rng))
         return leases
+
+    def _settle_uncertain(self, n: int, now: float) -> list[Lease]:
+        """Claims written just before the server went away, whose answer never came: the tokens that
+        carry our lease are ours. Keep up to ``n`` (renewed, so the lease is fresh), give back the rest."""
+        pending, self.uncertain = self.uncertain, []
+        leases, _ = self._leases(pending, self._after_lost_answer(pending), now)
+        if not leases:
+            return []
+        kept = self.renew(leases).renewed
+        for lease in kept[n:]:
+            result = Result(Outcome.INTERRUPTED, "not started: claimed while the server went away", None, now)
+            self.report(lease, Report(result, State.TODO, lease.token.failures))
+        log.info("%d token(s) claimed just before the server went away are ours", len(kept))
+        return kept[:n]
 
     def _candidates(self, wanted: int) -> list[dict[str, Any]]:
         """Up to ``wanted`` todo tokens to try: from the last window if fresh enough, else a new window."""
@@ -310,6 +335,16 @@ class CouchDBPool(Pool):
 
     def _lock(self, docs: Sequence[Mapping[str, Any]], now: float) -> tuple[list[Lease], int]:
         """Write our lock on these documents, each conditional on the revision read; (leases, conflicts)."""
+        pending = self._claims(docs, now)
+        written = [new for new, _, _, _ in pending]
+        try:
+            results = self._bulk(written, "claiming tokens", retry=False)
+        except ServerUnreachable:
+            results = self._after_lost_answer(pending)
+        return self._leases(pending, results, now)
+
+    def _claims(self, docs: Sequence[Mapping[str, Any]], now: float) -> list[_Claim]:
+        """The documents as we want to write them to claim them: lock, lease, a new attempt."""
         expires = now + self.lease_seconds
         pending = []
         for doc in docs:
@@ -319,18 +354,27 @@ class CouchDBPool(Pool):
                 doc, attempt, lease_id=lease_id, expires=expires, design=self.design, now=now
             )
             pending.append((new, attempts, attempt, lease_id))
-        written = [new for new, _, _, _ in pending]
+        return pending
+
+    def _after_lost_answer(self, pending: Sequence[_Claim]) -> list[dict[str, Any]]:
+        """The claim may have reached the server before its answer was lost: keep what is ours. When the
+        server is away, remember the claims and settle them at the first claim after it is back."""
         try:
-            results = self._bulk(written, "claiming tokens", retry=False)
+            current = self._fetch([new["_id"] for new, _, _, _ in pending])
         except ServerUnreachable:
-            # The write may have reached the server before the answer was lost: keep what is ours.
-            current = self._fetch([doc["_id"] for doc in written])
-            results = [
-                {"id": new["_id"], "rev": current[new["_id"]]["_rev"]}
-                if picas.lease_id_of(current.get(new["_id"], {})) == lease_id
-                else {"id": new["_id"], "error": "conflict"}
-                for new, _, _, lease_id in pending
-            ]
+            self.uncertain.extend(pending)
+            raise
+        return [
+            {"id": new["_id"], "rev": current[new["_id"]]["_rev"]}
+            if picas.lease_id_of(current.get(new["_id"], {})) == lease_id
+            else {"id": new["_id"], "error": "conflict"}
+            for new, _, _, lease_id in pending
+        ]
+
+    def _leases(
+        self, pending: Sequence[_Claim], results: Sequence[Mapping[str, Any]], now: float
+    ) -> tuple[list[Lease], int]:
+        expires = now + self.lease_seconds
         leases, conflicts = [], 0
         for (new, attempts, attempt, lease_id), result in zip(pending, results):
             if "rev" not in result:
@@ -373,6 +417,40 @@ class CouchDBPool(Pool):
         # Still conflicting after every round: keep them as they are; the lease has not run out yet.
         renewed += [lease for lease, _ in pending]
         return Renewal(renewed, lost)
+
+    def report_and_claim(self, lease: Lease, report: Report, n: int) -> tuple[Saved, list[Lease]]:
+        """The report and the claims in one ``_bulk_docs`` request. On pouchdb-server a request costs
+        about ten times what one more document in it does, so this nearly halves a task's server time.
+        Falls back to two calls when the todo window is empty or a scan for expired leases is due."""
+        now = self.clock()
+        fast = n > 0 and now < self.next_lease_scan and not self.uncertain
+        docs = self._candidates(n) if fast else []
+        if not docs:
+            return super().report_and_claim(lease, report, n)
+        reported = picas.reported(lease.handle, lease.lease_id, len(lease.token.attempts) - 1, report, now)
+        pending = self._claims(docs, now)
+        try:
+            results = self._bulk(
+                [reported] + [new for new, _, _, _ in pending], "reporting and claiming", retry=False
+            )
+        except ServerUnreachable:
+            # Like a lost claim, the whole request may have been saved. Find out what is ours; if the
+            # server is really away, this raises again and the report goes to the journal.
+            results = [{}, *self._after_lost_answer(pending)]
+            saved = self._settle_report(lease, report)
+        else:
+            saved = Saved.SAVED if "rev" in results[0] else self.report(lease, report)
+        leases, conflicts = self._leases(pending, results[1:], now)
+        if conflicts > len(leases):
+            self.candidates = []  # mostly taken by others since the read: read a fresh window next time
+        return saved, leases
+
+    def _settle_report(self, lease: Lease, report: Report) -> Saved:
+        """After a lost answer: saved if the token says so, else send the report again."""
+        current = self._get_doc(lease.token.id)
+        if current is not None and picas.ours(current).get("reported") == lease.lease_id:
+            return Saved.SAVED
+        return self.report(lease, report)
 
     def report(self, lease: Lease, report: Report) -> Saved:
         token_id = lease.token.id

@@ -24,6 +24,7 @@ from agent.pools.base import Counts, Lease, NewToken, Pool, Renewal, Saved
 from agent.token import Attempt, Outcome, Report, State, Token, close_attempt
 
 SCHEMA_VERSION = 1
+EXPIRY_SCAN = 5.0  # seconds between looks for expired leases while there is todo work
 BUSY_TIMEOUT_MS = 60_000  # many pilots on one node queue for the write lock; a claim takes microseconds
 
 _SCHEMA = """
@@ -68,6 +69,7 @@ class LocalPool(Pool):
         self.path = Path(path)
         self.where = str(self.path)
         self.clock = clock
+        self._next_expiry_scan = 0.0
         self._db = self._connect(create)
 
     # -- connection and schema ---------------------------------------------------------------------
@@ -175,36 +177,52 @@ class LocalPool(Pool):
     def claim(self, n: int) -> list[Lease]:
         if n <= 0:
             return []
-        now = self.clock()
         with self._write() as db:
-            rows = db.execute(
+            return self._claim(db, n, self.clock())
+
+    def report_and_claim(self, lease: Lease, report: Report, n: int) -> tuple[Saved, list[Lease]]:
+        """Both in one transaction: one lock and one commit per task instead of two."""
+        with self._write() as db:
+            saved = self._report(db, lease, report)
+            return saved, self._claim(db, n, self.clock()) if n > 0 else []
+
+    def _claim(self, db: sqlite3.Connection, n: int, now: float) -> list[Lease]:
+        # Tokens of dead pilots first, but look for them only every few seconds (a lease is minutes
+        # long) or when todo is empty: one query less for almost every claim.
+        scan = now >= self._next_expiry_scan
+        rows = self._expired(db, now, n) if scan else []
+        if len(rows) < n:
+            rows += db.execute(
                 "SELECT id, state, fields, attempts, failures, lease_id, lease_expires FROM tokens "
-                "WHERE state = 'locked' AND lease_expires < ? "
-                "ORDER BY lease_expires LIMIT ?",
-                (now, n),
+                "WHERE state = 'todo' ORDER BY seq LIMIT ?",
+                (n - len(rows),),
             ).fetchall()
-            if len(rows) < n:
-                rows += db.execute(
-                    "SELECT id, state, fields, attempts, failures, lease_id, lease_expires FROM tokens "
-                    "WHERE state = 'todo' ORDER BY seq LIMIT ?",
-                    (n - len(rows),),
-                ).fetchall()
-            leases = [self._lease(row, now) for row in rows]
-            db.executemany(
-                "UPDATE tokens SET state = 'locked', lease_id = ?, lease_expires = ?, attempts = ?, "
-                "updated = ? WHERE id = ?",
-                [
-                    (
-                        lease.lease_id,
-                        lease.expires,
-                        _dumps([a.to_json() for a in lease.token.attempts]),
-                        now,
-                        lease.token.id,
-                    )
-                    for lease in leases
-                ],
-            )
+        if not rows and not scan:
+            rows = self._expired(db, now, n)
+        leases = [self._lease(row, now) for row in rows]
+        db.executemany(
+            "UPDATE tokens SET state = 'locked', lease_id = ?, lease_expires = ?, attempts = ?, "
+            "updated = ? WHERE id = ?",
+            [
+                (
+                    lease.lease_id,
+                    lease.expires,
+                    _dumps([a.to_json() for a in lease.token.attempts]),
+                    now,
+                    lease.token.id,
+                )
+                for lease in leases
+            ],
+        )
         return leases
+
+    def _expired(self, db: sqlite3.Connection, now: float, n: int) -> list[Any]:
+        self._next_expiry_scan = now + min(EXPIRY_SCAN, self.lease_seconds / 4)
+        return db.execute(
+            "SELECT id, state, fields, attempts, failures, lease_id, lease_expires FROM tokens "
+            "WHERE state = 'locked' AND lease_expires < ? ORDER BY lease_expires LIMIT ?",
+            (now, n),
+        ).fetchall()
 
     def _lease(self, row: sqlite3.Row, now: float) -> Lease:
         token_id, state, fields, attempts_json, failures, _, old_expiry = row
@@ -236,27 +254,30 @@ class LocalPool(Pool):
         return Renewal(renewed, lost)
 
     def report(self, lease: Lease, report: Report) -> Saved:
+        with self._write() as db:
+            return self._report(db, lease, report)
+
+    def _report(self, db: sqlite3.Connection, lease: Lease, report: Report) -> Saved:
         attempts = list(lease.token.attempts)
         attempts[-1] = close_attempt(attempts[-1], report.result)
         result = report.result
-        with self._write() as db:
-            cursor = db.execute(
-                "UPDATE tokens SET state = ?, attempts = ?, failures = ?, lease_id = NULL, "
-                "lease_expires = NULL, exit_code = ?, reason = ?, stdout_tail = ?, stderr_tail = ?, "
-                "updated = ? WHERE id = ? AND lease_id = ?",
-                (
-                    report.state.value,
-                    _dumps([a.to_json() for a in attempts]),
-                    report.failures,
-                    result.exit_code,
-                    result.reason,
-                    result.stdout_tail,
-                    result.stderr_tail,
-                    self.clock(),
-                    lease.token.id,
-                    lease.lease_id,
-                ),
-            )
+        cursor = db.execute(
+            "UPDATE tokens SET state = ?, attempts = ?, failures = ?, lease_id = NULL, "
+            "lease_expires = NULL, exit_code = ?, reason = ?, stdout_tail = ?, stderr_tail = ?, "
+            "updated = ? WHERE id = ? AND lease_id = ?",
+            (
+                report.state.value,
+                _dumps([a.to_json() for a in attempts]),
+                report.failures,
+                result.exit_code,
+                result.reason,
+                result.stdout_tail,
+                result.stderr_tail,
+                self.clock(),
+                lease.token.id,
+                lease.lease_id,
+            ),
+        )
         return Saved.SAVED if cursor.rowcount == 1 else Saved.CONFLICT
 
     def counts(self) -> Counts:

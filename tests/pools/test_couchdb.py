@@ -7,6 +7,7 @@ not through the code under test.
 from __future__ import annotations
 
 import base64
+import json
 import random
 from pathlib import Path
 from typing import Any, Optional
@@ -399,3 +400,32 @@ def test_an_unreachable_server_is_server_unreachable(tmp_path: Path) -> None:
         pool.claim(1)
     assert caught.value.exit_code == ExitCode.SERVER_UNREACHABLE
     assert str(caught.value).startswith(f"pool {url}/tokens: ")
+
+
+class ReversedBulkAnswers(HttpClient):
+    """The real server, with every ``_bulk_docs`` answer reversed. Fault injection: pouchdb-server on disk
+    sometimes answers in the order its writes finished, not the request's, and not on demand."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Response:
+        response = super().request(method, url, **kwargs)
+        if url.endswith("/_bulk_docs") and response.status < 300:
+            reordered = json.dumps(list(reversed(json.loads(response.data)))).encode()
+            return Response(response.status, response.headers, reordered)
+        return response
+
+
+def test_bulk_answers_in_another_order_never_turn_a_conflict_into_a_claim(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    clock = Clock()
+    first = ready_pool(pouchdb, couch_db, 6, clock=clock)
+    second = make_pool(pouchdb, couch_db, "pilot-b", clock, http=ReversedBulkAnswers(timeout=10.0))
+    before = {doc_id: doc for doc_id, doc in pouchdb.docs(couch_db).items() if doc.get("type") == "token"}
+    taken = first.claim(3)
+    # The second pilot tries the three taken tokens (as it read them before) and three free ones at once.
+    stale = [before[lease.token.id] for lease in taken]
+    free = [doc for doc_id, doc in sorted(before.items()) if doc_id not in {d["_id"] for d in stale}][:3]
+    leases, conflicts = second._lock(stale + free, clock())
+    assert conflicts == 3
+    assert sorted(lease.token.id for lease in leases) == sorted(doc["_id"] for doc in free)
+    assert not {lease.token.id for lease in leases} & {lease.token.id for lease in taken}

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Site, wait_for
+from conftest import REPO, Site, a_node_dies_mid_task, wait_for
 from servers.pouchdb import ADMIN, MEMBER, PouchDBServer
 
 from pools.conftest import couch_config
@@ -74,19 +72,7 @@ def test_a_killed_pilots_token_is_finished_by_another_after_the_lease(
     assert site.run("init").returncode == 0
     (site.folder / "one.jsonl").write_text(json.dumps({"id": "slow", "input": "4"}) + "\n")
     assert site.run("tokens", "add", "--jsonl", "one.jsonl").returncode == 0
-    first = site.start(log_name="first.log")
-    reaper.append(first)
-    started = lambda: next((site.folder / "work").glob("*/slow.1/pid"), None)  # noqa: E731
-    pid_file = wait_for(started, 60, what="task start")
-    task_pid = int(wait_for(pid_file.read_text, 5, what="task pid"))
-    # The node goes away: the pilot and its task die at once, nobody says goodbye.
-    os.kill(first.pid, signal.SIGKILL)
-    os.killpg(task_pid, signal.SIGKILL)
-    first.wait(timeout=10)
-    assert site.status()["locked"] == 1
-    second = site.start(log_name="second.log")
-    reaper.append(second)
-    assert second.wait(timeout=120) == 0, (site.folder / "second.log").read_text()[-2000:]
+    a_node_dies_mid_task(site, reaper, "slow")
     assert ran.read_text().split() == ["slow"]
     token = site.token("slow")
     assert token["state"] == "done"
