@@ -106,6 +106,8 @@ class Pool(abc.ABC):
 
         This default makes the two calls; a backend that can do both in one round trip (one SQLite
         transaction, one ``_bulk_docs`` request) overrides it. The report counts even if the claim fails.
+        As with ``claim``, fewer than ``n`` leases means the pool has no more to give now (the pilot takes
+        it as empty), never merely that another pilot was quicker.
         """
         saved = self.report(lease, report)
         try:

@@ -15,6 +15,7 @@ still holds our lease, our result is merged onto it and saved, else the newer at
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import random
@@ -443,6 +444,10 @@ class CouchDBPool(Pool):
         leases, conflicts = self._leases(pending, results[1:], now)
         if conflicts > len(leases):
             self.candidates = []  # mostly taken by others since the read: read a fresh window next time
+        if len(leases) < n:  # others took them first: go on as claim() does, past conflicts
+            # If the server went away just now, the report is in; the pilot's next claim finds out.
+            with contextlib.suppress(ServerUnreachable):
+                leases += self.claim(n - len(leases))
         return saved, leases
 
     def _settle_report(self, lease: Lease, report: Report) -> Saved:

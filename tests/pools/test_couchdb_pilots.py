@@ -34,11 +34,14 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
     return lines[0]
 
 
-def test_four_pilots_with_two_slots_run_each_of_500_tokens_exactly_once(
-    site: Site, pouchdb: PouchDBServer, couch_db: str, reaper: list
+@pytest.mark.parametrize("slots", [1, 2])
+def test_four_pilots_run_each_of_500_tokens_exactly_once(
+    site: Site, pouchdb: PouchDBServer, couch_db: str, reaper: list, slots: int
 ) -> None:
+    """None twice, none missing, and no pilot takes another's quicker claim for an empty pool."""
     ran = site.folder / "ran.log"
-    site.write(couch_config(site.folder, pouchdb, couch_db, [*RECORD, "{id}", str(ran)], pilot={"slots": 2}))
+    command = [*RECORD, "{id}", str(ran)]
+    site.write(couch_config(site.folder, pouchdb, couch_db, command, pilot={"slots": slots}))
     assert site.run("init").returncode == 0
     assert site.run("tokens", "add", "--range", "500").returncode == 0
     pilots = [site.start(log_name=f"pilot-{i}.log") for i in range(4)]
