@@ -23,7 +23,19 @@ import pytest
 HERE = Path(__file__).resolve().parent
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
 START_TIMEOUT = 60.0
-ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED")
+# Slurm's terminal job states. Anything else (PENDING, RUNNING, COMPLETING, SIGNALING while it delivers
+# a --signal, STAGE_OUT, ...) means the job has not ended yet.
+ENDED = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "OUT_OF_MEMORY",
+)
 
 
 def _free_port() -> int:
@@ -180,7 +192,7 @@ class SlurmCluster:
         deadline = time.monotonic() + timeout
         while True:
             states = self.states(job_id)
-            if states and not any(state in ACTIVE for state in states):
+            if states and all(state in ENDED for state in states):
                 return states
             if time.monotonic() > deadline:
                 pytest.fail(f"job {job_id} still {states} after {timeout:.0f}s\n{self.logs()}")
