@@ -40,6 +40,7 @@ from urllib.parse import unquote, urlsplit
 
 from agent.config import CacheConfig, CacheFile
 from agent.errors import CacheError, ServerUnreachable
+from agent.locks import file_lock, is_locked, try_acquire
 from agent.units import format_duration, format_size
 
 log = logging.getLogger(__name__)
@@ -341,7 +342,7 @@ class Cache:
 
     def _make_ready(self, entry: Entry) -> _UseLock:
         self._make_folder(entry)
-        lock = _file_lock(entry.part(LOCK))
+        lock = file_lock(entry.part(LOCK))
         waited_since = self._acquire(entry, lock)
         try:
             if _ready(entry.folder) is None:
@@ -375,12 +376,12 @@ class Cache:
     def _acquire(self, entry: Entry, lock: Any) -> Optional[float]:
         """Take the entry's lock; returns when we started waiting for another pilot, or None."""
         try:
-            if _try_acquire(lock, 0):
+            if try_acquire(lock, 0):
                 return None
             waited_since = self.wallclock()
             log.info("%s: another pilot on this node is fetching it; waiting", entry.name)
             while True:
-                if _try_acquire(lock, PROGRESS_EVERY):
+                if try_acquire(lock, PROGRESS_EVERY):
                     return waited_since
                 with contextlib.suppress(OSError):
                     done = entry.part(PARTIAL).stat().st_size
@@ -667,8 +668,8 @@ class Cache:
 
     def _try_remove(self, folder: Path) -> bool:
         """Remove an entry's data unless a pilot uses or fetches it; its lock files stay."""
-        lock = _file_lock(folder / LOCK)
-        if not _try_acquire(lock, 0):
+        lock = file_lock(folder / LOCK)
+        if not try_acquire(lock, 0):
             return False
         try:
             use = _UseLock(folder)
@@ -726,7 +727,7 @@ class Cache:
             size = (folder / PARTIAL).stat().st_size
         except OSError:
             return None
-        fetching = _locked(folder / LOCK)
+        fetching = is_locked(folder / LOCK)
         return Listed(
             key=folder.name,
             state="fetching" if fetching else "partial",
@@ -772,36 +773,6 @@ def _file_chunks(source: Any, path: Path) -> Iterator[bytes]:
         yield from iter(lambda: source.read(CHUNK), b"")
     except OSError as err:
         raise _TransferFailed(f"reading {path}: {err.strerror}") from None
-
-
-def _locked(path: Path) -> bool:
-    lock = _file_lock(path)
-    try:
-        if not _try_acquire(lock, 0):
-            return True
-    except OSError:
-        return False
-    lock.release()
-    return False
-
-
-def _file_lock(path: Path) -> Any:
-    """filelock's exclusive flock on ``path``. Imported here, not at the top: filelock brings in asyncio,
-    which a pilot without cache entries should not pay for at every start."""
-    import filelock
-
-    return filelock.FileLock(str(path))
-
-
-def _try_acquire(lock: Any, timeout: float) -> bool:
-    """True once ``lock`` is ours; False after ``timeout`` seconds (0: a single try)."""
-    import filelock
-
-    try:
-        lock.acquire(timeout=timeout)
-    except filelock.Timeout:
-        return False
-    return True
 
 
 @contextlib.contextmanager

@@ -360,19 +360,18 @@ def check(ctx: Context) -> None:
     Example:
         ./pilot.pyz check --config site.toml
     """
-    import shutil
+    from agent.errors import NodeUnhealthy
+    from agent.health import check_program
 
     config = ctx.config()
     click.echo(f"config {config.path}: ok")
     with ctx.pool(config) as pool:
         for line in pool.check():
             click.echo(line)
-    program = config.task.command_text[0]
-    if "{" not in program:
-        found = shutil.which(program, path=os.environ.get("PATH")) if "/" not in program else program
-        if found is None or not os.access(found, os.X_OK):
-            raise UsageError(f"task.command: program {program!r} not found or not executable on this node")
-        click.echo(f"program {program}: {found}")
+    try:
+        click.echo(check_program(config, os.environ))
+    except NodeUnhealthy as err:
+        raise UsageError(err.problem) from None  # here a question about site.toml, not a node stopping
 
 
 @cli.group("cache")

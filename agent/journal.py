@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import filelock
-
+from agent.locks import file_lock, try_acquire
 from agent.pools import Lease
 from agent.token import Attempt, Outcome, Report, Result, State, Token
 
@@ -36,7 +35,7 @@ class Journal:
         self.folder = folder
         self.path = folder / f"{pilot_id}.jsonl"
         self.entries: list[Entry] = []
-        self._lock: Optional[filelock.BaseFileLock] = None
+        self._lock: Optional[Any] = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -69,7 +68,7 @@ class Journal:
     def _hold(self) -> None:
         """Hold our journal's lock while we live, so no other pilot replays it under our feet."""
         if self._lock is None:
-            self._lock = filelock.FileLock(str(self.path) + ".lock")
+            self._lock = file_lock(Path(str(self.path) + ".lock"))
             self._lock.acquire()
 
     def close(self) -> None:
@@ -87,16 +86,14 @@ def orphans(folder: Path, own: Path) -> Iterator[list[tuple[Path, list[Entry]]]]
 
     Yields (path, entries) pairs; the caller sends the entries and then deletes each path it finished.
     """
-    held: list[filelock.BaseFileLock] = []
+    held: list[Any] = []
     found: list[tuple[Path, list[Entry]]] = []
     try:
         for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
             if path == own:
                 continue
-            lock = filelock.FileLock(str(path) + ".lock")
-            try:
-                lock.acquire(timeout=0)
-            except filelock.Timeout:
+            lock = file_lock(Path(str(path) + ".lock"))
+            if not try_acquire(lock, 0):
                 continue  # its pilot is alive
             held.append(lock)
             found.append((path, read(path)))

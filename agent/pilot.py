@@ -87,7 +87,6 @@ class Pilot:
         self.pool = pool
         self.identity = identity
         self.walltime = walltime
-        self.environ = dict(environ)
         self.cache_paths = dict(cache_paths)
         self.signals = signals or Signals()
         self.clock = clock

@@ -300,7 +300,7 @@ def mount(tmp_path: Path) -> Iterator[Callable[..., Path]]:
             check=False,
         )
         if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root in a mount-capable host): {done.stderr}")
+            pytest.fail(f"cannot mount a tmpfs here (needs root on a host that allows mounts): {done.stderr}")
         mounted.append(target)
         return target
 

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Optional
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import wait_with_peak_rss  # noqa: E402 - the tests' helper, as the soak uses it too
+
 PYZ = Path(os.environ.get("PILOT_PYZ", REPO / "pilot.pyz"))
 
 
@@ -24,22 +27,11 @@ def ensure_pyz() -> Path:
 def run_measured(
     argv: Sequence[str], env: Optional[dict[str, str]] = None, cwd: Optional[Path] = None
 ) -> tuple[int, float, int]:
-    """Run to the end; returns (exit code, wall seconds, peak RSS of that process in bytes).
-
-    The peak is the process's own VmHWM from /proc, sampled while it runs (the kernel keeps the maximum):
-    wait4's ru_maxrss would include this benchmark's own memory, which a vforked child inherits at exec.
-    """
+    """Run to the end; returns (exit code, wall seconds, the process's own peak RSS in bytes)."""
     start = time.perf_counter()
     process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    status_file, peak = Path(f"/proc/{process.pid}/status"), 0
-    while process.poll() is None:
-        try:
-            lines = status_file.read_text().splitlines()
-            peak = max([peak] + [int(line.split()[1]) * 1024 for line in lines if line.startswith("VmHWM:")])
-        except (OSError, ValueError):
-            pass  # exiting: the last reading stands
-        time.sleep(0.005)
-    return process.returncode, time.perf_counter() - start, peak
+    code, peak = wait_with_peak_rss(process, interval=0.005)
+    return code, time.perf_counter() - start, peak
 
 
 def median_time(argv: Sequence[str], runs: int, env: Optional[dict[str, str]] = None) -> float:
