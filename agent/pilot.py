@@ -102,6 +102,7 @@ class Pilot:
         }
         self.running: dict[str, Running] = {}
         self.claimed_early: list[Lease] = []  # claimed with a report, not started yet
+        self.spare_folders: list[str] = []  # emptied folders of finished tasks, for the next ones
         self.outage = Outage(config.server.max_outage)
         self.journal = Journal(config.pilot.workdir / "journal", identity.pilot_id)
         self.reporter = Reporter(pool, self.journal, self.outage, clock)
@@ -262,6 +263,11 @@ class Pilot:
             **template.task_environment(token.id, token.fields, self.cache_paths),
             "PILOT_TASK_DIR": folder,
         }
+        if self.spare_folders:
+            spare = self.spare_folders.pop()
+            runner.take_over(spare, folder)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("task folder: the emptied %s, renamed", spare, extra={"token": token.id})
         started = runner.start(
             token_id=token.id,
             argv=argv,
@@ -523,7 +529,7 @@ class Pilot:
         self.claimed_early = []
         for token_id, running in list(self.running.items()):
             running.payload.kill_now(Stop(Outcome.INTERRUPTED, "interrupted: the pilot hit an error"))
-            running.payload.popen.wait()
+            running.payload.process.wait()
             running.payload.poll()
             result = running.payload.finish(self.config.task.log_tail, self.wallclock)
             del self.running[token_id]
@@ -542,9 +548,15 @@ class Pilot:
         keep = self.config.pilot.keep_workdirs
         if keep == "always" or (keep == "failed" and report.state is not State.DONE):
             return
-        runner.remove_folder(folder)
+        if len(self.spare_folders) < self.config.pilot.slots and runner.emptied(folder):
+            self.spare_folders.append(folder)  # the next task's folder, renamed
+        else:
+            runner.remove_folder(folder)
 
     def _tidy_pilot_folder(self) -> None:
+        for spare in self.spare_folders:
+            runner.remove_folder(spare)
+        self.spare_folders = []
         with contextlib.suppress(OSError):
             self.folder.rmdir()  # only when empty: kept task folders stay
 

@@ -1,6 +1,6 @@
 """One payload process: started in its own session, output streamed to files, killed as a whole.
 
-The task runs as ``Popen(argv, start_new_session=True)``, so it leads a process group that can be
+The task runs in a session of its own (see ``spawn.py``), so it leads a process group that can be
 signalled at once. Every process it starts inherits ``PILOT_TASK_COOKIE``; on timeout and on stop we also
 sweep /proc for that cookie, which catches descendants that left the group with setsid or double forks.
 Nothing here blocks: ``terminate`` sends TERM and notes when KILL is due, and the pilot's loop calls
@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from agent.spawn import Process, spawn
 from agent.token import Outcome, Result
 from agent.units import format_duration
 
@@ -48,7 +48,7 @@ class Payload:
         self,
         *,
         token_id: str,
-        popen: subprocess.Popen[bytes],
+        process: Process,
         folder: str,
         outputs: tuple[int, int],
         cookie: str,
@@ -58,7 +58,7 @@ class Payload:
         clock: Callable[[], float],
     ) -> None:
         self.token_id = token_id
-        self.popen = popen
+        self.process = process
         self.folder = folder
         self.outputs = outputs  # open stdout and stderr files, closed by finish()
         self.cookie = cookie
@@ -73,12 +73,12 @@ class Payload:
 
     @property
     def pid(self) -> int:
-        return self.popen.pid
+        return self.process.pid
 
     def poll(self) -> bool:
         """True once the main process has exited (and was reaped)."""
         if self.returncode is None:
-            self.returncode = self.popen.poll()
+            self.returncode = self.process.poll()
         return self.returncode is not None
 
     def next_event(self) -> Optional[float]:
@@ -183,22 +183,14 @@ def start(
             pass
         for name in ("stdout", "stderr"):
             outputs.append(os.open(os.path.join(folder, name), _OUTPUT_FLAGS, 0o644))
-        popen = subprocess.Popen(
-            list(argv),
-            cwd=folder,
-            env={**env, COOKIE_VARIABLE: cookie},
-            stdin=_devnull(),
-            stdout=outputs[0],
-            stderr=outputs[1],
-            start_new_session=True,
-            close_fds=True,
-        )
+        stdio = (_devnull(), outputs[0], outputs[1])
+        process = spawn(argv, {**env, COOKIE_VARIABLE: cookie}, folder, stdio)
     except OSError as error:
         _close(outputs)
         return Result(Outcome.NOT_STARTED, _start_failure(error, argv[0], folder), started, wallclock())
     return Payload(
         token_id=token_id,
-        popen=popen,
+        process=process,
         folder=folder,
         outputs=(outputs[0], outputs[1]),
         cookie=cookie,
@@ -318,6 +310,28 @@ def remove_folder(folder: str) -> None:
         os.rmdir(folder)
     except OSError:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def emptied(folder: str) -> bool:
+    """Remove a finished task's output files; True when that left its folder empty, to be used again."""
+    try:
+        os.unlink(os.path.join(folder, "stdout"))
+        os.unlink(os.path.join(folder, "stderr"))
+        with os.scandir(folder) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
+
+
+def take_over(spare: str, folder: str) -> None:
+    """Rename an emptied folder to be the next task's: on ext4 a rename costs a fraction of rmdir and
+    mkdir. The output files are made anew, so a straggler of the last task that kept them open writes
+    into files nobody reads."""
+    try:
+        os.rename(spare, folder)
+    except OSError:  # a folder of that name holds an earlier attempt: start() makes do with it
+        with contextlib.suppress(OSError):
+            os.rmdir(spare)
 
 
 def read_tail(fd: int, limit: int) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -164,3 +165,34 @@ def test_task_folders_are_kept_only_for_failures_by_default(site: Site) -> None:
     kept = sorted(p.name for p in (site.folder / "work").glob("*/*"))
     assert kept == ["range-1.1"]
     assert (site.folder / "work").glob("*/range-1.1/stderr")
+
+
+FOLDER_PROBE = """
+echo "$PILOT_TOKEN_INPUT $(stat -c %i .) $(ls -A | tr '\\n' ' ')" >> "$0/folders.log"
+case "$PILOT_TOKEN_INPUT" in
+  1) touch leftover ;;
+  2) setsid sh -c 'sleep 1; echo late-from-2' & ;;
+  3) sleep 2 ;;
+esac
+echo "mine $PILOT_TOKEN_INPUT"
+"""
+
+
+def test_emptied_task_folders_are_renamed_for_the_next_task_and_never_carry_anything_over(site: Site) -> None:
+    site.write(
+        local_config(site.folder, ["sh", "-c", FOLDER_PROBE, "{pilot.config_dir}"], pilot={"slots": 1})
+    )
+    assert site.run("tokens", "add", "--range", "5").returncode == 0
+    run = site.run("run", "--verbose")
+    assert run.returncode == 0, run.stderr
+    seen = [line.split(" ", 2) for line in (site.folder / "folders.log").read_text().splitlines()]
+    assert [token for token, _, _ in seen] == ["0", "1", "2", "3", "4"]
+    assert all(listing.split() == ["stderr", "stdout"] for _, _, listing in seen)  # fresh: nothing left over
+    renamed = re.findall(
+        r"token=range-(\d) DEBUG task folder: the emptied \S+/range-(\d)\.1, renamed", run.stderr
+    )
+    # 1 left a file behind: its folder was removed, and 2 got a new one.
+    assert renamed == [("1", "0"), ("3", "2"), ("4", "3")]
+    # 2 left a process that wrote to its stdout while 3 ran in the same folder: 3's output is its own.
+    assert site.token("range-3")["stdout_tail"] == "mine 3\n"
+    assert list((site.folder / "work").glob("*/*")) == []  # no spare folder left at the end

@@ -1,14 +1,16 @@
 """The CouchDB pool in the PiCaS layout (see ``picas.py``), spoken over HTTP to CouchDB or pouchdb-server.
 
 Claims never hand a token to two pilots: a claim writes the lock with ``_bulk_docs`` conditional on the
-revision the view showed free, so of two pilots that saw the same token, one gets a conflict. Under
-contention claims spread over a random window of the todo view, keep the rest of the window as candidates
-for the next claim, and back off with jitter after conflicts. A task costs about two requests: its share of
-one view read and one ``_bulk_docs`` per claim, and one PUT for its report (result and logs in one go).
+revision the pilot read, so of two pilots that saw the same token, one gets a conflict. Todo tokens are
+found through a Mango index of ours (``_design/pilot-todo``) when the Monitor todo view is the PiCaS one,
+else through the site's own todo view. A pilot reads a window of them at a random place, walks on from
+there window after window, jumps elsewhere after two conflicts in a row, and backs off with jitter when
+nothing is left to try. A task costs about one request: the report of a finished task and the claim of
+its successor go in one ``_bulk_docs``, and a window read serves dozens of claims.
 
-Leases: a claim writes a lease (id, expiry) under the token's ``pilot`` key; renewals extend it. A token
-whose lease expired is found through our own design document (``_design/pilot``, view ``leases``) and
-claimed again. A report is conditional on our revision; on a conflict the token is read again: if it
+Leases: a claim writes a lease (id, expiry) under the token's ``pilot`` key; renewals extend it. Tokens
+whose lease expired are found through a second index (``_design/pilot-leases``) now and then, and when
+todo is empty. A report is conditional on our revision; on a conflict the token is read again: if it
 still holds our lease, our result is merged onto it and saved, else the newer attempt wins (CONFLICT).
 """
 
@@ -22,7 +24,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 from urllib.parse import quote, urlencode
 
@@ -36,12 +38,13 @@ from agent.token import Attempt, Outcome, Report, Result, State, Token
 
 log = logging.getLogger(__name__)
 
-# Rows of the todo view read at a time. A claim takes some at random and keeps the rest for the next
-# claims: fewer reads mean fewer view index updates, which cost the server more than the claims do.
+# Todo tokens read at a time. Claims take them in a random order and keep the rest for the next claims:
+# fewer reads mean fewer index updates, which cost the server as much as the writes do.
 WINDOW_MIN = 64
 WINDOW_PER_SLOT = 16
 WINDOW_MAX = 500
 CANDIDATES_MAX_AGE = 30.0  # seconds a window read stays worth trying before it is read again
+WINDOW_CONFLICTS = 2  # conflicts in a row after which a window is taken to be stale
 CONFLICT_ROUNDS = 30  # claim rounds that met only conflicts before a claim gives up for now
 BACKOFF_BASE = 0.02  # seconds; doubled per conflict round, jittered, capped
 BACKOFF_MAX = 1.0
@@ -65,6 +68,19 @@ def lease_scan_interval(lease_seconds: float) -> float:
 
 # A claim being written: the new document, the token's attempts, the new attempt, the lease id.
 _Claim = tuple[dict[str, Any], list[Attempt], Attempt, str]
+
+
+@dataclass(frozen=True)
+class ClaimPlan:
+    """Where claims look: ``find``, our Mango todo index (else the design document's todo view);
+    ``scans``, our lease index for expired leases is there."""
+
+    find: bool
+    scans: bool
+
+
+def _index_key(index: Mapping[str, Any]) -> tuple[str, str]:
+    return f"_design/{index['ddoc']}", index["name"]
 
 
 def basic_auth(username: str, password: str) -> str:
@@ -113,9 +129,13 @@ class CouchDBPool(Pool):
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self.candidates: list[dict[str, Any]] = []  # the rest of the last todo window, to try next
         self.candidates_read = 0.0
-        self.todo_rows: Optional[int] = None  # the todo view's size at the last read
-        self.next_lease_scan = 0.0
-        self.lease_view_missing = False
+        self.window_conflicts = 0  # conflicts in a row met in the current window
+        self.walk_from: Any = None  # the key of the last row read: the next window starts after it
+        self.window_rows: Optional[int] = None  # todo tokens (or more) at the last read
+        self.plan: Optional[ClaimPlan] = None  # where claims look; decided at the first claim
+        # Expired leases are looked for now and then, and when todo is empty; not at the start, when the
+        # scan would index every token to find what the first periodic scan finds as well.
+        self.next_lease_scan = clock() + lease_scan_interval(self.lease_seconds)
         self.uncertain: list[_Claim] = []  # claims whose answer was lost while the server was away
 
     # -- HTTP --------------------------------------------------------------------------------------
@@ -238,27 +258,80 @@ class CouchDBPool(Pool):
         now = self.clock()
         leases = self._settle_uncertain(n, now) if self.uncertain else []
         scanned = False
-        if now >= self.next_lease_scan:
+        if self._lease_scan_due(now):
             leases += self._claim_expired(n, now)
             scanned = True
         conflict_rounds = 0
         while len(leases) < n:
             docs = self._candidates(n - len(leases))
             if not docs:
-                if not scanned:  # todo is empty: tokens whose pilot died are all that is left
+                if not scanned and self._plan().scans:  # todo is empty: dead pilots' tokens are left
                     leases += self._claim_expired(n - len(leases), self.clock())
                 break
             got, conflicts = self._lock(docs, self.clock())
             leases += got
-            if conflicts > len(got):
-                self.candidates = []  # mostly taken by others since the read: read a fresh window
+            self._tally(len(got), conflicts)
             if conflicts and not got:
                 conflict_rounds += 1
                 if conflict_rounds >= CONFLICT_ROUNDS:
                     log.warning("claim: %d rounds of conflicts in a row; trying again later", conflict_rounds)
                     break
-                self.sleep(conflict_backoff(conflict_rounds, self.rng))
+                if not self.candidates:  # the window is spent or mostly taken: others claim as we do
+                    self.sleep(conflict_backoff(conflict_rounds, self.rng))
         return leases
+
+    def _plan(self) -> ClaimPlan:
+        if self.plan is None:
+            self.plan = self._choose_plan()
+        return self.plan
+
+    def _choose_plan(self) -> ClaimPlan:
+        """Claims find todo tokens through our Mango index when the design document's todo view is the
+        PiCaS one, so both hold the same tokens; a site's own todo view (a subset of the tokens) is read as
+        it is. Expired leases are found through our lease index; without it, tokens of dead pilots wait
+        for `reset --locked`."""
+        indexes = self._indexes()
+        todo_view = self._design_views(self.design).get("todo")
+        find = _index_key(picas.TODO_INDEX) in indexes and todo_view == picas.monitor_views()["todo"]
+        scans = _index_key(picas.LEASE_INDEX) in indexes
+        if not scans:
+            log.warning(
+                "no index %s: tokens of pilots that died stay locked until `pilot.pyz reset --locked` "
+                "(a database admin adds it with `pilot.pyz init`)",
+                picas.LEASE_INDEX["ddoc"],
+            )
+        return ClaimPlan(find=find, scans=scans)
+
+    def _indexes(self) -> set[tuple[str, str]]:
+        """The Mango indexes of the database, as (design document, name)."""
+        body = self._json(self._request("GET", "/_index"), "listing the indexes")
+        found = body.get("indexes") if isinstance(body, dict) else None
+        return {
+            (str(index.get("ddoc")), str(index.get("name")))
+            for index in found or []
+            if isinstance(index, dict)
+        }
+
+    def _design_views(self, name: str) -> dict[str, Any]:
+        response = self._request("GET", f"/_design/{quote(name)}")
+        if response.status == 404:
+            return {}
+        views = self._json(response, f"reading the design document {name}").get("views")
+        return views if isinstance(views, dict) else {}
+
+    def _find(
+        self, selector: Mapping[str, Any], index: Mapping[str, Any], limit: int, skip: int = 0
+    ) -> list[dict[str, Any]]:
+        """Documents matching a Mango selector, through one of our indexes (a read: safe to retry)."""
+        use = [index["ddoc"], index["name"]]
+        body = {"selector": selector, "limit": limit, "skip": skip, "use_index": use}
+        what = f"finding tokens through the index {index['ddoc']}"
+        answer = self._json(self._request("POST", "/_find", body=body, retry=True), what)
+        docs = answer.get("docs") if isinstance(answer, dict) else None
+        return [doc for doc in docs or [] if isinstance(doc, dict)]
+
+    def _lease_scan_due(self, now: float) -> bool:
+        return now >= self.next_lease_scan and self._plan().scans
 
     def _settle_uncertain(self, n: int, now: float) -> list[Lease]:
         """Claims written just before the server went away, whose answer never came: the tokens that
@@ -275,63 +348,93 @@ class CouchDBPool(Pool):
         return kept[:n]
 
     def _candidates(self, wanted: int) -> list[dict[str, Any]]:
-        """Up to ``wanted`` todo tokens to try: from the last window if fresh enough, else a new window."""
+        """Up to ``wanted`` tokens to try: from the last window if fresh enough, else a new window."""
         now = self.clock()
         if now - self.candidates_read > CANDIDATES_MAX_AGE:
-            self.candidates = []
+            self.candidates, self.walk_from = [], None
         if len(self.candidates) < wanted:
-            self.candidates = self._todo_window(window_size(wanted))
+            self.candidates = self._window(window_size(wanted), now)
             self.candidates_read = now
+            self.window_conflicts = 0
         picked, self.candidates = self.candidates[:wanted], self.candidates[wanted:]
         return picked
 
-    def _todo_window(self, size: int) -> list[dict[str, Any]]:
-        """A random window of the todo view, shuffled: pilots that read at once spread over the tokens."""
+    def _tally(self, claimed: int, conflicts: int) -> None:
+        """Keep trying the window until others take its tokens before us twice in a row, then jump to a
+        random place. A conflict costs one write; a window costs a read, its documents, and the updates
+        of the view index since the last read."""
+        self.window_conflicts = 0 if claimed else self.window_conflicts + conflicts
+        if self.window_conflicts >= WINDOW_CONFLICTS:
+            self.candidates, self.walk_from = [], None
+
+    def _window(self, size: int, now: float) -> list[dict[str, Any]]:
+        """The next window of todo tokens, shuffled. A pilot starts at a random place and walks on from
+        there, window after window, so pilots keep to their own stretches of the tokens: windows at random
+        places meet the others' more and more as the pool drains."""
+        docs: list[dict[str, Any]] = []
+        if self.walk_from is not None:
+            docs, position = self._read_window(size, skip=0, after=self.walk_from)
+        if not docs:  # a new pilot, a jump, or the walk reached the end: start again at random
+            docs, position = self._random_window(size)
+        self.walk_from = position if len(docs) >= size else None
+        claimable = [doc for doc in docs if picas.claimable(doc, now)]
+        self.rng.shuffle(claimable)
+        return claimable
+
+    def _random_window(self, size: int) -> tuple[list[dict[str, Any]], Any]:
+        if self.window_rows is None:  # first read: learn the size, or every pilot reads the same tokens
+            self.window_rows = self._range_size()
         skip = 0
-        if self.todo_rows and self.todo_rows > size:
-            skip = self.rng.randrange(self.todo_rows - size + 1)
-        body = self._rows(self.design, "todo", include_docs=True, limit=size, skip=skip)
-        rows = body.get("rows", [])
-        if not rows and skip:
-            body = self._rows(self.design, "todo", include_docs=True, limit=size)
-            rows = body.get("rows", [])
-        total = body.get("total_rows")
-        self.todo_rows = total if isinstance(total, int) else None
-        docs = [row["doc"] for row in rows if picas.state_of(row.get("doc") or {}) is State.TODO]
-        self.rng.shuffle(docs)
-        return docs
+        if self.window_rows > size:
+            skip = self.rng.randrange(self.window_rows - size + 1)
+        docs, position = self._read_window(size, skip=skip, after=None)
+        if not docs and skip:
+            skip = 0
+            docs, position = self._read_window(size, skip=0, after=None)
+        if len(docs) < size:  # a short read tells the size exactly
+            self.window_rows = skip + len(docs)
+        return docs, position
+
+    def _range_size(self) -> int:
+        """How many tokens a window could be taken from, or more: the todo view's rows, or (with the
+        Mango index, which has no count) all documents of the database."""
+        if self._plan().find:
+            info = self._json(self._request("GET", ""), f"reading the database {self.couch.database!r}")
+            count = info.get("doc_count")
+        else:
+            count = self._rows(self.design, "todo", limit=0).get("total_rows")
+        return count if isinstance(count, int) else 0
+
+    def _read_window(self, size: int, *, skip: int, after: Any) -> tuple[list[dict[str, Any]], Any]:
+        """Up to ``size`` todo tokens (and the position to walk on from), after the position ``after``
+        (None: from the start, past ``skip`` of them)."""
+        if self._plan().find:
+            selector = picas.todo_selector("" if after is None else after)
+            docs = self._find(selector, picas.TODO_INDEX, size + (after is not None), skip)
+            if after is not None:
+                docs = [doc for doc in docs if doc.get("_id") != after]
+            return docs, docs[-1]["_id"] if docs else None
+        params: dict[str, Any] = {"include_docs": True, "limit": size, "skip": skip}
+        if after is not None:
+            params.update(startkey=json.dumps(after), skip=1)
+        rows = self._rows(self.design, "todo", **params).get("rows", [])
+        docs = [row["doc"] for row in rows if isinstance(row.get("doc"), dict)]
+        return docs, rows[-1].get("key") if rows else None
 
     def _claim_expired(self, wanted: int, now: float) -> list[Lease]:
+        """Tokens whose lease expired: their pilot is gone. A site's own todo view takes only those that
+        were claimed through the same design document."""
         self.next_lease_scan = now + lease_scan_interval(self.lease_seconds)
-        body = self._view(
-            picas.LEASE_DESIGN,
-            picas.LEASE_VIEW,
-            include_docs=True,
-            startkey=[self.design, 0],
-            endkey=[self.design, now],
-            limit=wanted,
-        )
-        if body is None:
-            if not self.lease_view_missing:
-                self.lease_view_missing = True
-                log.warning(
-                    "no view %s/%s: tokens of pilots that died stay locked until `pilot.pyz reset --locked` "
-                    "(a database admin creates the view with `pilot.pyz init`)",
-                    picas.LEASE_DESIGN,
-                    picas.LEASE_VIEW,
-                )
-            return []
-        docs = []
-        for row in body.get("rows", []):
-            doc = row.get("doc") or {}
-            lease = picas.lease_of(doc)
-            if picas.state_of(doc) is State.LOCKED and lease and lease.get("expires", now) < now:
-                docs.append(doc)
+        docs = [
+            doc
+            for doc in self._find(picas.expired_selector(now), picas.LEASE_INDEX, window_size(wanted))
+            if picas.lease_expired(doc, now)
+            and doc.get("type") == "token"
+            and (self._plan().find or (picas.lease_of(doc) or {}).get("design") == self.design)
+        ]
         if not docs:
             return []
-        got, _ = self._lock(docs, now)
-        for lease in got:
-            log.info("claimed again: the lease of its last pilot expired", extra={"token": lease.token.id})
+        got, _ = self._lock(docs[:wanted], now)
         return got
 
     def _lock(self, docs: Sequence[Mapping[str, Any]], now: float) -> tuple[list[Lease], int]:
@@ -382,6 +485,8 @@ class CouchDBPool(Pool):
                 conflicts += 1
                 continue
             new["_rev"] = result["rev"]
+            if len(attempts) > 1 and attempts[-2].outcome == Outcome.LEASE_EXPIRED.value:
+                log.info("claimed again: the lease of its last pilot expired", extra={"token": new["_id"]})
             token = replace(picas.to_token(new), attempts=tuple(attempts))
             leases.append(Lease(token=token, lease_id=lease_id, expires=expires, attempt=attempt, handle=new))
         return leases, conflicts
@@ -424,7 +529,7 @@ class CouchDBPool(Pool):
         about ten times what one more document in it does, so this nearly halves a task's server time.
         Falls back to two calls when the todo window is empty or a scan for expired leases is due."""
         now = self.clock()
-        fast = n > 0 and now < self.next_lease_scan and not self.uncertain
+        fast = n > 0 and not self._lease_scan_due(now) and not self.uncertain
         docs = self._candidates(n) if fast else []
         if not docs:
             return super().report_and_claim(lease, report, n)
@@ -442,8 +547,7 @@ class CouchDBPool(Pool):
         else:
             saved = Saved.SAVED if "rev" in results[0] else self.report(lease, report)
         leases, conflicts = self._leases(pending, results[1:], now)
-        if conflicts > len(leases):
-            self.candidates = []  # mostly taken by others since the read: read a fresh window next time
+        self._tally(len(leases), conflicts)
         if len(leases) < n:  # others took them first: go on as claim() does, past conflicts
             # If the server went away just now, the report is in; the pilot's next claim finds out.
             with contextlib.suppress(ServerUnreachable):
@@ -566,9 +670,16 @@ class CouchDBPool(Pool):
 
     def init(self) -> list[str]:
         lines = [self._ensure_database()]
-        lines += self._ensure_design(self.design, picas.monitor_views(), ours=False)
-        lines += self._ensure_design(picas.LEASE_DESIGN, picas.lease_views(), ours=True)
+        lines += self._ensure_design(self.design, picas.monitor_views())
+        lines += [self._ensure_index(index) for index in picas.INDEXES]
         return lines
+
+    def _ensure_index(self, index: Mapping[str, Any]) -> str:
+        """One of our Mango indexes; the server says whether it was there already."""
+        response = self._request("POST", "/_index", body=index)
+        what = f"creating the index {index['ddoc']} (a database admin can)"
+        result = self._json(response, what).get("result")
+        return f"index {index['ddoc']}: {'up to date' if result == 'exists' else 'created'}"
 
     def _ensure_database(self) -> str:
         name = self.couch.database
@@ -583,9 +694,9 @@ class CouchDBPool(Pool):
             return f"database {name}: created"
         raise self._error(response, f"creating the database {name!r} (a server admin can)")
 
-    def _ensure_design(self, name: str, views: Mapping[str, Any], *, ours: bool) -> list[str]:
-        """Create the design document or add its missing views. A Monitor view that differs from the
-        PiCaS one is the site's choice and is kept; our own design document is brought up to date."""
+    def _ensure_design(self, name: str, views: Mapping[str, Any]) -> list[str]:
+        """Create the design document or add its missing views. A view that differs from the PiCaS one is
+        the site's choice and is kept."""
         path = f"/_design/{quote(name)}"
         response = self._request("GET", path)
         if response.status == 404:
@@ -595,19 +706,18 @@ class CouchDBPool(Pool):
         present = doc.get("views") if isinstance(doc.get("views"), dict) else {}
         missing = [view for view in views if view not in present]
         differing = [view for view in views if view in present and present[view] != views[view]]
-        changed = missing + (differing if ours else [])
         lines = []
-        if changed or doc.get("language") != "javascript":
-            doc["views"] = {**present, **{view: views[view] for view in changed}}
+        if missing or doc.get("language") != "javascript":
+            doc["views"] = {**present, **{view: views[view] for view in missing}}
             doc["language"] = "javascript"
             put = self._request("PUT", path, body=doc)
             if put.status not in (200, 201, 202):
                 raise self._error(put, f"writing the design document {name} (a database admin can)")
             verb = "created" if response.status == 404 else "updated"
-            lines.append(f"design document {name}: {verb} (views {', '.join(changed or views)})")
+            lines.append(f"design document {name}: {verb} (views {', '.join(missing or views)})")
         else:
             lines.append(f"design document {name}: up to date (views {', '.join(views)})")
-        if differing and not ours:
+        if differing:
             lines.append(
                 f"design document {name}: kept the site's own definition of {', '.join(differing)} "
                 "(differs from the PiCaS examples)"
@@ -627,25 +737,30 @@ class CouchDBPool(Pool):
         lines.append(f"credentials: {'user ' + repr(user) if user else 'none (anonymous)'} accepted")
         info = self._json(self._request("GET", ""), f"reading the database {self.couch.database!r}")
         lines.append(f"database {self.couch.database}: ok ({info.get('doc_count', '?')} documents)")
-        lines.append(self._check_design(self.design, picas.monitor_views(), required=True))
-        lines.append(self._check_design(picas.LEASE_DESIGN, picas.lease_views(), required=False))
+        lines.append(self._check_design(self.design, picas.monitor_views()))
+        lines.append(self._check_indexes())
         counts = self.counts()
         lines.append("tokens: " + ", ".join(f"{k} {v}" for k, v in counts.as_dict().items()))
         return lines
 
-    def _check_design(self, name: str, views: Mapping[str, Any], *, required: bool) -> str:
+    def _check_indexes(self) -> str:
+        present = self._indexes()
+        missing = [index["ddoc"] for index in picas.INDEXES if _index_key(index) not in present]
+        if missing:
+            return (
+                f"indexes: no {', '.join(missing)}; claims are slower and tokens of pilots that die stay "
+                "locked until `pilot.pyz reset --locked` (a database admin runs `pilot.pyz init` to add them)"
+            )
+        return f"indexes: {', '.join(index['ddoc'] for index in picas.INDEXES)} present"
+
+    def _check_design(self, name: str, views: Mapping[str, Any]) -> str:
         response = self._request("GET", f"/_design/{quote(name)}")
         doc = {} if response.status == 404 else self._json(response, f"reading the design document {name}")
         present = doc.get("views") if isinstance(doc.get("views"), dict) else {}
         missing = [view for view in views if view not in present]
-        if missing and required:
+        if missing:
             raise PoolError(
                 self.where, f"design document {name}: no view {', '.join(missing)} (run `pilot.pyz init`)"
-            )
-        if missing:
-            return (
-                f"design document {name}: missing; tokens of pilots that die stay locked until "
-                "`pilot.pyz reset --locked` (a database admin runs `pilot.pyz init` to add it)"
             )
         differing = [view for view in views if present[view] != views[view]]
         note = f"; {', '.join(differing)} differ from the PiCaS examples" if differing else ""

@@ -25,8 +25,6 @@ PICAS_FIELDS = ("type", "lock", "done", "hostname", "scrub_count", "exit_code", 
 JOB_ID_FIELDS = ("slurm_job_id", "pbs_job_id", "dirac_job_id", "wms_job_id", "cream_job_id")
 RESERVED = frozenset((OURS, *PICAS_FIELDS, *JOB_ID_FIELDS))
 VIEWS = ("todo", "locked", "done", "error", "overview_total")
-LEASE_DESIGN = "pilot"  # our own design document, so Monitor stays exactly as PiCaS defines it
-LEASE_VIEW = "leases"
 
 # The conditions of examples/create_views.py in the picasclient repository, and the map and reduce
 # functions as couchdb-python's ViewDefinition stores them (leading newline stripped, dedented).
@@ -65,13 +63,34 @@ _OVERVIEW_REDUCE = """function (key, values, rereduce) {
    return sum(values);
 }
 """
-# Locked tokens that carry one of our leases, by design document and expiry: [design, expires].
-_LEASE_MAP = """function(doc) {
-  if (doc.type == "token" && doc.lock > 0 && doc.done == 0 && doc.pilot && doc.pilot.lease) {
-    emit([doc.pilot.lease.design, doc.pilot.lease.expires], null);
-  }
+# Claims find tokens through two Mango indexes of our own (``POST /db/_index``), each in its own design
+# document so that neither is updated for the other. Mango indexes are built by the server itself, not by
+# a JavaScript map function: on pouchdb-server a JS view runs every changed document through a fresh VM
+# context (about 1 ms each), a Mango index a third of that; CouchDB builds them without couchjs. The
+# Monitor views stay as PiCaS defines them, for picas pilots, the web views and `status`.
+TODO_INDEX = {
+    "ddoc": "pilot-todo",
+    "name": "todo",
+    "type": "json",
+    "index": {"fields": ["type", "done", "lock", "_id"]},
 }
-"""
+LEASE_INDEX = {
+    "ddoc": "pilot-leases",
+    "name": "leases",
+    "type": "json",
+    "index": {"fields": ["pilot.lease.expires"]},  # only tokens that carry a lease are in it
+}
+INDEXES = (TODO_INDEX, LEASE_INDEX)
+
+
+def todo_selector(from_id: str) -> dict[str, Any]:
+    """Todo tokens from ``from_id`` on, in id order. PiCaS's todo view tests ``lock == 0 && done == 0``
+    in JavaScript, where "0" and "" equal 0 too; picas and pilot.pyz write the number 0, as this finds."""
+    return {"type": "token", "done": 0, "lock": 0, "_id": {"$gte": from_id}}
+
+
+def expired_selector(now: float) -> dict[str, Any]:
+    return {"pilot.lease.expires": {"$lt": now}}
 
 
 def monitor_views() -> dict[str, dict[str, str]]:
@@ -79,10 +98,6 @@ def monitor_views() -> dict[str, dict[str, str]]:
     views = {name: {"map": _STATE_MAP % condition} for name, condition in CONDITIONS.items()}
     views["overview_total"] = {"map": _OVERVIEW_MAP % CONDITIONS, "reduce": _OVERVIEW_REDUCE}
     return views
-
-
-def lease_views() -> dict[str, dict[str, str]]:
-    return {LEASE_VIEW: {"map": _LEASE_MAP}}
 
 
 # -- reading a token -------------------------------------------------------------------------------
@@ -134,6 +149,17 @@ def lease_of(doc: Mapping[str, Any]) -> Optional[dict[str, Any]]:
 def lease_id_of(doc: Mapping[str, Any]) -> Optional[str]:
     lease = lease_of(doc)
     return lease.get("id") if lease else None
+
+
+def lease_expired(doc: Mapping[str, Any], now: float) -> bool:
+    """Locked under one of our leases, and that lease ran out: its pilot is gone."""
+    lease = lease_of(doc)
+    expires = lease.get("expires") if lease else None
+    return state_of(doc) is State.LOCKED and isinstance(expires, (int, float)) and expires < now
+
+
+def claimable(doc: Mapping[str, Any], now: float) -> bool:
+    return doc.get("type") == "token" and (state_of(doc) is State.TODO or lease_expired(doc, now))
 
 
 def attempts_of(doc: Mapping[str, Any]) -> list[Attempt]:

@@ -1,14 +1,16 @@
 """CouchDB pool throughput: 1,000 `/bin/true` tokens, 4 pilot.pyz pilots against 4 picas RunActor pilots, in
 the same run, against the same pouchdb-server (in memory, on 127.0.0.1), one after the other.
 
-Prints tasks per second for both and their ratio (target >= 3), duplicate executions for both (target 0 for
-ours), HTTP requests per task for both, and the CPU time per task of the server and of the pilots (which
-bounds the throughput on a small machine). Requests are counted from pouchdb-server's request log (every
-request it served for that database) in a second, untimed pass, since logging costs the server time.
-Executions are counted from each pilot's own record of starting a task: our pilots' "started" log lines,
-the picas actors' list of the tokens they process.
+Both sides run in turn, round after round (3 by default), so that both meet the same noise of a shared
+machine; the figures are medians over the rounds, and the ratio is the median of the rounds' ratios.
+Prints tasks per second for both and their ratio (target >= 3), duplicate executions for both (target 0
+for ours), HTTP requests per task for both, and the CPU time per task of the server and of the pilots
+(which bounds the throughput on a small machine). Requests are counted from pouchdb-server's request log
+(every request it served for that database) in a last, untimed pass, since logging costs the server
+time. Executions are counted from each pilot's own record of starting a task: our pilots' "started" log
+lines, the picas actors' list of the tokens they process.
 
-    .venv/bin/python tests/benchmarks/bench_couchdb.py [--tokens 1000] [--pilots 4] [--slots 1]
+    .venv/bin/python tests/benchmarks/bench_couchdb.py [--tokens 1000] [--pilots 4] [--slots 1] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,56 +141,73 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=1000)
     parser.add_argument("--pilots", type=int, default=4)
     parser.add_argument("--slots", type=int, default=1, help="slots per pilot.pyz pilot (picas has one)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds, each side once per round")
     options = parser.parse_args()
     pyz = ensure_pyz()
     python = require_picas()
-    runs: dict[str, tuple[Phase, Counter[str]]] = {}
+    timed: list[tuple[tuple[Phase, Counter[str]], tuple[Phase, Counter[str]]]] = []
     with tempfile.TemporaryDirectory(prefix="bench-couchdb-") as tmp:
-        # Timed on a server that logs nothing; requests counted in a second pass on one that logs them all.
-        for name, logging in (("timed", False), ("counted", True)):
+        # Timed on a server that logs nothing, the two sides in turn, round after round, so that both
+        # meet the same noise of a shared machine; requests counted in a last pass on one that logs them.
+        for name in [f"round-{i}" for i in range(options.rounds)] + ["counted"]:
             folder = Path(tmp) / name
             server = PouchDBServer(
-                folder / "server", auth=False, in_memory=True, log_requests=logging
+                folder / "server", auth=False, in_memory=True, log_requests=name == "counted"
             ).start()
             try:
-                for side, run in (("ours", ours), ("picas", picas)):
-                    (folder / side).mkdir()
-                    binary = pyz if side == "ours" else python
-                    runs[f"{side} {name}"] = run(binary, server, folder / side, options)
+                (folder / "ours").mkdir()
+                (folder / "picas").mkdir()
+                mine = ours(pyz, server, folder / "ours", options)
+                theirs = picas(python, server, folder / "picas", options)
             finally:
                 server.stop()
-    mine, mine_ran = runs["ours timed"]
-    theirs, theirs_ran = runs["picas timed"]
-    mine_requests = runs["ours counted"][0].requests
-    theirs_requests = runs["picas counted"][0].requests
+            if name == "counted":
+                counted = (mine, theirs)
+            else:
+                timed.append((mine, theirs))
     tokens = options.tokens
-    ours_rate, picas_rate = tokens / mine.elapsed, tokens / theirs.elapsed
-    ours_dup, ours_missing = duplicates(mine_ran, tokens)
-    picas_dup, picas_missing = duplicates(theirs_ran, tokens)
+    rates = [(tokens / mine.elapsed, tokens / theirs.elapsed) for (mine, _), (theirs, _) in timed]
+    ratios = sorted(ours_rate / picas_rate for ours_rate, picas_rate in rates)
+    ours_dup = sum(duplicates(ran, tokens)[0] for (_, ran), _ in timed)
+    ours_missing = sum(duplicates(ran, tokens)[1] for (_, ran), _ in timed)
+    picas_dup = [duplicates(ran, tokens)[0] for _, (_, ran) in timed]
+    picas_failed = sum(phase.failed for _, (phase, _) in timed)
+    server_ours = statistics.median(mine.server_cpu for (mine, _), _ in timed)
+    server_picas = statistics.median(theirs.server_cpu for _, (theirs, _) in timed)
+    pilots_ours = statistics.median(mine.pilots_cpu for (mine, _), _ in timed)
+    pilots_picas = statistics.median(theirs.pilots_cpu for _, (theirs, _) in timed)
     report(
-        f"CouchDB pool: {tokens} /bin/true tokens, {options.pilots} pilots each, pouchdb-server in memory",
+        f"CouchDB pool: {tokens} /bin/true tokens, {options.pilots} pilots each, pouchdb-server in memory, "
+        f"median of {len(timed)} rounds",
         [
-            (f"pilot.pyz (slots={options.slots})", f"{ours_rate:.1f} tasks/s ({mine.elapsed:.1f}s)"),
-            ("picas RunActor", f"{picas_rate:.1f} tasks/s ({theirs.elapsed:.1f}s)"),
-            ("ratio", f"{ours_rate / picas_rate:.2f}x (target >= 3)"),
+            (f"pilot.pyz (slots={options.slots})", _spread([ours_rate for ours_rate, _ in rates], "tasks/s")),
+            ("picas RunActor", _spread([picas_rate for _, picas_rate in rates], "tasks/s")),
+            ("ratio", f"{statistics.median(ratios):.2f}x (target >= 3; rounds {_list(ratios, 'x')})"),
             ("duplicates, pilot.pyz", f"{ours_dup} (never run: {ours_missing}; target 0)"),
-            ("duplicates, picas", f"{picas_dup} (never run: {picas_missing}; gave up: {theirs.failed})"),
-            ("requests per task, pilot.pyz", f"{mine_requests / tokens:.2f} (target <= 2)"),
-            ("requests per task, picas", f"{theirs_requests / tokens:.2f}"),
+            ("duplicates, picas", f"{_list(picas_dup, '')} per round (gave up: {picas_failed})"),
+            ("requests per task, pilot.pyz", f"{counted[0][0].requests / tokens:.2f} (target <= 2)"),
+            ("requests per task, picas", f"{counted[1][0].requests / tokens:.2f}"),
             (
                 "server CPU ms per task",
-                f"pilot.pyz {1000 * mine.server_cpu / tokens:.1f}, "
-                f"picas {1000 * theirs.server_cpu / tokens:.1f}",
+                f"pilot.pyz {1000 * server_ours / tokens:.1f}, picas {1000 * server_picas / tokens:.1f}",
             ),
             (
                 "pilot CPU ms per task",
-                f"pilot.pyz {1000 * mine.pilots_cpu / tokens:.1f}, "
-                f"picas {1000 * theirs.pilots_cpu / tokens:.1f} (with the tasks)",
+                f"pilot.pyz {1000 * pilots_ours / tokens:.1f}, "
+                f"picas {1000 * pilots_picas / tokens:.1f} (with the tasks)",
             ),
         ],
     )
-    counted_dup = sum(duplicates(runs["ours counted"][1], tokens))
+    counted_dup = sum(duplicates(counted[0][1], tokens))
     return 0 if ours_dup == ours_missing == counted_dup == 0 else 1
+
+
+def _spread(values: list[float], unit: str) -> str:
+    return f"{statistics.median(values):.1f} {unit} (rounds {_list(sorted(values), '')})"
+
+
+def _list(values: list[float] | list[int], suffix: str) -> str:
+    return ", ".join(f"{value:.1f}{suffix}" if isinstance(value, float) else f"{value}" for value in values)
 
 
 if __name__ == "__main__":

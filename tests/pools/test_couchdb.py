@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Any, Optional
@@ -20,8 +21,8 @@ from agent.errors import ExitCode, PoolError, ServerUnreachable, TokenError
 from agent.http import HttpClient, Response
 from agent.identity import Identity
 from agent.pools import NewToken, Saved
-from agent.pools.couchdb import CouchDBPool
-from agent.pools.picas import LEASE_DESIGN, monitor_views
+from agent.pools.couchdb import ClaimPlan, CouchDBPool
+from agent.pools.picas import INDEXES, monitor_views
 from agent.token import Outcome, Result, make_report
 
 LEASE = 10.0
@@ -84,7 +85,7 @@ def ready_pool(server: PouchDBServer, database: str, tokens: int, **kwargs: Any)
 # -- init, add, counts -----------------------------------------------------------------------------
 
 
-def test_init_creates_the_database_and_both_design_documents_once(pouchdb: PouchDBServer) -> None:
+def test_init_creates_the_database_the_monitor_views_and_our_indexes_once(pouchdb: PouchDBServer) -> None:
     database = "init-" + str(free_port())
     pool = make_pool(pouchdb, database)
     try:
@@ -93,7 +94,10 @@ def test_init_creates_the_database_and_both_design_documents_once(pouchdb: Pouch
         monitor = pouchdb.request("GET", f"/{database}/_design/Monitor").body
         assert monitor["views"] == monitor_views()
         assert monitor["language"] == "javascript"
-        assert pouchdb.request("GET", f"/{database}/_design/{LEASE_DESIGN}").status == 200
+        indexes = pouchdb.request("GET", f"/{database}/_index").body["indexes"]
+        assert {(i["ddoc"], i["name"]) for i in indexes} >= {
+            (f"_design/{i['ddoc']}", i["name"]) for i in INDEXES
+        }
         again = pool.init()
         assert again[0].startswith(f"database {database}: exists")
         assert all("up to date" in line for line in again[1:])
@@ -212,6 +216,83 @@ def test_the_pool_looks_for_expired_leases_when_todo_is_empty(pouchdb: PouchDBSe
     clock.now += LEASE + 1
     pool.next_lease_scan = clock.now + 1000  # not due by the clock: found because todo is empty
     assert [lease.token.id for lease in pool.claim(2)] == ["tok-000"]
+
+
+def test_claims_go_through_our_indexes_when_monitor_is_the_picas_one(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    pool = ready_pool(pouchdb, couch_db, 5)
+    assert len(pool.claim(5)) == 5
+    assert pool.plan == ClaimPlan(find=True, scans=True)
+    assert pool.candidates == []  # a window ending short of its size leaves nothing behind
+
+
+def test_a_pool_walks_on_from_its_last_window_rather_than_jumping(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    pool = ready_pool(pouchdb, couch_db, 200)
+    window = sorted(pool.claim(1)[0].token.id for _ in range(64))  # one whole window, claimed one by one
+    assert window == [f"tok-{i:03d}" for i in range(int(window[0][4:]), int(window[0][4:]) + 64)]
+    assert pool.walk_from == window[-1]
+    assert pool.claim(1)[0].token.id > window[-1]  # the next window starts where this one ended
+
+
+ONLY_FOUR_CORES = {
+    "map": 'function(doc) { if (doc.type == "token" && doc.lock == 0 && doc.done == 0 && doc.cores == 4) '
+    "emit(doc._id, doc._id); }"
+}
+
+
+def test_a_site_specific_todo_view_decides_which_tokens_are_claimed(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    pouchdb.request(
+        "PUT", f"/{couch_db}/_design/Monitor", {"language": "javascript", "views": {"todo": ONLY_FOUR_CORES}}
+    )
+    pool = make_pool(pouchdb, couch_db)
+    pool.init()
+    pool.add(NewToken(f"tok-{i}", {"cores": 4 if i % 2 else 2}) for i in range(6))
+    assert sorted(lease.token.id for lease in pool.claim(6)) == ["tok-1", "tok-3", "tok-5"]
+    assert pool.plan == ClaimPlan(find=False, scans=True)
+
+
+def test_with_a_site_specific_todo_view_only_its_own_expired_leases_come_back(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    pouchdb.request(
+        "PUT", f"/{couch_db}/_design/Monitor", {"language": "javascript", "views": {"todo": ONLY_FOUR_CORES}}
+    )
+    clock = Clock()
+    dying = make_pool(pouchdb, couch_db, "pilot-a", clock)
+    dying.init()
+    dying.add(NewToken(f"tok-{i}", {"cores": 4}) for i in range(2))
+    dying.claim(2)
+    elsewhere = pouchdb.docs(couch_db)["tok-1"]
+    elsewhere["pilot"]["lease"]["design"] = "Elsewhere"  # claimed through another design document
+    assert pouchdb.request("PUT", f"/{couch_db}/tok-1", elsewhere).status == 201
+    clock.now += LEASE + 1
+    other = make_pool(pouchdb, couch_db, "pilot-b", clock)
+    assert [lease.token.id for lease in other.claim(2)] == ["tok-0"]
+
+
+def test_without_our_indexes_claims_read_monitor_todo_and_say_what_is_missing(
+    pouchdb: PouchDBServer, couch_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    pool = ready_pool(pouchdb, couch_db, 3, clock=clock)
+    for index in INDEXES:
+        path = f"/{couch_db}/_design/{index['ddoc']}"
+        rev = pouchdb.request("GET", path).body["_rev"]
+        assert pouchdb.request("DELETE", f"{path}?rev={rev}").status == 200
+    assert "indexes: no pilot-todo, pilot-leases; claims are slower" in "\n".join(pool.check())
+    with caplog.at_level(logging.WARNING):
+        first = {lease.token.id for lease in pool.claim(2)}
+    assert len(first) == 2
+    assert pool.plan == ClaimPlan(find=False, scans=False)
+    assert "no index pilot-leases: tokens of pilots that died stay locked" in caplog.text
+    clock.now += LEASE + 1
+    left = {"tok-000", "tok-001", "tok-002"} - first
+    assert {lease.token.id for lease in pool.claim(3)} == left  # the expired two stay locked
 
 
 def test_renewal_extends_the_lease_and_reports_it_lost_after_a_reset(

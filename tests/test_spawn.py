@@ -1,0 +1,134 @@
+"""Starting a task's process, both ways the pilot knows: posix_spawn (glibc 2.26+) and Popen (elsewhere).
+Each test runs both, in this process, and checks what the task itself sees from /proc and its shell."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import spawn
+from agent.spawn import Spawned
+
+REPORT = (
+    'echo "$(pwd) $$ $(ps -o sid= -p $$ | tr -d " ") $MARK"; ls -l /proc/$$/fd; grep SigIgn /proc/$$/status'
+)
+
+
+@pytest.fixture(params=["posix_spawn", "popen"])
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Which way processes start. posix_spawn must be what this machine (glibc >= 2.26) uses; its first
+    use is decided afresh, as in a new pilot."""
+    if request.param == "posix_spawn":
+        assert spawn._glibc() >= (2, 26), "the posix_spawn path needs glibc 2.26 or later"
+        monkeypatch.delitem(spawn._STATE, "usable", raising=False)
+    else:
+        monkeypatch.setitem(spawn._STATE, "usable", 0)
+    yield request.param
+
+
+def run(argv: list[str], folder: Path, env: dict[str, str]) -> tuple[int, str]:
+    out = os.open(folder / "stdout", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        process = spawn.spawn(argv, env, str(folder), (null, out, out))
+        code = process.wait()
+    finally:
+        os.close(out)
+        os.close(null)
+    return code, (folder / "stdout").read_text()
+
+
+def test_the_task_runs_in_its_folder_as_a_session_leader_with_its_env_and_nothing_inherited(
+    way: str, tmp_path: Path
+) -> None:
+    # A descriptor the pilot inherited without close-on-exec, as a batch system might hand one down.
+    leaked = os.open(tmp_path / "leaked-descriptor", os.O_WRONLY | os.O_CREAT)
+    os.set_inheritable(leaked, True)
+    (tmp_path / "task").mkdir()
+    try:
+        code, out = run(
+            ["sh", "-c", REPORT], tmp_path / "task", {"PATH": os.environ["PATH"], "MARK": "m; $(x)"}
+        )
+    finally:
+        os.close(leaked)
+    lines = out.splitlines()
+    cwd, pid, sid, mark = lines[0].split(" ", 3)
+    assert code == 0
+    assert cwd == str(tmp_path / "task")
+    assert pid == sid  # its own session, so its own process group
+    assert mark == "m; $(x)"
+    assert "leaked-descriptor" not in out
+    assert all(f" {fd} -> " in out for fd in (0, 1, 2))
+    sigpipe = 1 << (signal.SIGPIPE - 1)
+    assert int(lines[-1].split()[1], 16) & sigpipe == 0  # SIGPIPE back to default, as Popen restores it
+
+
+def test_the_pilot_stays_where_it_was(way: str, tmp_path: Path) -> None:
+    here = Path.cwd()
+    (tmp_path / "task").mkdir()
+    assert run(["true"], tmp_path / "task", {"PATH": os.environ["PATH"]})[0] == 0
+    assert Path.cwd() == here
+
+
+def test_a_program_is_looked_up_on_the_tasks_path_not_the_pilots(way: str, tmp_path: Path) -> None:
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    tool = tools / "only-here"
+    tool.write_text("#!/bin/sh\necho found\n")
+    tool.chmod(0o755)
+    assert run(["only-here"], tmp_path, {"PATH": str(tools)}) == (0, "found\n")
+    with pytest.raises(FileNotFoundError):
+        run(["only-here"], tmp_path, {"PATH": "/usr/bin:/bin"})
+
+
+def test_a_relative_program_is_relative_to_the_task_folder(way: str, tmp_path: Path) -> None:
+    (tmp_path / "run.sh").write_text("#!/bin/sh\necho relative\n")
+    (tmp_path / "run.sh").chmod(0o755)
+    assert run(["./run.sh"], tmp_path, {"PATH": "/usr/bin:/bin"}) == (0, "relative\n")
+
+
+CANNOT_START = {  # name: (mode and content of the file, or None for no file; the errno expected)
+    "missing": (None, errno.ENOENT),
+    "not-executable": ((0o644, "#!/bin/sh\n"), errno.EACCES),
+    "no-shebang": ((0o755, "\x00\x01binary junk"), errno.ENOEXEC),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CANNOT_START))
+def test_programs_that_cannot_start_raise_with_their_errno(way: str, tmp_path: Path, name: str) -> None:
+    made, expected = CANNOT_START[name]
+    program = tmp_path / name
+    if made is not None:
+        program.write_text(made[1])
+        program.chmod(made[0])
+    with pytest.raises(OSError) as caught:
+        run([str(program)], tmp_path, {"PATH": "/usr/bin:/bin"})
+    assert caught.value.errno == expected
+
+
+def test_a_missing_folder_is_named_in_the_error(way: str, tmp_path: Path) -> None:
+    with pytest.raises(OSError) as caught:
+        spawn.spawn(["true"], {"PATH": "/usr/bin:/bin"}, str(tmp_path / "gone"), (0, 1, 2))
+    assert caught.value.errno == errno.ENOENT
+    if way == "posix_spawn":
+        assert caught.value.filename == str(tmp_path / "gone")
+
+
+def test_spawned_reports_exit_codes_and_signals_as_popen_does(tmp_path: Path) -> None:
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        env = {"PATH": "/usr/bin:/bin"}
+        codes = []
+        for script in ("exit 3", "kill -KILL $$"):
+            process = spawn._posix_spawn(["sh", "-c", script], env, str(tmp_path), (null, null, null))
+            assert isinstance(process, Spawned)
+            codes.append(process.wait())
+            assert process.poll() == codes[-1]
+    finally:
+        os.close(null)
+    assert codes == [3, -signal.SIGKILL]
