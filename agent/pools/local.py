@@ -200,20 +200,18 @@ class LocalPool(Pool):
         if not rows and not scan:
             rows = self._expired(db, now, n)
         leases = [self._lease(row, now) for row in rows]
-        db.executemany(
-            "UPDATE tokens SET state = 'locked', lease_id = ?, lease_expires = ?, attempts = ?, "
-            "updated = ? WHERE id = ?",
-            [
+        for lease in leases:  # one at a time: execute costs less than executemany for the usual one
+            db.execute(
+                "UPDATE tokens SET state = 'locked', lease_id = ?, lease_expires = ?, attempts = ?, "
+                "updated = ? WHERE id = ?",
                 (
                     lease.lease_id,
                     lease.expires,
                     _dumps([a.to_json() for a in lease.token.attempts]),
                     now,
                     lease.token.id,
-                )
-                for lease in leases
-            ],
-        )
+                ),
+            )
         return leases
 
     def _expired(self, db: sqlite3.Connection, now: float, n: int) -> list[Any]:

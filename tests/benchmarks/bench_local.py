@@ -2,6 +2,7 @@
 
 Prints tasks per second for pilot.pyz and for the baseline (2 threads running subprocess.run), their
 ratio (target >= 0.5), the pilot's peak RSS (target < 40 MB), and warm start-up against `python3 -c pass`.
+The pilot's time includes its start-up; it runs under the interpreter that runs the baseline.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def pilot_run(pyz: Path, folder: Path, workdir: Path, env: dict[str, str]) -> tu
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    code, seconds, rss = run_measured([str(pyz), "--config", str(config), "--quiet"], env=env)
+    # Run by the interpreter that runs the baseline: a version manager's shim for `python3` (pyenv here)
+    # would add its own start-up, which worker nodes with a plain /usr/bin/python3 do not pay.
+    argv = [sys.executable, str(pyz), "--config", str(config), "--quiet"]
+    code, seconds, rss = run_measured(argv, env=env)
     if code != 0:
         raise SystemExit(f"pilot exited {code}")
     return seconds, rss
