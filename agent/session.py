@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
 
-from agent.cache import ready_cache
-from agent.config import Config
+from agent.config import CacheConfig, Config
 from agent.health import check_node
 from agent.identity import Identity
 from agent.pilot import Ending, Pilot
@@ -27,8 +27,18 @@ def run_pilot(config: Config, pool: Pool, identity: Identity, environ: Mapping[s
         end = find_end(config.walltime, environ, time.time(), time.monotonic())
         walltime = Walltime(end, config.walltime)
         # The entries stay held (shared flock) until the pilot ends, so no eviction takes them from tasks.
-        with ready_cache(config.cache) as cache_paths:
+        with _ready_cache(config.cache) as cache_paths:
             pilot = Pilot(
                 config, pool, identity, walltime, environ=environ, cache_paths=cache_paths, signals=signals
             )
             return pilot.run()
+
+
+def _ready_cache(config: CacheConfig) -> contextlib.AbstractContextManager[Mapping[str, str]]:
+    """The cache module (hashing, downloads, archives) is imported only by pilots that have entries: it is
+    a tenth of a pilot's start-up, and most pilots start and stop again many times a day."""
+    if not config.files:
+        return contextlib.nullcontext({})
+    from agent.cache import ready_cache
+
+    return ready_cache(config)
