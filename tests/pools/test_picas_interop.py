@@ -37,16 +37,20 @@ def test_our_monitor_views_are_the_ones_the_picas_examples_store(
     assert set(stored["views"]) == {"todo", "locked", "done", "error", "overview_total"}
 
 
+@pytest.mark.parametrize("our_indexes", [False, True])
 def test_tokens_made_by_picas_are_run_by_our_pilot(
-    site: Site, pouchdb: PouchDBServer, couch_db: str, picas_python: Path
+    site: Site, pouchdb: PouchDBServer, couch_db: str, picas_python: Path, our_indexes: bool
 ) -> None:
     picas_side(picas_python, pouchdb, couch_db, "views", "Monitor")
     picas_side(picas_python, pouchdb, couch_db, "add", "12")
     ran = site.folder / "ran.log"
     command = ["/bin/sh", "-c", 'echo "$1" >> "$2"; echo "$3"', "task", "{id}", str(ran), "{input}"]
     site.write(couch_config(site.folder, pouchdb, couch_db, command))
-    run = site.run("run")  # no `init`: the database is as PiCaS set it up (no lease view)
+    if our_indexes:  # claims through our Mango index; without `init`, through PiCaS's Monitor/todo
+        assert site.run("init").returncode == 0
+    run = site.run("run")
     assert run.returncode == 0, run.stderr
+    assert ("no index pilot-leases" in run.stderr) is not our_indexes
     assert sorted(ran.read_text().split()) == sorted(f"token_{i}" for i in range(12))
     assert picas_counts(picas_python, pouchdb, couch_db) == {"todo": 0, "locked": 0, "done": 12, "error": 0}
     doc = pouchdb.docs(couch_db)["token_3"]
