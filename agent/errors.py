@@ -73,10 +73,20 @@ class TokenError(PilotError):
         super().__init__(f"token {token_id!r}: {problem}")
 
 
+# Transport problems that waiting does not cure, as ServerUnreachable names them.
+CERTIFICATE_FAILED = "TLS certificate verification failed"
+HOST_NOT_FOUND = "host name not found"
+
+
 class ServerUnreachable(PoolError):
-    """The pool server did not answer (connection refused, timeout, 5xx) after retries."""
+    """The pool server did not answer (connection refused, timeout, 5xx) after retries. ``lasting``: the
+    cause is not one that waiting cures (a certificate we do not trust, a host name that does not exist)."""
 
     exit_code = ExitCode.SERVER_UNREACHABLE
+
+    def __init__(self, where: str, problem: str, *, lasting: bool = False) -> None:
+        self.lasting = lasting
+        super().__init__(where, problem)
 
 
 class CacheError(PilotError):

@@ -22,7 +22,7 @@ from urllib3.exceptions import HTTPError, MaxRetryError, ProtocolError
 from urllib3.util import Retry, Timeout
 
 from agent import __version__
-from agent.errors import ServerUnreachable
+from agent.errors import CERTIFICATE_FAILED, HOST_NOT_FOUND, ServerUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class HttpClient:
                 redirect=False,
             )
         except (MaxRetryError, ProtocolError, HTTPError, OSError) as err:
-            raise ServerUnreachable(redact(url), _reason(err)) from None
+            raise _unreachable(url, err) from None
         return Response(response.status, dict(response.headers), response.data)
 
     @contextmanager
@@ -148,7 +148,7 @@ class HttpClient:
                 redirect=True,
             )
         except (MaxRetryError, ProtocolError, HTTPError, OSError) as err:
-            raise ServerUnreachable(redact(url), _reason(err)) from None
+            raise _unreachable(url, err) from None
         try:
             yield response
         finally:
@@ -173,7 +173,16 @@ def chunks(response: Any, url: str, size: int) -> Iterator[bytes]:
                 return
             yield data
     except (HTTPError, OSError) as err:
-        raise ServerUnreachable(redact(url), _reason(err)) from None
+        raise _unreachable(url, err) from None
+
+
+# Causes that waiting does not cure: a pilot that meets one before its server ever answered stops at once.
+LASTING = frozenset((CERTIFICATE_FAILED, HOST_NOT_FOUND))
+
+
+def _unreachable(url: str, err: BaseException) -> ServerUnreachable:
+    reason = _reason(err)
+    return ServerUnreachable(redact(url), reason, lasting=reason in LASTING)
 
 
 def _reason(err: BaseException) -> str:
@@ -183,8 +192,8 @@ def _reason(err: BaseException) -> str:
     for marker, short in (
         ("Connection refused", "connection refused"),
         ("timed out", "timed out"),
-        ("Name or service not known", "host name not found"),
-        ("CERTIFICATE_VERIFY_FAILED", "TLS certificate verification failed"),
+        ("Name or service not known", HOST_NOT_FOUND),
+        ("CERTIFICATE_VERIFY_FAILED", CERTIFICATE_FAILED),
         ("Connection reset", "connection reset"),
         ("Remote end closed", "connection closed by the server"),
         ("IncompleteRead", "connection closed before the end of the body"),

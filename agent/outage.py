@@ -29,6 +29,8 @@ class Outage:
         self.failures = 0
         self.next_try = 0.0
         self.cause = ""
+        self.lasting = False  # the last failure's cause is not one that waiting cures
+        self.reached = False  # the server has answered at least once
 
     @property
     def down(self) -> bool:
@@ -37,23 +39,31 @@ class Outage:
     def may_try(self, now: float) -> bool:
         return self.since is None or now >= self.next_try
 
-    def failed(self, now: float, cause: str) -> None:
+    def failed(self, now: float, cause: str, *, lasting: bool = False) -> None:
         """One more failed attempt: wait twice as long as last time (capped), with a random half of it
         added so that a thousand pilots do not come back in step."""
         if self.since is None:
             self.since = now
         self.failures += 1
         self.cause = cause
+        self.lasting = lasting
         delay = min(self.cap, self.base * 2 ** (self.failures - 1))
         self.next_try = now + delay * (0.5 + self.jitter() / 2)
 
     def ok(self, now: float) -> Optional[float]:
         """The server answered. Returns how long it had been away, or None when it was not."""
+        self.reached = True
         if self.since is None:
             return None
         away = now - self.since
-        self.since, self.failures, self.cause = None, 0, ""
+        self.since, self.failures, self.cause, self.lasting = None, 0, "", False
         return away
+
+    def hopeless(self) -> bool:
+        """The server never answered, and what stops it is not cured by waiting: a wrong host name or a
+        certificate we do not trust. Waiting out max_outage would only hold a batch slot for nothing.
+        Once the server has answered, the same causes count as an outage (DNS or a certificate changed)."""
+        return self.down and self.lasting and not self.reached
 
     def exceeded(self, now: float) -> bool:
         return self.since is not None and now - self.since >= self.max_outage

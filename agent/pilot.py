@@ -16,7 +16,7 @@ from typing import Callable, Optional
 from agent import runner, template
 from agent.breaker import Breaker
 from agent.config import Config
-from agent.errors import ExitCode, ServerUnreachable
+from agent.errors import CERTIFICATE_FAILED, ExitCode, ServerUnreachable
 from agent.identity import Identity
 from agent.journal import Journal
 from agent.outage import Outage
@@ -369,7 +369,15 @@ class Pilot:
         """Send what the journal holds; give up when the server has been away longer than max_outage."""
         self.reporter.flush(self._count)
         now = self.clock()
-        if self.stopping is None and self.outage.exceeded(now):
+        if self.stopping is None and self.outage.hopeless():
+            cause = self.outage.cause
+            hint = "check server.url"
+            if cause == CERTIFICATE_FAILED:
+                hint = "trust its certificate with server.ca_bundle"
+            reason = f"pool {self.pool.where}: {cause}, and it never answered this pilot: {hint}"
+            log.error("%s", reason)
+            self._stop(Ending(ExitCode.SERVER_UNREACHABLE, reason), "the pool server cannot be reached")
+        elif self.stopping is None and self.outage.exceeded(now):
             limit = format_duration(self.config.server.max_outage)
             reason = (
                 f"{self.outage.describe(now)}, longer than server.max_outage ({limit}); unsent reports stay "

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from agent.http import _unreachable
 from agent.outage import Outage
 
 
@@ -29,3 +30,30 @@ def test_gives_up_after_max_outage_counted_from_the_first_failure() -> None:
     assert not outage.exceeded(159.0) and outage.exceeded(160.0)
     assert outage.ok(170.0) == 70.0
     assert not outage.down and not outage.exceeded(1000.0) and outage.ok(171.0) is None
+
+
+def test_a_cause_waiting_does_not_cure_is_hopeless_only_before_the_server_ever_answered() -> None:
+    outage = Outage(900, jitter=lambda: 1.0)
+    outage.failed(0.0, "connection refused")
+    assert not outage.hopeless()  # a server starting up, or overloaded: wait
+    outage.failed(1.0, "TLS certificate verification failed", lasting=True)
+    assert outage.hopeless()  # never answered, and no wait will change the certificate
+    outage.ok(2.0)
+    assert not outage.hopeless()
+    outage.failed(3.0, "host name not found", lasting=True)
+    assert not outage.hopeless()  # it answered before: an outage like any other (DNS trouble)
+    assert not outage.exceeded(902.0) and outage.exceeded(903.0)
+
+
+def test_transport_causes_that_waiting_does_not_cure_are_marked_lasting() -> None:
+    causes = {
+        "Failed to resolve 'x.invalid' ([Errno -2] Name or service not known)": True,
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate": True,
+        "[Errno 111] Connection refused": False,
+        "Temporary failure in name resolution": False,
+        "Read timed out. (read timeout=10)": False,
+    }
+    for text, lasting in causes.items():
+        error = _unreachable("https://user:secret@db.example.org/x", OSError(text))
+        assert error.lasting is lasting, text
+        assert "secret" not in str(error)

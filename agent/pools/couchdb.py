@@ -147,7 +147,7 @@ class CouchDBPool(Pool):
         try:
             return self.http.request(method, url, json_body=body, retry=retry)
         except ServerUnreachable as err:
-            raise ServerUnreachable(self.where, err.problem) from None
+            raise ServerUnreachable(self.where, err.problem, lasting=err.lasting) from None
 
     def _json(self, response: Response, what: str) -> Any:
         if response.status == 404:
