@@ -366,7 +366,8 @@ class Pilot:
     # -- the server --------------------------------------------------------------------------------
 
     def _heed_server(self) -> None:
-        """Send what the journal holds; give up when the server has been away longer than max_outage."""
+        """Send what the journal holds; give up when the server has been away longer than max_outage, or at
+        once when it never answered and waiting will not change why (see Outage.hopeless)."""
         self.reporter.flush(self._count)
         now = self.clock()
         if self.stopping is None and self.outage.hopeless():
