@@ -17,7 +17,7 @@ class ExitCode(enum.IntEnum):
     INTERNAL = 1  # a bug in pilot: the traceback is printed
     CONFIG = 2  # bad site.toml or command-line input; nothing was claimed
     POOL = 3  # the pool is unusable: missing, corrupt or unreadable, refused credentials
-    SERVER_UNREACHABLE = 4  # the pool server stayed unreachable for longer than server.max_outage
+    SERVER_UNREACHABLE = 4  # the pool server stayed away longer than server.max_outage, or cannot be reached
     CACHE = 5  # a cache entry could not be made ready; nothing was claimed
     NODE_UNHEALTHY = 6  # a check of the node failed before the first claim
     BLACK_HOLE = 7  # tasks kept failing on this node; the pilot stopped claiming
@@ -76,17 +76,18 @@ class TokenError(PilotError):
 # Transport problems that waiting does not cure, as ServerUnreachable names them.
 CERTIFICATE_FAILED = "TLS certificate verification failed"
 HOST_NOT_FOUND = "host name not found"
+LASTING = frozenset((CERTIFICATE_FAILED, HOST_NOT_FOUND))
 
 
 class ServerUnreachable(PoolError):
-    """The pool server did not answer (connection refused, timeout, 5xx) after retries. ``lasting``: the
-    cause is not one that waiting cures (a certificate we do not trust, a host name that does not exist)."""
+    """The pool server did not answer (connection refused, timeout, 5xx) after retries."""
 
     exit_code = ExitCode.SERVER_UNREACHABLE
 
-    def __init__(self, where: str, problem: str, *, lasting: bool = False) -> None:
-        self.lasting = lasting
-        super().__init__(where, problem)
+    @property
+    def lasting(self) -> bool:
+        """Not a cause that waiting cures: a certificate we do not trust, a host name that does not exist."""
+        return self.problem in LASTING
 
 
 class CacheError(PilotError):

@@ -15,6 +15,7 @@ from pathlib import Path
 from agent import template
 from agent.config import Config
 from agent.errors import NodeUnhealthy
+from agent.spawn import executable
 from agent.units import format_size
 
 
@@ -52,8 +53,10 @@ def check_program(config: Config, environ: Mapping[str, str]) -> str:
     program = template.render(first, {"pilot.config_dir": str(config.path.resolve().parent)})
     if "/" in program and not program.startswith("/"):
         return f"program {program}: relative to the task folder, checked per task"
-    path = {**environ, **config.task.env}.get("PATH", os.defpath)
-    found = program if "/" in program else shutil.which(program, path=path)
+    try:
+        found = executable(program, {**environ, **config.task.env})  # the lookup tasks are started with
+    except FileNotFoundError:
+        found = None
     if found is None or not os.access(found, os.X_OK) or Path(found).is_dir():
         raise NodeUnhealthy("program", f"{program!r} from task.command is not found or not executable here")
     return f"program {program}: {found}"

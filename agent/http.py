@@ -176,13 +176,8 @@ def chunks(response: Any, url: str, size: int) -> Iterator[bytes]:
         raise _unreachable(url, err) from None
 
 
-# Causes that waiting does not cure: a pilot that meets one before its server ever answered stops at once.
-LASTING = frozenset((CERTIFICATE_FAILED, HOST_NOT_FOUND))
-
-
 def _unreachable(url: str, err: BaseException) -> ServerUnreachable:
-    reason = _reason(err)
-    return ServerUnreachable(redact(url), reason, lasting=reason in LASTING)
+    return ServerUnreachable(redact(url), _reason(err))
 
 
 def _reason(err: BaseException) -> str:

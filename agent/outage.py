@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from typing import Callable, Optional
 
+from agent.errors import LASTING
 from agent.units import format_duration
 
 
@@ -29,7 +30,6 @@ class Outage:
         self.failures = 0
         self.next_try = 0.0
         self.cause = ""
-        self.lasting = False  # the last failure's cause is not one that waiting cures
         self.reached = False  # the server has answered at least once
 
     @property
@@ -39,14 +39,13 @@ class Outage:
     def may_try(self, now: float) -> bool:
         return self.since is None or now >= self.next_try
 
-    def failed(self, now: float, cause: str, *, lasting: bool = False) -> None:
+    def failed(self, now: float, cause: str) -> None:
         """One more failed attempt: wait twice as long as last time (capped), with a random half of it
         added so that a thousand pilots do not come back in step."""
         if self.since is None:
             self.since = now
         self.failures += 1
         self.cause = cause
-        self.lasting = lasting
         delay = min(self.cap, self.base * 2 ** (self.failures - 1))
         self.next_try = now + delay * (0.5 + self.jitter() / 2)
 
@@ -56,14 +55,14 @@ class Outage:
         if self.since is None:
             return None
         away = now - self.since
-        self.since, self.failures, self.cause, self.lasting = None, 0, "", False
+        self.since, self.failures, self.cause = None, 0, ""
         return away
 
     def hopeless(self) -> bool:
         """The server never answered, and what stops it is not cured by waiting: a wrong host name or a
         certificate we do not trust. Waiting out max_outage would only hold a batch slot for nothing.
         Once the server has answered, the same causes count as an outage (DNS or a certificate changed)."""
-        return self.down and self.lasting and not self.reached
+        return self.down and self.cause in LASTING and not self.reached
 
     def exceeded(self, now: float) -> bool:
         return self.since is not None and now - self.since >= self.max_outage

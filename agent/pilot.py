@@ -366,26 +366,29 @@ class Pilot:
     # -- the server --------------------------------------------------------------------------------
 
     def _heed_server(self) -> None:
-        """Send what the journal holds; give up when the server has been away longer than max_outage, or at
-        once when it never answered and waiting will not change why (see Outage.hopeless)."""
+        """Send what the journal holds; stop when the server is gone for good (see ``_server_gone``)."""
         self.reporter.flush(self._count)
-        now = self.clock()
-        if self.stopping is None and self.outage.hopeless():
+        reason = None if self.stopping is not None else self._server_gone(self.clock())
+        if reason is not None:
+            log.error("%s", reason)
+            self._stop(Ending(ExitCode.SERVER_UNREACHABLE, reason), "the pool server stayed unreachable")
+
+    def _server_gone(self, now: float) -> Optional[str]:
+        """Why to give up on the server: away longer than max_outage, or, at once, never reached for a
+        reason waiting will not change (see Outage.hopeless)."""
+        if self.outage.hopeless():
             cause = self.outage.cause
             hint = "check server.url"
             if cause == CERTIFICATE_FAILED:
                 hint = "trust its certificate with server.ca_bundle"
-            reason = f"pool {self.pool.where}: {cause}, and it never answered this pilot: {hint}"
-            log.error("%s", reason)
-            self._stop(Ending(ExitCode.SERVER_UNREACHABLE, reason), "the pool server cannot be reached")
-        elif self.stopping is None and self.outage.exceeded(now):
+            return f"pool {self.pool.where}: {cause}, and it never answered this pilot: {hint}"
+        if self.outage.exceeded(now):
             limit = format_duration(self.config.server.max_outage)
-            reason = (
+            return (
                 f"{self.outage.describe(now)}, longer than server.max_outage ({limit}); unsent reports stay "
                 f"in {self.journal.folder} for the next pilot on this node, leases are left to expire"
             )
-            log.error("%s", reason)
-            self._stop(Ending(ExitCode.SERVER_UNREACHABLE, reason), "the pool server stayed unreachable")
+        return None
 
     def _count(self, lease: Lease, report: Report, saved: Saved) -> None:
         token, result = lease.token, report.result

@@ -114,32 +114,28 @@ def test_missing_file_is_one_line(tmp_path: Path) -> None:
         load(tmp_path / "site.toml", {})
 
 
-def test_password_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+def with_password_file(tmp_path: Path, mode: int) -> str:
+    """site.toml text for a CouchDB pool whose password file holds hunter2, with this mode."""
     secret = tmp_path / "password"
     secret.write_text("hunter2\n")
-    secret.chmod(0o644)
+    secret.chmod(mode)
     server = {
         "backend": "couchdb",
         "url": "http://127.0.0.1:5984",
         "database": "t",
         "password_file": str(secret),
     }
-    message = error_of(tmp_path, to_toml({**MINIMAL, "server": server}))
+    return to_toml({**MINIMAL, "server": server})
+
+
+def test_password_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    message = error_of(tmp_path, with_password_file(tmp_path, 0o644))
     assert "readable by group or others" in message and "chmod 600" in message
     assert "hunter2" not in message
 
 
 def test_password_comes_from_a_private_file_and_never_shows(tmp_path: Path) -> None:
-    secret = tmp_path / "password"
-    secret.write_text("hunter2\n")
-    secret.chmod(0o600)
-    server = {
-        "backend": "couchdb",
-        "url": "http://127.0.0.1:5984",
-        "database": "t",
-        "password_file": str(secret),
-    }
-    config = load(write(tmp_path, to_toml({**MINIMAL, "server": server})), {})
+    config = load(write(tmp_path, with_password_file(tmp_path, 0o600)), {})
     assert config.server.couchdb is not None
     assert config.server.couchdb.password == Secret("hunter2")
     assert "hunter2" not in repr(config)

@@ -36,11 +36,11 @@ def test_a_cause_waiting_does_not_cure_is_hopeless_only_before_the_server_ever_a
     outage = Outage(900, jitter=lambda: 1.0)
     outage.failed(0.0, "connection refused")
     assert not outage.hopeless()  # a server starting up, or overloaded: wait
-    outage.failed(1.0, "TLS certificate verification failed", lasting=True)
+    outage.failed(1.0, "TLS certificate verification failed")
     assert outage.hopeless()  # never answered, and no wait will change the certificate
     outage.ok(2.0)
     assert not outage.hopeless()
-    outage.failed(3.0, "host name not found", lasting=True)
+    outage.failed(3.0, "host name not found")
     assert not outage.hopeless()  # it answered before: an outage like any other (DNS trouble)
     assert not outage.exceeded(902.0) and outage.exceeded(903.0)
 

@@ -147,7 +147,7 @@ class CouchDBPool(Pool):
         try:
             return self.http.request(method, url, json_body=body, retry=retry)
         except ServerUnreachable as err:
-            raise ServerUnreachable(self.where, err.problem, lasting=err.lasting) from None
+            raise ServerUnreachable(self.where, err.problem) from None
 
     def _json(self, response: Response, what: str) -> Any:
         if response.status == 404:
@@ -188,22 +188,16 @@ class CouchDBPool(Pool):
             return self._error(response, what)
         return PoolError(self.where, f"{what}: {problem}")
 
-    def _view(self, design: str, view: str, **params: Any) -> Optional[dict[str, Any]]:
-        """Rows of a view; None when the view (or its design document) does not exist."""
+    def _rows(self, design: str, view: str, **params: Any) -> dict[str, Any]:
+        """A view's answer (rows, total_rows); a missing view or design document says to run init."""
         query = urlencode(
             {k: json.dumps(v) if not isinstance(v, str) else v for k, v in params.items()}, safe='[]",'
         )
         response = self._request("GET", f"/_design/{quote(design)}/_view/{quote(view)}?{query}")
+        what = f"reading the view {design}/{view}"
         if response.status == 404:
-            return None
-        return self._json(response, f"reading the view {design}/{view}")
-
-    def _rows(self, design: str, view: str, **params: Any) -> dict[str, Any]:
-        found = self._view(design, view, **params)
-        if found is None:
-            what = f"reading the view {design}/{view}"
             raise self._missing(what, "no such view (create it: `pilot.pyz init`)")
-        return found
+        return self._json(response, what)
 
     def _bulk(self, docs: Sequence[Mapping[str, Any]], what: str, *, retry: bool) -> list[dict[str, Any]]:
         """One ``_bulk_docs`` write: one result per document, in the order of ``docs``, ``rev`` or ``error``.
@@ -754,9 +748,7 @@ class CouchDBPool(Pool):
         return f"indexes: {', '.join(index['ddoc'] for index in picas.INDEXES)} present"
 
     def _check_design(self, name: str, views: Mapping[str, Any]) -> str:
-        response = self._request("GET", f"/_design/{quote(name)}")
-        doc = {} if response.status == 404 else self._json(response, f"reading the design document {name}")
-        present = doc.get("views") if isinstance(doc.get("views"), dict) else {}
+        present = self._design_views(name)
         missing = [view for view in views if view not in present]
         if missing:
             raise PoolError(
