@@ -263,9 +263,10 @@ class Pilot:
             **template.task_environment(token.id, token.fields, self.cache_paths),
             "PILOT_TASK_DIR": folder,
         }
+        folder_ready = False
         if self.spare_folders:
             spare = self.spare_folders.pop()
-            runner.take_over(spare, folder)
+            folder_ready = runner.take_over(spare, folder)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("task folder: the emptied %s, renamed", spare, extra={"token": token.id})
         started = runner.start(
@@ -277,6 +278,7 @@ class Pilot:
             kill_grace=self.config.task.kill_grace,
             clock=self.clock,
             wallclock=self.wallclock,
+            folder_ready=folder_ready,
         )
         if isinstance(started, Result):
             self._report_now(lease, started, folder)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import re
 import shutil
 import signal
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,19 +164,22 @@ def start(
     kill_grace: float,
     clock: Callable[[], float] = time.monotonic,
     wallclock: Callable[[], float] = time.time,
+    folder_ready: bool = False,
 ) -> Payload | Result:
-    """Start the task in ``folder`` (created here) with stdout and stderr streamed to files there.
+    """Start the task in ``folder`` (created here unless ``folder_ready``) with stdout and stderr streamed
+    to files there.
 
     Returns a Payload, or a NOT_STARTED Result saying why the process could not start.
     """
-    cookie = uuid.uuid4().hex
+    cookie = f"{_COOKIE_PREFIX}-{next(_COOKIE_NUMBERS)}"
     started = wallclock()
     outputs: list[int] = []
     try:
         # Plain os calls: this runs once per task, and /bin/true-sized tasks make every syscall count.
         # The output files stay open (read-write) so the tails are read without opening them again.
         try:
-            os.mkdir(folder)
+            if not folder_ready:
+                os.mkdir(folder)
         except FileNotFoundError:  # the pilot's own folder is not there yet (first task)
             os.makedirs(folder, exist_ok=True)
         except FileExistsError:  # a folder left from an earlier attempt of the same token
@@ -201,6 +204,9 @@ def start(
     )
 
 
+# Cookies: unique on the node without a uuid4 (and its getrandom call) per task.
+_COOKIE_PREFIX = os.urandom(8).hex()
+_COOKIE_NUMBERS = itertools.count()
 _OUTPUT_FLAGS = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 _DEVNULL: list[int] = []
 
@@ -323,15 +329,17 @@ def emptied(folder: str) -> bool:
         return False
 
 
-def take_over(spare: str, folder: str) -> None:
+def take_over(spare: str, folder: str) -> bool:
     """Rename an emptied folder to be the next task's: on ext4 a rename costs a fraction of rmdir and
     mkdir. The output files are made anew, so a straggler of the last task that kept them open writes
-    into files nobody reads."""
+    into files nobody reads. False when ``folder`` is still to be made."""
     try:
         os.rename(spare, folder)
     except OSError:  # a folder of that name holds an earlier attempt: start() makes do with it
         with contextlib.suppress(OSError):
             os.rmdir(spare)
+        return False
+    return True
 
 
 def read_tail(fd: int, limit: int) -> bytes:

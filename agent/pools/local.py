@@ -9,10 +9,11 @@ WAL needs shared memory between the processes, so the file must be on node-local
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +71,9 @@ class LocalPool(Pool):
         self.where = str(self.path)
         self.clock = clock
         self._next_expiry_scan = 0.0
+        # Lease ids: unique without a uuid4 (and its getrandom call) per claim.
+        self._lease_prefix = os.urandom(8).hex()
+        self._lease_numbers = itertools.count()
         self._db = self._connect(create)
 
     # -- connection and schema ---------------------------------------------------------------------
@@ -231,9 +235,8 @@ class LocalPool(Pool):
         attempt = self.new_attempt(now)
         attempts.append(attempt)
         token = Token(token_id, json.loads(fields), State.LOCKED, tuple(attempts), failures)
-        return Lease(
-            token=token, lease_id=uuid.uuid4().hex, expires=now + self.lease_seconds, attempt=attempt
-        )
+        lease_id = f"{self._lease_prefix}-{next(self._lease_numbers)}"
+        return Lease(token=token, lease_id=lease_id, expires=now + self.lease_seconds, attempt=attempt)
 
     def renew(self, leases: Sequence[Lease]) -> Renewal:
         now = self.clock()
