@@ -169,12 +169,16 @@ class Pilot:
     def _early_claims(self) -> list[Lease]:
         """Tokens claimed along with the last reports. They passed max_tasks and the walltime when claimed;
         a stop, a drain signal or a tripped breaker since then gives them back unstarted."""
-        leases, self.claimed_early = self.claimed_early, []
         if self.stopping is None and self.signals.drain_signal is None and not self.breaker.tripped:
+            leases, self.claimed_early = self.claimed_early, []
             return leases
-        for lease in leases:
-            self._give_back(lease, "not started: the pilot stopped claiming")
+        self._give_back_early("not started: the pilot stopped claiming")
         return []
+
+    def _give_back_early(self, reason: str) -> None:
+        leases, self.claimed_early = self.claimed_early, []
+        for lease in leases:
+            self._give_back(lease, reason)
 
     def _claimed(self, wanted: int, leases: list[Lease]) -> None:
         now = self.clock()
@@ -538,9 +542,7 @@ class Pilot:
     def _abandon(self) -> None:
         """On the way out with tasks still running (an error in the loop): kill them, give tokens back."""
         self._release_suspects(list(self.suspects))
-        for lease in self.claimed_early:
-            self._give_back(lease, "not started: the pilot hit an error")
-        self.claimed_early = []
+        self._give_back_early("not started: the pilot hit an error")
         for token_id, running in list(self.running.items()):
             running.payload.kill_now(Stop(Outcome.INTERRUPTED, "interrupted: the pilot hit an error"))
             running.payload.process.wait()

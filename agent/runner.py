@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import itertools
 import logging
 import os
 import re
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from agent.identity import unique_ids
 from agent.spawn import Process, spawn
 from agent.token import Outcome, Result
 from agent.units import format_duration
@@ -171,7 +171,7 @@ def start(
 
     Returns a Payload, or a NOT_STARTED Result saying why the process could not start.
     """
-    cookie = f"{_COOKIE_PREFIX}-{next(_COOKIE_NUMBERS)}"
+    cookie = next(_COOKIES)
     started = wallclock()
     outputs: list[int] = []
     try:
@@ -204,9 +204,7 @@ def start(
     )
 
 
-# Cookies: unique on the node without a uuid4 (and its getrandom call) per task.
-_COOKIE_PREFIX = os.urandom(8).hex()
-_COOKIE_NUMBERS = itertools.count()
+_COOKIES = unique_ids()
 _OUTPUT_FLAGS = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 _DEVNULL: list[int] = []
 

@@ -23,6 +23,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+# A shell snippet for task commands: counts this token's runs in files under $COUNTS and leaves the
+# number of earlier runs in $n, for commands that fail the first few times.
+COUNT_RUNS = 'n=$(ls "$COUNTS" | grep -c "^$PILOT_TOKEN_ID\\." || true); touch "$COUNTS/$PILOT_TOKEN_ID.$n"; '
+
 
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
@@ -108,6 +112,12 @@ class Site:
             start_new_session=True,
         )
 
+    def add_tokens(self, tokens: list[dict[str, Any]]) -> None:
+        """Add these tokens (JSON objects, in this order) with `tokens add --jsonl`."""
+        (self.folder / "tokens.jsonl").write_text("".join(json.dumps(token) + "\n" for token in tokens))
+        added = self.run("tokens", "add", "--jsonl", "tokens.jsonl")
+        assert added.returncode == 0, added.stderr
+
     def status(self) -> dict[str, int]:
         result = self.run("status", "--json")
         assert result.returncode == 0, result.stderr
@@ -121,14 +131,16 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path, pyz: Path, pyz_root: Path) -> Site:
-    env = {
-        **os.environ,
-        "PILOT_PYZ_ROOT": str(pyz_root),
-        "TMPDIR": str(tmp_path),
-    }
+    return Site(folder=tmp_path, config=tmp_path / "site.toml", pyz=pyz, env=pilot_env(tmp_path, pyz_root))
+
+
+def pilot_env(folder: Path, pyz_root: Path) -> dict[str, str]:
+    """The environment pilots run in: this machine's, with pilot.pyz unpacking into ``pyz_root``, TMPDIR
+    in ``folder``, and no site config or Slurm job of the shell that started the tests."""
+    env = {**os.environ, "PILOT_PYZ_ROOT": str(pyz_root), "TMPDIR": str(folder)}
     for variable in ("PILOT_CONFIG", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_JOB_END_TIME"):
         env.pop(variable, None)
-    return Site(folder=tmp_path, config=tmp_path / "site.toml", pyz=pyz, env=env)
+    return env
 
 
 def local_config(
@@ -168,11 +180,12 @@ def alive(pid: int) -> bool:
 
 
 def a_node_dies_mid_task(
-    site: Site, reaper: list[subprocess.Popen[Any]], token_id: str, timeout: float = 60
-) -> str:
+    site: Site, reaper: list[subprocess.Popen[Any]], token_id: str, ran: Path, timeout: float = 60
+) -> None:
     """Start a pilot; once its task for ``token_id`` runs, kill the pilot and the task at once (the node
     goes away, nobody says goodbye), check the token is still locked, then run a second pilot to the end.
-    Returns the second pilot's log; fails the test unless it exits 0."""
+    The task (tests/tasks/record.py, logging to ``ran``) must have finished once, by the second pilot,
+    after the first one's lease expired."""
     first = site.start(log_name="first.log")
     reaper.append(first)
     started = wait_for(
@@ -187,17 +200,29 @@ def a_node_dies_mid_task(
     reaper.append(second)
     log = site.folder / "second.log"
     assert second.wait(timeout=timeout * 2) == 0, log.read_text()[-2000:]
-    return log.read_text()
+    assert ran.read_text().split() == [token_id]
+    token = site.token(token_id)
+    assert token["state"] == "done"
+    assert [a["outcome"] for a in token["attempts"]] == ["lease-expired", "done"]
+    assert token["attempts"][0]["pilot"] != token["attempts"][1]["pilot"]
 
 
-def wait_with_peak_rss(process: subprocess.Popen[Any], interval: float = 0.01) -> tuple[int, int]:
-    """Wait for ``process``; returns (exit code, its own peak RSS in bytes, from /proc's VmHWM).
+def wait_with_peak_rss(
+    process: subprocess.Popen[Any], interval: float = 0.01, timeout: float = 600
+) -> tuple[int, int]:
+    """Wait for ``process``; returns (exit code, its own peak RSS in bytes, from /proc's VmHWM). After
+    ``timeout`` seconds it is killed and subprocess.TimeoutExpired raised.
 
     Not wait4's ru_maxrss: a child started with vfork inherits its parent's high-water mark at exec, so
     under a big pytest process every child would look big."""
     peak = 0
     status = Path(f"/proc/{process.pid}/status")
+    deadline = time.monotonic() + timeout
     while process.poll() is None:
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise subprocess.TimeoutExpired(process.args, timeout)
         try:
             for line in status.read_text().splitlines():
                 if line.startswith("VmHWM:"):

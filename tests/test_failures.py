@@ -4,17 +4,14 @@ stubborn processes, huge output. (Server outages need a server: tests/pools/test
 from __future__ import annotations
 
 import signal
-import subprocess
 
-from conftest import Site, alive, local_config, pool_rows, wait_for, wait_with_peak_rss
+from conftest import COUNT_RUNS, Site, alive, local_config, pool_rows, wait_for, wait_with_peak_rss
+from httpfiles import FileServer, Rules
 
 from agent.errors import ExitCode
 
-# Fails until it has run `fail_times` times for this token (counted in files under $COUNTS).
-FLAKY = (
-    'n=$(ls "$COUNTS" | grep -c "^$PILOT_TOKEN_ID\\." || true); '
-    'touch "$COUNTS/$PILOT_TOKEN_ID.$n"; [ "$n" -ge "$PILOT_TOKEN_FAIL_TIMES" ]'
-)
+# Fails until it has run `fail_times` times for this token.
+FLAKY = COUNT_RUNS + '[ "$n" -ge "$PILOT_TOKEN_FAIL_TIMES" ]'
 
 
 def test_failures_are_retried_up_to_max_attempts_with_every_attempt_recorded(site: Site) -> None:
@@ -28,10 +25,7 @@ def test_failures_are_retried_up_to_max_attempts_with_every_attempt_recorded(sit
             pilot={"black_hole_failures": 0, "slots": 1},
         )
     )
-    (site.folder / "t.jsonl").write_text(
-        '{"id": "flaky", "fail_times": 2}\n{"id": "broken", "fail_times": 99}\n'
-    )
-    assert site.run("tokens", "add", "--jsonl", "t.jsonl").returncode == 0
+    site.add_tokens([{"id": "flaky", "fail_times": 2}, {"id": "broken", "fail_times": 99}])
     result = site.run()
     assert result.returncode == 0, result.stderr
     rows = {row["id"]: row for row in pool_rows(site.folder / "pool.db")}
@@ -89,9 +83,7 @@ def test_a_working_node_with_bad_tokens_does_not_trip(site: Site) -> None:
             site.folder, ["sh", "-c", 'test "$PILOT_TOKEN_BAD" != yes'], pilot={"black_hole_failures": 3}
         )
     )
-    lines = [f'{{"id": "t{i}", "bad": "{"yes" if i % 3 == 0 else "no"}"}}' for i in range(12)]
-    (site.folder / "t.jsonl").write_text("\n".join(lines) + "\n")
-    assert site.run("tokens", "add", "--jsonl", "t.jsonl").returncode == 0
+    site.add_tokens([{"id": f"t{i}", "bad": "yes" if i % 3 == 0 else "no"} for i in range(12)])
     result = site.run()
     assert result.returncode == 0, result.stderr
     status = site.status()
@@ -158,7 +150,7 @@ def test_a_stop_kills_a_task_that_ignores_term_forks_and_detaches(site: Site, re
     assert site.status()["todo"] == 1
 
 
-def test_gigabytes_of_output_do_not_fill_the_pilots_memory(site: Site) -> None:
+def test_gigabytes_of_output_do_not_fill_the_pilots_memory(site: Site, reaper: list) -> None:
     site.write(
         local_config(
             site.folder,
@@ -167,9 +159,9 @@ def test_gigabytes_of_output_do_not_fill_the_pilots_memory(site: Site) -> None:
         )
     )
     assert site.run("tokens", "add", "--range", "1").returncode == 0
-    with (site.folder / "pilot.log").open("w") as log:
-        process = subprocess.Popen(site.argv("--config", str(site.config)), env=site.env, stderr=log)
-        code, peak = wait_with_peak_rss(process)
+    process = site.start(log_name="pilot.log")
+    reaper.append(process)
+    code, peak = wait_with_peak_rss(process)
     assert code == 0
     assert peak < 60 * 2**20, f"the pilot peaked at {peak / 2**20:.0f} MB while its task wrote 1 GiB"
     tail = site.token("range-0")["stdout_tail"]
@@ -180,15 +172,11 @@ def test_gigabytes_of_output_do_not_fill_the_pilots_memory(site: Site) -> None:
 
 def test_a_drain_signal_during_start_up_is_kept_not_fatal(site: Site, reaper: list) -> None:
     """Slurm's early USR1 can come while the pilot still fetches its input: it must drain, not die."""
-    from httpfiles import FileServer, Rules
-
     data = b"x" * 400_000
     with FileServer() as server:
         url = server.serve("/ref.bin", data, Rules(rate=100_000))  # about four seconds
-        site.write(
-            local_config(site.folder, ["true", "{cache.ref}"], cache={"dir": str(site.folder / "cache")})
-        )
-        site.config.write_text(site.config.read_text() + f'\n[cache.files.ref]\nurl = "{url}"\n')
+        cache = {"cache": {"dir": str(site.folder / "cache")}, "cache.files.ref": {"url": url}}
+        site.write(local_config(site.folder, ["true", "{cache.ref}"], **cache))
         assert site.run("tokens", "add", "--range", "3").returncode == 0
         pilot = site.start(log_name="pilot.log")
         reaper.append(pilot)

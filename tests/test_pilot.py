@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -41,14 +40,8 @@ def test_a_pilot_killed_mid_task_loses_its_token_to_another_after_the_lease(site
             pilot={"slots": 1, "idle_timeout": "60s"},
         )
     )
-    (site.folder / "one.jsonl").write_text(json.dumps({"id": "slow", "input": "3"}) + "\n")
-    assert site.run("tokens", "add", "--jsonl", "one.jsonl").returncode == 0
-    a_node_dies_mid_task(site, reaper, "slow", timeout=30)
-    assert ran.read_text().split() == ["slow"]
-    token = site.token("slow")
-    assert token["state"] == "done"
-    assert [a["outcome"] for a in token["attempts"]] == ["lease-expired", "done"]
-    assert token["attempts"][0]["pilot"] != token["attempts"][1]["pilot"]
+    site.add_tokens([{"id": "slow", "input": "3"}])
+    a_node_dies_mid_task(site, reaper, "slow", ran, timeout=30)
 
 
 def test_timeouts_missing_commands_and_failures_are_errors_and_the_pilot_goes_on(site: Site) -> None:
@@ -67,8 +60,7 @@ def test_timeouts_missing_commands_and_failures_are_errors_and_the_pilot_goes_on
         {"id": "no-field", "prog": "/bin/true"},
         {"id": "fine", "prog": "/bin/true", "arg": ""},
     ]
-    (site.folder / "t.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tokens))
-    assert site.run("tokens", "add", "--jsonl", "t.jsonl").returncode == 0
+    site.add_tokens(tokens)
     result = site.run()
     assert result.returncode == 0, result.stderr
     rows = {row["id"]: row for row in pool_rows(site.folder / "pool.db")}
@@ -101,12 +93,9 @@ def test_shell_syntax_in_tokens_is_passed_as_data_and_never_executed(site: Site)
     out = site.folder / "out"
     out.mkdir()
     (site.folder / "nasty.txt").write_bytes(b"\n".join(NASTY_LINES) + b"\n")
-    (site.folder / "more.jsonl").write_text(
-        json.dumps({"id": "newline", "input": "a\n; touch pwned6\n'b\""}) + "\n"
-    )
     site.write(local_config(site.folder, [PY, str(TASKS / "echo_bytes.py"), str(out), "{id}", "{input}"]))
     assert site.run("tokens", "add", "--lines", "nasty.txt").returncode == 0
-    assert site.run("tokens", "add", "--jsonl", "more.jsonl").returncode == 0
+    site.add_tokens([{"id": "newline", "input": "a\n; touch pwned6\n'b\""}])
     result = site.run()
     assert result.returncode == 0, result.stderr
     expected = {f"nasty-{n}": line for n, line in enumerate(NASTY_LINES, start=1)}

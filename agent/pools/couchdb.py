@@ -537,7 +537,7 @@ class CouchDBPool(Pool):
             # Like a lost claim, the whole request may have been saved. Find out what is ours; if the
             # server is really away, this raises again and the report goes to the journal.
             results = [{}, *self._after_lost_answer(pending)]
-            saved = self._settle_report(lease, report)
+            saved = self.report(lease, report)  # a report that did land is recognised as ours
         else:
             saved = Saved.SAVED if "rev" in results[0] else self.report(lease, report)
         leases, conflicts = self._leases(pending, results[1:], now)
@@ -547,13 +547,6 @@ class CouchDBPool(Pool):
             with contextlib.suppress(ServerUnreachable):
                 leases += self.claim(n - len(leases))
         return saved, leases
-
-    def _settle_report(self, lease: Lease, report: Report) -> Saved:
-        """After a lost answer: saved if the token says so, else send the report again."""
-        current = self._get_doc(lease.token.id)
-        if current is not None and picas.ours(current).get("reported") == lease.lease_id:
-            return Saved.SAVED
-        return self.report(lease, report)
 
     def report(self, lease: Lease, report: Report) -> Saved:
         token_id = lease.token.id

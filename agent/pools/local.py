@@ -9,9 +9,7 @@ WAL needs shared memory between the processes, so the file must be on node-local
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from agent.errors import PoolError, TokenError
-from agent.identity import Identity
+from agent.identity import Identity, unique_ids
 from agent.pools.base import Counts, Lease, NewToken, Pool, Renewal, Saved
 from agent.token import Attempt, Outcome, Report, State, Token, close_attempt
 
@@ -71,9 +69,7 @@ class LocalPool(Pool):
         self.where = str(self.path)
         self.clock = clock
         self._next_expiry_scan = 0.0
-        # Lease ids: unique without a uuid4 (and its getrandom call) per claim.
-        self._lease_prefix = os.urandom(8).hex()
-        self._lease_numbers = itertools.count()
+        self._lease_ids = unique_ids()
         self._db = self._connect(create)
 
     # -- connection and schema ---------------------------------------------------------------------
@@ -235,8 +231,9 @@ class LocalPool(Pool):
         attempt = self.new_attempt(now)
         attempts.append(attempt)
         token = Token(token_id, json.loads(fields), State.LOCKED, tuple(attempts), failures)
-        lease_id = f"{self._lease_prefix}-{next(self._lease_numbers)}"
-        return Lease(token=token, lease_id=lease_id, expires=now + self.lease_seconds, attempt=attempt)
+        return Lease(
+            token=token, lease_id=next(self._lease_ids), expires=now + self.lease_seconds, attempt=attempt
+        )
 
     def renew(self, leases: Sequence[Lease]) -> Renewal:
         now = self.clock()

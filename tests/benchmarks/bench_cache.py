@@ -30,14 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, ensure_pyz, report  # common puts tests/ on the path
+
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+from conftest import local_config, to_toml
 
-from common import ensure_pyz, report  # noqa: E402
-from conftest import local_config, to_toml  # noqa: E402
-
-from agent.units import format_size, parse_size  # noqa: E402
+from agent.units import format_size, parse_size
 
 CHUNK = 1 << 20
 TARGET_RATIO = 1.2

@@ -1,8 +1,9 @@
 """CouchDB pool throughput: 1,000 `/bin/true` tokens, 4 pilot.pyz pilots against 4 picas RunActor pilots, in
 the same run, against the same pouchdb-server (in memory, on 127.0.0.1), one after the other.
 
-Both sides run in turn, round after round (3 by default), so that both meet the same noise of a shared
-machine; the figures are medians over the rounds, and the ratio is the median of the rounds' ratios.
+Both sides run in turn, round after round (4 by default), the one that goes first changing each round,
+so that both meet the same noise of a shared machine; the figures are medians over the rounds, and the
+ratio is the median of the rounds' ratios.
 Prints tasks per second for both and their ratio (target >= 3), duplicate executions for both (target 0
 for ours), HTTP requests per task for both, and the CPU time per task of the server and of the pilots
 (which bounds the throughput on a small machine). Requests are counted from pouchdb-server's request log
@@ -10,7 +11,7 @@ for ours), HTTP requests per task for both, and the CPU time per task of the ser
 time. Executions are counted from each pilot's own record of starting a task: our pilots' "started" log
 lines, the picas actors' list of the tokens they process.
 
-    .venv/bin/python tests/benchmarks/bench_couchdb.py [--tokens 1000] [--pilots 4] [--slots 1] [--rounds 3]
+    .venv/bin/python tests/benchmarks/bench_couchdb.py [--tokens 1000] [--pilots 4] [--slots 1] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-from common import ensure_pyz, report  # noqa: E402
+from common import ensure_pyz, report, rounds_option, rounds_text, turned  # noqa: E402 - puts tests/ on the path
+from conftest import to_toml  # noqa: E402
 from servers.pouchdb import PouchDBServer, ServerMissing, require_picas  # noqa: E402
 
 PICAS_SIDE = HERE.parent / "pools" / "picas_side.py"
@@ -104,10 +105,12 @@ def ours(
 ) -> tuple[Phase, Counter]:
     database = server.create_database("ours")
     config = folder / "site.toml"
-    config.write_text(
-        f'[server]\nbackend = "couchdb"\nurl = "{server.url}"\ndatabase = "{database}"\n\n'
-        f'[task]\ncommand = ["/bin/true"]\n\n[pilot]\nslots = {options.slots}\nworkdir = "{folder}/work"\n'
-    )
+    sections = {
+        "server": {"backend": "couchdb", "url": server.url, "database": database},
+        "task": {"command": ["/bin/true"]},
+        "pilot": {"slots": options.slots, "workdir": str(folder / "work")},
+    }
+    config.write_text(to_toml(sections))
     env = {**os.environ, "TMPDIR": str(folder)}
     for args in (["init"], ["tokens", "add", "--range", str(options.tokens)]):
         subprocess.run([str(pyz), *args, "--config", str(config)], check=True, env=env, capture_output=True)
@@ -141,7 +144,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=1000)
     parser.add_argument("--pilots", type=int, default=4)
     parser.add_argument("--slots", type=int, default=1, help="slots per pilot.pyz pilot (picas has one)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds, each side once per round")
+    rounds_option(parser, default=4)
     options = parser.parse_args()
     pyz = ensure_pyz()
     python = require_picas()
@@ -149,27 +152,30 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-couchdb-") as tmp:
         # Timed on a server that logs nothing, the two sides in turn, round after round, so that both
         # meet the same noise of a shared machine; requests counted in a last pass on one that logs them.
-        for name in [f"round-{i}" for i in range(options.rounds)] + ["counted"]:
+        for number, name in enumerate([f"round-{i}" for i in range(options.rounds)] + ["counted"]):
             folder = Path(tmp) / name
             server = PouchDBServer(
                 folder / "server", auth=False, in_memory=True, log_requests=name == "counted"
             ).start()
+            phases = {}
             try:
-                (folder / "ours").mkdir()
-                (folder / "picas").mkdir()
-                mine = ours(pyz, server, folder / "ours", options)
-                theirs = picas(python, server, folder / "picas", options)
+                for side in turned(["ours", "picas"], number):
+                    (folder / side).mkdir()
+                    if side == "ours":
+                        phases[side] = ours(pyz, server, folder / side, options)
+                    else:
+                        phases[side] = picas(python, server, folder / side, options)
             finally:
                 server.stop()
             if name == "counted":
-                counted = (mine, theirs)
+                counted = (phases["ours"], phases["picas"])
             else:
-                timed.append((mine, theirs))
+                timed.append((phases["ours"], phases["picas"]))
     tokens = options.tokens
     rates = [(tokens / mine.elapsed, tokens / theirs.elapsed) for (mine, _), (theirs, _) in timed]
-    ratios = sorted(ours_rate / picas_rate for ours_rate, picas_rate in rates)
-    ours_dup = sum(duplicates(ran, tokens)[0] for (_, ran), _ in timed)
-    ours_missing = sum(duplicates(ran, tokens)[1] for (_, ran), _ in timed)
+    ratios = [ours_rate / picas_rate for ours_rate, picas_rate in rates]
+    ours_dups = [duplicates(ran, tokens) for (_, ran), _ in timed]
+    ours_dup, ours_missing = sum(dup for dup, _ in ours_dups), sum(missing for _, missing in ours_dups)
     picas_dup = [duplicates(ran, tokens)[0] for _, (_, ran) in timed]
     picas_failed = sum(phase.failed for _, (phase, _) in timed)
     server_ours = statistics.median(mine.server_cpu for (mine, _), _ in timed)
@@ -182,9 +188,9 @@ def main() -> int:
         [
             (f"pilot.pyz (slots={options.slots})", _spread([ours_rate for ours_rate, _ in rates], "tasks/s")),
             ("picas RunActor", _spread([picas_rate for _, picas_rate in rates], "tasks/s")),
-            ("ratio", f"{statistics.median(ratios):.2f}x (target >= 3; rounds {_list(ratios, 'x')})"),
+            ("ratio", f"{statistics.median(ratios):.2f}x (target >= 3; rounds {rounds_text(ratios)})"),
             ("duplicates, pilot.pyz", f"{ours_dup} (never run: {ours_missing}; target 0)"),
-            ("duplicates, picas", f"{_list(picas_dup, '')} per round (gave up: {picas_failed})"),
+            ("duplicates, picas", f"{rounds_text(picas_dup, 'd')} per round (gave up: {picas_failed})"),
             ("requests per task, pilot.pyz", f"{counted[0][0].requests / tokens:.2f} (target <= 2)"),
             ("requests per task, picas", f"{counted[1][0].requests / tokens:.2f}"),
             (
@@ -203,11 +209,7 @@ def main() -> int:
 
 
 def _spread(values: list[float], unit: str) -> str:
-    return f"{statistics.median(values):.1f} {unit} (rounds {_list(sorted(values), '')})"
-
-
-def _list(values: list[float] | list[int], suffix: str) -> str:
-    return ", ".join(f"{value:.1f}{suffix}" if isinstance(value, float) else f"{value}" for value in values)
+    return f"{statistics.median(values):.1f} {unit} (rounds {rounds_text(values, '.1f')})"
 
 
 if __name__ == "__main__":

@@ -4,11 +4,11 @@ Prints tasks per second for pilot.pyz and for the baseline (2 threads running su
 ratio (target >= 0.5), the pilot's peak RSS (target < 40 MB), and warm start-up against `python3 -c pass`.
 The pilot's time includes its start-up; it runs under the interpreter that runs the baseline.
 
-Shared machines are noisy: each round runs the baseline and the pilot (workdir on disk, then on tmpfs)
-once, in an order that turns with the round; figures are medians over the rounds, and each ratio is the
+Shared machines are noisy: each round runs the baseline and the pilot (workdir on disk, and on tmpfs)
+once each, in an order that turns with the round; figures are medians over the rounds, and each ratio is the
 median of the rounds' ratios (every ratio from one round's baseline).
 
-    .venv/bin/python tests/benchmarks/bench_local.py [--rounds 5]
+    .venv/bin/python tests/benchmarks/bench_local.py [--rounds 6]
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ensure_pyz, median_time, report, run_measured
+from common import ensure_pyz, median_time, report, rounds_option, rounds_text, run_measured, turned
+from conftest import to_toml
 
 TOKENS = 2000
 SLOTS = 2
@@ -46,11 +48,12 @@ def baseline(count: int, threads: int) -> float:
 def pilot_run(pyz: Path, folder: Path, workdir: Path, env: dict[str, str]) -> tuple[float, int]:
     config = folder / "site.toml"
     (folder / "pool.db").unlink(missing_ok=True)
-    config.write_text(
-        f'[server]\nbackend = "local"\npath = "{folder}/pool.db"\n'
-        f'[task]\ncommand = ["/bin/true"]\n'
-        f'[pilot]\nslots = {SLOTS}\nworkdir = "{workdir}"\n'
-    )
+    sections = {
+        "server": {"backend": "local", "path": str(folder / "pool.db")},
+        "task": {"command": ["/bin/true"]},
+        "pilot": {"slots": SLOTS, "workdir": str(workdir)},
+    }
+    config.write_text(to_toml(sections))
     subprocess.run(
         [str(pyz), "tokens", "add", "--range", str(TOKENS), "--config", str(config)],
         env=env,
@@ -68,12 +71,10 @@ def pilot_run(pyz: Path, folder: Path, workdir: Path, env: dict[str, str]) -> tu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="rounds, each side once per round")
+    rounds_option(parser, default=6)
     rounds = parser.parse_args().rounds
     pyz = ensure_pyz()
-    base_rates: list[float] = []
-    rates: dict[str, list[float]] = {"disk": [], "tmpfs": []}
-    ratios: dict[str, list[float]] = {"disk": [], "tmpfs": []}
+    timed: list[dict[str, float]] = []  # per round: seconds of each side
     peak = 0
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
         folder = Path(tmp)
@@ -83,38 +84,45 @@ def main() -> None:
         workdirs = {"disk": folder / "work", "tmpfs": Path(shm)}
         for number in range(rounds):
             seconds: dict[str, float] = {}
-            for side in _turned(["baseline", "disk", "tmpfs"], number):
+            for side in turned(["baseline", "disk", "tmpfs"], number):
                 if side == "baseline":
                     seconds[side] = baseline(TOKENS, SLOTS)
                 else:
                     seconds[side], rss = pilot_run(pyz, folder, workdirs[side], env)
                     peak = max(peak, rss)
-            base_rates.append(TOKENS / seconds["baseline"])
-            for side, measured in rates.items():
-                measured.append(TOKENS / seconds[side])
-                ratios[side].append(seconds["baseline"] / seconds[side])
+            timed.append(seconds)
         python_start = median_time([sys.executable, "-c", "pass"], 20)
         pyz_start = median_time([sys.executable, str(pyz), "--version"], 20, env=env)
-    base_rate = statistics.median(base_rates)
-    rate = {side: statistics.median(measured) for side, measured in rates.items()}
-    overhead = {side: (1 / rate[side] - 1 / base_rate) * 1000 for side in rate}
+
+    def median(figure: Callable[[dict[str, float]], float]) -> float:
+        return statistics.median(figure(seconds) for seconds in timed)
+
+    def pilot_line(side: str) -> tuple[str, str]:
+        ratios = [seconds["baseline"] / seconds[side] for seconds in timed]
+        target = " (target >= 0.5)" if side == "disk" else ""
+        return (
+            "pilot.pyz",
+            f"{median(lambda s: TOKENS / s[side]):7.0f} tasks/s, ratio {statistics.median(ratios):.2f}"
+            f"{target}; workdir on {side}, including start-up (rounds {rounds_text(ratios)})",
+        )
+
+    def overhead(side: str) -> float:
+        return median(lambda s: (s[side] - s["baseline"]) / TOKENS * 1000)
+
     report(
         f"local pool: {TOKENS} x /bin/true, slots={SLOTS}, median of {rounds} rounds",
         [
-            ("baseline", f"{base_rate:7.0f} tasks/s (bare Python loop, {SLOTS} threads, subprocess.run)"),
-            *(
-                (
-                    "pilot.pyz",
-                    f"{rate[side]:7.0f} tasks/s, ratio {statistics.median(ratios[side]):.2f}"
-                    f"{' (target >= 0.5)' if side == 'disk' else ''}; workdir on {side}, including start-up "
-                    f"(rounds {_list(ratios[side])})",
-                )
-                for side in rate
+            (
+                "baseline",
+                f"{median(lambda s: TOKENS / s['baseline']):7.0f} tasks/s "
+                f"(bare Python loop, {SLOTS} threads, subprocess.run)",
             ),
+            pilot_line("disk"),
+            pilot_line("tmpfs"),
             (
                 "overhead",
-                f"{overhead['disk']:7.2f} ms per task over the baseline (disk), "
-                f"{overhead['tmpfs']:.2f} ms (tmpfs)",
+                f"{overhead('disk'):7.2f} ms per task over the baseline (disk), "
+                f"{overhead('tmpfs'):.2f} ms (tmpfs)",
             ),
             ("peak RSS", f"{peak / 2**20:7.1f} MB (target < 40 MB)"),
             (
@@ -124,16 +132,6 @@ def main() -> None:
             ),
         ],
     )
-
-
-def _turned(sides: list[str], number: int) -> list[str]:
-    """The sides in an order that turns with the round, so none always runs first on a warming machine."""
-    shift = number % len(sides)
-    return sides[shift:] + sides[:shift]
-
-
-def _list(values: list[float]) -> str:
-    return " ".join(f"{value:.2f}" for value in values)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -13,7 +14,7 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import wait_with_peak_rss  # noqa: E402 - the tests' helper, as the soak uses it too
+from conftest import wait_with_peak_rss  # noqa: E402 - the tests' helper, one sampler for both
 
 PYZ = Path(os.environ.get("PILOT_PYZ", REPO / "pilot.pyz"))
 
@@ -30,7 +31,7 @@ def run_measured(
     """Run to the end; returns (exit code, wall seconds, the process's own peak RSS in bytes)."""
     start = time.perf_counter()
     process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    code, peak = wait_with_peak_rss(process, interval=0.005)
+    code, peak = wait_with_peak_rss(process, interval=0.02)  # often enough for a steady pilot
     return code, time.perf_counter() - start, peak
 
 
@@ -48,3 +49,29 @@ def report(title: str, rows: Sequence[tuple[str, str]]) -> None:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
+
+
+def rounds_option(parser: argparse.ArgumentParser, default: int) -> None:
+    """--rounds: how many timed rounds, each side once per round (at least 1)."""
+
+    def at_least_one(text: str) -> int:
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"at least 1 round, got {value}")
+        return value
+
+    parser.add_argument(
+        "--rounds", type=at_least_one, default=default, help="rounds, each side once per round"
+    )
+
+
+def turned(sides: Sequence[str], number: int) -> list[str]:
+    """The sides in an order that turns with round ``number``: none always runs first on a warming
+    machine. Over a multiple of len(sides) rounds, each side runs first equally often."""
+    shift = number % len(sides)
+    return [*sides[shift:], *sides[:shift]]
+
+
+def rounds_text(values: Sequence[float], spec: str = ".2f") -> str:
+    """Each round's figure, in round order."""
+    return " ".join(f"{value:{spec}}" for value in values)

@@ -43,6 +43,14 @@ def pouchdb_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PouchDBSe
 
 
 @pytest.fixture
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PouchDBServer]:
+    """A server for this test alone, on disk, so that it can be stopped and started again with its data."""
+    server = start_server(tmp_path_factory.mktemp("pouchdb-own"), auth=False, in_memory=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def couch_db(pouchdb: PouchDBServer) -> Iterator[str]:
     """A fresh database on the open server, deleted afterwards."""
     name = pouchdb.create_database()

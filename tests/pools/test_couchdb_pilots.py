@@ -4,7 +4,6 @@ and credentials that do not work. Every pilot is the built zipapp run as a subpr
 from __future__ import annotations
 
 import collections
-import json
 import subprocess
 import sys
 import time
@@ -73,43 +72,34 @@ def test_a_killed_pilots_token_is_finished_by_another_after_the_lease(
         )
     )
     assert site.run("init").returncode == 0
-    (site.folder / "one.jsonl").write_text(json.dumps({"id": "slow", "input": "4"}) + "\n")
-    assert site.run("tokens", "add", "--jsonl", "one.jsonl").returncode == 0
-    a_node_dies_mid_task(site, reaper, "slow")
-    assert ran.read_text().split() == ["slow"]
-    token = site.token("slow")
-    assert token["state"] == "done"
-    assert [a["outcome"] for a in token["attempts"]] == ["lease-expired", "done"]
-    assert token["attempts"][0]["pilot"] != token["attempts"][1]["pilot"]
+    site.add_tokens([{"id": "slow", "input": "4"}])
+    a_node_dies_mid_task(site, reaper, "slow", ran)
     assert site.status()["done"] == 1
 
 
 def test_a_server_stopped_mid_run_and_started_again_loses_no_result(
-    site: Site, tmp_path_factory: pytest.TempPathFactory, reaper: list
+    site: Site, own_server: PouchDBServer, reaper: list
 ) -> None:
     """The outage outlasts one request's HTTP retries: the pilots keep their running tasks, journal the
     reports (issue 6), claim nothing while the server is away, and replay once it is back."""
-    server = PouchDBServer(tmp_path_factory.mktemp("pouchdb-restart"), auth=False, in_memory=False).start()
-    try:
-        database = server.create_database()
-        ran = site.folder / "ran.log"
-        command = ["/bin/sh", "-c", 'sleep 0.05; echo "$1" >> "$2"', "record", "{id}", str(ran)]
-        keys = {"server": {"max_outage": "120s"}, "pilot": {"slots": 2}}
-        site.write(couch_config(site.folder, server, database, command, **keys))
-        assert site.run("init").returncode == 0
-        assert site.run("tokens", "add", "--range", "200").returncode == 0
-        pilots = [site.start(log_name=f"pilot-{i}.log") for i in range(2)]
-        reaper.extend(pilots)
-        wait_for(lambda: sum(executions(ran).values()) >= 40, 120, what="40 tasks")
-        server.stop()
-        time.sleep(8)  # longer than the HTTP retries of one request
-        server.start()
-        codes = [pilot.wait(timeout=300) for pilot in pilots]
-        assert codes == [0, 0], [(site.folder / f"pilot-{i}.log").read_text()[-3000:] for i in range(2)]
-        assert site.status() == {"todo": 0, "locked": 0, "done": 200, "error": 0, "total": 200}
-        assert sorted(executions(ran)) == sorted(f"range-{i}" for i in range(200))
-    finally:
-        server.stop()
+    server = own_server
+    database = server.create_database()
+    ran = site.folder / "ran.log"
+    command = ["/bin/sh", "-c", 'sleep 0.05; echo "$1" >> "$2"', "record", "{id}", str(ran)]
+    keys = {"server": {"max_outage": "120s"}, "pilot": {"slots": 2}}
+    site.write(couch_config(site.folder, server, database, command, **keys))
+    assert site.run("init").returncode == 0
+    assert site.run("tokens", "add", "--range", "200").returncode == 0
+    pilots = [site.start(log_name=f"pilot-{i}.log") for i in range(2)]
+    reaper.extend(pilots)
+    wait_for(lambda: sum(executions(ran).values()) >= 40, 120, what="40 tasks")
+    server.stop()
+    time.sleep(8)  # longer than the HTTP retries of one request
+    server.start()
+    codes = [pilot.wait(timeout=300) for pilot in pilots]
+    assert codes == [0, 0], [(site.folder / f"pilot-{i}.log").read_text()[-3000:] for i in range(2)]
+    assert site.status() == {"todo": 0, "locked": 0, "done": 200, "error": 0, "total": 200}
+    assert sorted(executions(ran)) == sorted(f"range-{i}" for i in range(200))
 
 
 # -- the commands ----------------------------------------------------------------------------------

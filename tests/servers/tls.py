@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import socketserver
 import ssl
 import threading
 from pathlib import Path
-from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 CERT = HERE / "tls" / "cert.pem"
@@ -21,52 +21,53 @@ KEY = HERE / "tls" / "key.pem"
 
 
 class TLSProxy:
+    """``start`` serves on a free port of 127.0.0.1; ``stop`` stops accepting and closes every connection."""
+
     def __init__(self, upstream_port: int) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.load_cert_chain(CERT, KEY)
-        self.listener: Optional[socket.socket] = None
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()
-        self.port = 0
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                proxy._serve(self.request)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler, bind_and_activate=True)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="tls-proxy", daemon=True)
 
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
     def start(self) -> TLSProxy:
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.thread.start()
         return self
 
     def stop(self) -> None:
-        listener, self.listener = self.listener, None
-        if listener is not None:
-            listener.close()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
         with self.lock:
             for sock in self.sockets:
                 with contextlib.suppress(OSError):
                     sock.close()
             self.sockets = []
 
-    def _accept(self) -> None:
-        while self.listener is not None:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # stopped
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
     def _serve(self, client: socket.socket) -> None:
         try:
             secure = self.context.wrap_socket(client, server_side=True)
         except (ssl.SSLError, OSError):
-            client.close()  # the client refused our certificate: what the tests want to see
+            return  # the client refused our certificate: what the tests want to see
+        try:
+            upstream = socket.create_connection(self.upstream)
+        except OSError:
+            secure.close()  # the server behind is down: the client sees the connection close
             return
-        upstream = socket.create_connection(self.upstream)
         with self.lock:
             self.sockets += [secure, upstream]
         threading.Thread(target=_pump, args=(upstream, secure), daemon=True).start()

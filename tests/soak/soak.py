@@ -63,7 +63,7 @@ from typing import Any, Optional
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from benchmarks.common import ensure_pyz, report  # noqa: E402
-from conftest import alive  # noqa: E402
+from conftest import alive, pilot_env  # noqa: E402
 from servers.pouchdb import PouchDBServer, ServerMissing  # noqa: E402
 
 DATABASE = "soak"
@@ -161,9 +161,7 @@ class Soak:
         self.rng = random.Random(args.seed)
         self.config = folder / "site.toml"
         self.runs_log = folder / "runs.log"
-        self.env = {**os.environ, "PILOT_PYZ_ROOT": str(folder / "pyz-root"), "TMPDIR": str(folder)}
-        for variable in ("PILOT_CONFIG", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_JOB_END_TIME"):
-            self.env.pop(variable, None)
+        self.env = pilot_env(folder, folder / "pyz-root")
         self.pilots: list[Pilot] = []
         self.running: dict[int, Pilot] = {}  # by node
         self.started = 0.0
@@ -592,7 +590,7 @@ class Analysis:
         return found
 
     def endings(self) -> list[str]:
-        codes = collections.Counter(pilot.code for pilot in self.soak.pilots)
+        codes = codes_of(self.soak.pilots)
         problems = [f"{n} pilot(s) exited {code}" for code, n in codes.items() if code not in EXIT_CODES]
         return problems + [f"traceback in {name}" for name in self.logs.tracebacks] + self.soak.problems
 
@@ -610,7 +608,7 @@ class Analysis:
         modes = collections.Counter(doc["mode"] for doc in self.docs.values())
         final = collections.Counter(self.states.values())
         successes = collections.Counter(run.token for run in self.runs.values() if run.code == 0)
-        codes = collections.Counter(pilot.code for pilot in soak.pilots)
+        codes = codes_of(soak.pilots)
         kills = collections.Counter(pilot.killed for pilot in soak.pilots if pilot.killed)
         holes = [pilot for pilot in soak.pilots if pilot.black_hole]
         given_back = collections.Counter(
@@ -711,8 +709,10 @@ def main() -> int:
         soak.run()
         docs = server.docs(DATABASE)
     finally:
-        soak.stop_all()
-        server.stop()
+        try:
+            soak.stop_all()
+        finally:
+            server.stop()
     analysis = Analysis(soak, docs)
     analysis.check()
     (folder / "pilots.json").write_text(json.dumps([pilot.record() for pilot in soak.pilots], indent=1))
