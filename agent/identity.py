@@ -48,8 +48,12 @@ def make_identity(environ: Mapping[str, str], hostname: str, pid: int) -> Identi
     )
 
 
-def unique_ids() -> Iterator[str]:
-    """Ids no other process makes: a random 64-bit prefix and a counter. Cheaper than a uuid4 (and its
-    getrandom call) each, for what is made once per task: task cookies and local lease ids."""
-    prefix = os.urandom(8).hex()
-    return (f"{prefix}-{number}" for number in itertools.count())
+def unique_ids(prefix: Optional[str] = None) -> Iterator[str]:
+    """Ids no other process makes: a random 64-bit prefix (unless given) and a counter. Cheaper than a
+    uuid4 (and its getrandom call) each, for what is made once per task: task cookies and local lease ids."""
+    start = prefix or random_prefix()
+    return (f"{start}-{number}" for number in itertools.count())
+
+
+def random_prefix() -> str:
+    return os.urandom(8).hex()

@@ -145,6 +145,7 @@ class Pilot:
                     self._keep_leases()
             finally:
                 self._abandon()
+                self._kill_leftovers()
                 self.journal.close()
                 self._tidy_pilot_folder()
                 log.info("tasks: %s", self.tally)
@@ -557,6 +558,13 @@ class Pilot:
                     err,
                     extra={"token": token_id},
                 )
+
+    def _kill_leftovers(self) -> None:
+        """Processes that finished tasks detached from their session end with the pilot, as they would
+        with a batch job; a grid node's next job should not find them."""
+        killed = runner.sweep_leftovers()
+        if killed:
+            log.warning("killed %d process(es) that finished tasks had left running, detached", killed)
 
     # -- folders -----------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from agent.identity import unique_ids
+from agent.identity import random_prefix, unique_ids
 from agent.spawn import Process, spawn
 from agent.token import Outcome, Result
 from agent.units import format_duration
@@ -204,7 +204,8 @@ def start(
     )
 
 
-_COOKIES = unique_ids()
+_COOKIE_PREFIX = random_prefix()  # of every cookie this pilot hands out: see sweep_leftovers
+_COOKIES = unique_ids(_COOKIE_PREFIX)
 _OUTPUT_FLAGS = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 _DEVNULL: list[int] = []
 
@@ -257,10 +258,24 @@ def group_alive(pgid: int) -> bool:
 def sweep(cookie: str, proc: Path = Path("/proc")) -> int:
     """KILL every process of ours whose environment carries this task's cookie; returns how many.
 
-    Catches what left the process group (setsid, daemonised grandchildren). Two passes, because a process
-    may fork while we scan. Only Linux has /proc; elsewhere the process-group kill is all we do.
+    Catches what left the process group (setsid, daemonised grandchildren). Only Linux has /proc;
+    elsewhere the process-group kill is all we do.
     """
-    needle = f"{COOKIE_VARIABLE}={cookie}".encode()
+    entry = f"{COOKIE_VARIABLE}={cookie}".encode()
+    return _kill_carriers(lambda environ: entry in environ.split(b"\0"), proc)
+
+
+def sweep_leftovers(proc: Path = Path("/proc")) -> int:
+    """KILL what any task of this pilot left running; returns how many. For the pilot's end: a task that
+    exits normally gets no sweep of its own (a /proc scan per task would cost more than short tasks do),
+    so processes it detached from its session are still running."""
+    head = f"\0{COOKIE_VARIABLE}={_COOKIE_PREFIX}-".encode()
+    return _kill_carriers(lambda environ: head in b"\0" + environ, proc)
+
+
+def _kill_carriers(carries: Callable[[bytes], bool], proc: Path) -> int:
+    """KILL every process of ours (not the pilot) whose environment ``carries`` a cookie. Two passes,
+    because a process may fork while we scan."""
     me = os.getpid()
     killed = 0
     for _ in range(2):
@@ -273,7 +288,7 @@ def sweep(cookie: str, proc: Path = Path("/proc")) -> int:
                 environ = (entry / "environ").read_bytes()
             except OSError:
                 continue  # gone, or another user's
-            if needle in environ.split(b"\0"):
+            if carries(environ):
                 try:
                     os.kill(pid, signal.SIGKILL)
                     found += 1

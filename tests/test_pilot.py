@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -136,6 +138,30 @@ def test_a_timed_out_task_is_killed_with_its_grandchildren_even_detached_ones(si
     detached = int((folder / "detached").read_text())
     wait_for(lambda: not alive(grandchild) and not alive(detached), 10, what="grandchildren to die")
     assert "timeout: still running after 1.0s, killed" in result.stderr
+
+
+def test_processes_finished_tasks_left_detached_end_with_the_pilot_and_no_one_elses(
+    site: Site, reaper: list
+) -> None:
+    # Each task exits 0 once it left a process behind outside its group: the pid is written after setsid.
+    pid_file = '"$0/detached.$PILOT_TOKEN_ID"'
+    script = (
+        f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 301' \"$0\" < /dev/null > /dev/null 2>&1 & "
+        f"while [ ! -s {pid_file} ]; do sleep 0.01; done"
+    )
+    site.write(local_config(site.folder, ["sh", "-c", script, "{pilot.config_dir}"]))
+    assert site.run("tokens", "add", "--range", "2").returncode == 0
+    # A process carrying another pilot's cookie is not this pilot's to kill.
+    env = {**os.environ, "PILOT_TASK_COOKIE": "0123456789abcdef-0"}
+    other = subprocess.Popen(["sleep", "302"], env=env, start_new_session=True)  # the reaper kills its group
+    reaper.append(other)
+    result = site.run()
+    assert result.returncode == 0, result.stderr
+    detached = [int(path.read_text()) for path in site.folder.glob("detached.*")]
+    assert len(detached) == 2
+    wait_for(lambda: not any(alive(pid) for pid in detached), 10, what="detached processes to die")
+    assert "killed 2 process(es) that finished tasks had left running, detached" in result.stderr
+    assert other.poll() is None
 
 
 def test_max_tasks_stops_claiming_and_leaves_the_rest(site: Site) -> None:
