@@ -56,4 +56,5 @@ def unique_ids(prefix: Optional[str] = None) -> Iterator[str]:
 
 
 def random_prefix() -> str:
+    """64 random bits in hex: what sets one process's ids apart from every other's."""
     return os.urandom(8).hex()

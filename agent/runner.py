@@ -274,15 +274,16 @@ def sweep_leftovers(proc: Path = Path("/proc")) -> int:
 
 
 def _kill_carriers(carries: Callable[[bytes], bool], proc: Path) -> int:
-    """KILL every process of ours (not the pilot) whose environment ``carries`` a cookie. Two passes,
-    because a process may fork while we scan."""
+    """KILL every process of ours (not the pilot) whose environment ``carries`` a cookie; returns how
+    many. A second pass catches what forked while we scanned; a process killed in the first may still
+    be listed there, dying, and is not counted twice."""
     me = os.getpid()
-    killed = 0
+    killed: set[int] = set()
     for _ in range(2):
         found = 0
         for entry in _proc_entries(proc):
             pid = int(entry.name)
-            if pid == me:
+            if pid == me or pid in killed:
                 continue
             try:
                 environ = (entry / "environ").read_bytes()
@@ -291,13 +292,13 @@ def _kill_carriers(carries: Callable[[bytes], bool], proc: Path) -> int:
             if carries(environ):
                 try:
                     os.kill(pid, signal.SIGKILL)
-                    found += 1
                 except ProcessLookupError:
-                    pass
-        killed += found
+                    continue
+                killed.add(pid)
+                found += 1
         if not found:
             break
-    return killed
+    return len(killed)
 
 
 def _proc_entries(proc: Path) -> list[Path]:

@@ -160,7 +160,8 @@ def test_processes_finished_tasks_left_detached_end_with_the_pilot_and_no_one_el
     detached = [int(path.read_text()) for path in site.folder.glob("detached.*")]
     assert len(detached) == 2
     wait_for(lambda: not any(alive(pid) for pid in detached), 10, what="detached processes to die")
-    assert "killed 2 process(es) that finished tasks had left running, detached" in result.stderr
+    killed = "killed 2 process(es) that finished tasks had left running, detached"
+    assert killed in result.stderr, result.stderr
     assert other.poll() is None
 
 
