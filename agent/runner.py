@@ -204,8 +204,8 @@ def start(
     )
 
 
-_COOKIE_PREFIX = random_prefix()  # of every cookie this pilot hands out: see sweep_leftovers
-_COOKIES = unique_ids(_COOKIE_PREFIX)
+COOKIE_PREFIX = random_prefix()  # of every cookie this pilot hands out: see sweep_leftovers
+_COOKIES = unique_ids(COOKIE_PREFIX)
 _OUTPUT_FLAGS = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 _DEVNULL: list[int] = []
 
@@ -269,7 +269,7 @@ def sweep_leftovers(proc: Path = Path("/proc")) -> int:
     """KILL what any task of this pilot left running; returns how many. For the pilot's end: a task that
     exits normally gets no sweep of its own (a /proc scan per task would cost more than short tasks do),
     so processes it detached from its session are still running."""
-    head = f"\0{COOKIE_VARIABLE}={_COOKIE_PREFIX}-".encode()
+    head = f"\0{COOKIE_VARIABLE}={COOKIE_PREFIX}-".encode()
     return _kill_carriers(lambda environ: head in b"\0" + environ, proc)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from agent import runner
 
-OURS = f"{runner.COOKIE_VARIABLE}={runner._COOKIE_PREFIX}"
+OURS = f"{runner.COOKIE_VARIABLE}={runner.COOKIE_PREFIX}"
 OTHER_PILOTS = f"{runner.COOKIE_VARIABLE}=0123456789abcdef"
 
 
@@ -33,18 +33,19 @@ def fake_proc(folder: Path, environs: dict[int, str]) -> Path:
 def test_leftovers_of_every_task_of_this_pilot_are_killed_and_counted_once(
     tmp_path: Path, reaper: list
 ) -> None:
-    first, second, elsewhere = sleeper(reaper), sleeper(reaper), sleeper(reaper)
+    first, second, elsewhere, lookalike = (sleeper(reaper) for _ in range(4))
     proc = fake_proc(
         tmp_path,
         {
             first.pid: f"A=1;{OURS}-0;",
             second.pid: f"{OURS}-17;B=2;",  # the cookie first: no separator before it
             elsewhere.pid: f"{OTHER_PILOTS}-0;",
+            lookalike.pid: f"X{OURS}-0;",  # a variable named XPILOT_TASK_COOKIE: not the cookie
         },
     )
     assert runner.sweep_leftovers(proc) == 2  # both passes see them: still listed after the KILL
     assert [first.wait(timeout=10), second.wait(timeout=10)] == [-9, -9]
-    assert elsewhere.poll() is None
+    assert elsewhere.poll() is None and lookalike.poll() is None
 
 
 def test_a_task_sweep_kills_that_task_only(tmp_path: Path, reaper: list) -> None:
@@ -54,9 +55,9 @@ def test_a_task_sweep_kills_that_task_only(tmp_path: Path, reaper: list) -> None
         {
             task.pid: f"{OURS}-1;",
             next_task.pid: f"{OURS}-10;",  # the same digits and one more
-            lookalike.pid: f"X{OURS}-1;",  # another variable whose value ends the same way
+            lookalike.pid: f"X{OURS}-1;",  # a variable named XPILOT_TASK_COOKIE: not the cookie
         },
     )
-    assert runner.sweep(f"{runner._COOKIE_PREFIX}-1", proc) == 1
+    assert runner.sweep(f"{runner.COOKIE_PREFIX}-1", proc) == 1
     assert task.wait(timeout=10) == -9
     assert next_task.poll() is None and lookalike.poll() is None
