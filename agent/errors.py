@@ -73,7 +73,7 @@ class TokenError(PilotError):
         super().__init__(f"token {token_id!r}: {problem}")
 
 
-# Transport problems that waiting does not cure, as ServerUnreachable names them.
+# Transport problems that waiting does not cure, as ServerUnreachable names them (see Outage.hopeless).
 CERTIFICATE_FAILED = "TLS certificate verification failed"
 HOST_NOT_FOUND = "host name not found"
 LASTING = frozenset((CERTIFICATE_FAILED, HOST_NOT_FOUND))
@@ -83,11 +83,6 @@ class ServerUnreachable(PoolError):
     """The pool server did not answer (connection refused, timeout, 5xx) after retries."""
 
     exit_code = ExitCode.SERVER_UNREACHABLE
-
-    @property
-    def lasting(self) -> bool:
-        """Not a cause that waiting cures: a certificate we do not trust, a host name that does not exist."""
-        return self.problem in LASTING
 
 
 class CacheError(PilotError):

@@ -66,6 +66,7 @@ class Spawned:
 
 def spawn(argv: Sequence[str], env: Mapping[str, str], folder: str, stdio: tuple[int, int, int]) -> Process:
     """Start ``argv`` in ``folder``; raises OSError when it cannot (its filename says what is missing)."""
+    # The dup2 actions run in order: a source among 0, 1 and 2 could be overwritten before it is copied.
     if _posix_spawn_usable() and min(stdio) > 2:
         return _posix_spawn(argv, env, folder, stdio)
     return subprocess.Popen(

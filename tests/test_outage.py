@@ -45,7 +45,7 @@ def test_a_cause_waiting_does_not_cure_is_hopeless_only_before_the_server_ever_a
     assert not outage.exceeded(902.0) and outage.exceeded(903.0)
 
 
-def test_transport_causes_that_waiting_does_not_cure_are_marked_lasting() -> None:
+def test_transport_causes_that_waiting_does_not_cure_make_a_never_reached_server_hopeless() -> None:
     causes = {
         "Failed to resolve 'x.invalid' ([Errno -2] Name or service not known)": True,
         "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate": True,
@@ -55,5 +55,7 @@ def test_transport_causes_that_waiting_does_not_cure_are_marked_lasting() -> Non
     }
     for text, lasting in causes.items():
         error = _unreachable("https://user:secret@db.example.org/x", OSError(text))
-        assert error.lasting is lasting, text
+        outage = Outage(900, jitter=lambda: 1.0)
+        outage.failed(0.0, error.problem)
+        assert outage.hopeless() is lasting, text
         assert "secret" not in str(error)

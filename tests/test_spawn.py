@@ -112,8 +112,13 @@ def test_programs_that_cannot_start_raise_with_their_errno(way: str, tmp_path: P
 
 
 def test_a_missing_folder_is_named_in_the_error(way: str, tmp_path: Path) -> None:
-    with pytest.raises(OSError) as caught:
-        spawn.spawn(["true"], {"PATH": "/usr/bin:/bin"}, str(tmp_path / "gone"), (0, 1, 2))
+    # Descriptors above 2, as the runner's are: with 0, 1 and 2 spawn() would take Popen either way.
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        with pytest.raises(OSError) as caught:
+            spawn.spawn(["true"], {"PATH": "/usr/bin:/bin"}, str(tmp_path / "gone"), (null, null, null))
+    finally:
+        os.close(null)
     assert caught.value.errno == errno.ENOENT
     if way == "posix_spawn":
         assert caught.value.filename == str(tmp_path / "gone")

@@ -306,6 +306,10 @@ class CouchDBPool(Pool):
             if isinstance(index, dict)
         }
 
+    def _database_info(self) -> dict[str, Any]:
+        """The database's own document: doc_count and the like."""
+        return self._json(self._request("GET", ""), f"reading the database {self.couch.database!r}")
+
     def _design_views(self, name: str) -> dict[str, Any]:
         response = self._request("GET", f"/_design/{quote(name)}")
         if response.status == 404:
@@ -393,8 +397,7 @@ class CouchDBPool(Pool):
         """How many tokens a window could be taken from, or more: the todo view's rows, or (with the
         Mango index, which has no count) all documents of the database."""
         if self._plan().find:
-            info = self._json(self._request("GET", ""), f"reading the database {self.couch.database!r}")
-            count = info.get("doc_count")
+            count = self._database_info().get("doc_count")
         else:
             count = self._rows(self.design, "todo", limit=0).get("total_rows")
         return count if isinstance(count, int) else 0
@@ -722,8 +725,8 @@ class CouchDBPool(Pool):
         if self.couch.username is not None and user != self.couch.username:
             raise PoolError(self.where, f"the server did not log in user {self.couch.username!r}")
         lines.append(f"credentials: {'user ' + repr(user) if user else 'none (anonymous)'} accepted")
-        info = self._json(self._request("GET", ""), f"reading the database {self.couch.database!r}")
-        lines.append(f"database {self.couch.database}: ok ({info.get('doc_count', '?')} documents)")
+        count = self._database_info().get("doc_count", "?")
+        lines.append(f"database {self.couch.database}: ok ({count} documents)")
         lines.append(self._check_design(self.design, picas.monitor_views()))
         lines.append(self._check_indexes())
         counts = self.counts()

@@ -178,10 +178,11 @@ def main() -> int:
     ours_dup, ours_missing = sum(dup for dup, _ in ours_dups), sum(missing for _, missing in ours_dups)
     picas_dup = [duplicates(ran, tokens)[0] for _, (_, ran) in timed]
     picas_failed = sum(phase.failed for _, (phase, _) in timed)
-    server_ours = statistics.median(mine.server_cpu for (mine, _), _ in timed)
-    server_picas = statistics.median(theirs.server_cpu for _, (theirs, _) in timed)
-    pilots_ours = statistics.median(mine.pilots_cpu for (mine, _), _ in timed)
-    pilots_picas = statistics.median(theirs.pilots_cpu for _, (theirs, _) in timed)
+
+    def cpu_ms(side: int, figure: str) -> float:
+        """Median over the rounds of a side's (0 ours, 1 picas) CPU seconds, in ms per task."""
+        return 1000 * statistics.median(getattr(pair[side][0], figure) for pair in timed) / tokens
+
     report(
         f"CouchDB pool: {tokens} /bin/true tokens, {options.pilots} pilots each, pouchdb-server in memory, "
         f"median of {len(timed)} rounds",
@@ -195,12 +196,12 @@ def main() -> int:
             ("requests per task, picas", f"{counted[1][0].requests / tokens:.2f}"),
             (
                 "server CPU ms per task",
-                f"pilot.pyz {1000 * server_ours / tokens:.1f}, picas {1000 * server_picas / tokens:.1f}",
+                f"pilot.pyz {cpu_ms(0, 'server_cpu'):.1f}, picas {cpu_ms(1, 'server_cpu'):.1f}",
             ),
             (
                 "pilot CPU ms per task",
-                f"pilot.pyz {1000 * pilots_ours / tokens:.1f}, "
-                f"picas {1000 * pilots_picas / tokens:.1f} (with the tasks)",
+                f"pilot.pyz {cpu_ms(0, 'pilots_cpu'):.1f}, "
+                f"picas {cpu_ms(1, 'pilots_cpu'):.1f} (with the tasks)",
             ),
         ],
     )
