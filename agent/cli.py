@@ -45,11 +45,10 @@ class Context:
     @property
     def identity(self) -> Identity:
         if self._identity is None:
-            import socket
-
             from agent.identity import make_identity
 
-            self._identity = make_identity(os.environ, socket.gethostname(), os.getpid())
+            # os.uname, not socket.gethostname: the same name on Linux, without importing socket.
+            self._identity = make_identity(os.environ, os.uname().nodename, os.getpid())
         return self._identity
 
     def setup_logging(self) -> None:

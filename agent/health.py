@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,7 +24,7 @@ def check_node(config: Config, environ: Mapping[str, str]) -> list[str]:
 
 def check_workdir(workdir: Path, min_free: int) -> str:
     """The workdir exists or can be made, takes a file, and has ``min_free`` bytes free."""
-    probe = workdir / f".probe-{uuid.uuid4().hex}"
+    probe = workdir / f".probe-{os.urandom(16).hex()}"
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         with probe.open("wb") as file:

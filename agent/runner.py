@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import re
@@ -317,6 +316,8 @@ def task_folder_name(token_id: str, attempt: int) -> str:
     """A folder name for any token id: safe characters only, a hash when the id had to change."""
     safe = _UNSAFE_NAME.sub("_", token_id)[:80]
     if safe != token_id:
+        import hashlib  # only here: loading OpenSSL costs start-up time that most pilots never need
+
         safe += "-" + hashlib.sha256(token_id.encode("utf-8", "surrogateescape")).hexdigest()[:10]
     return f"{safe}.{attempt}"
 
