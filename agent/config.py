@@ -102,6 +102,7 @@ class PilotConfig:
     max_tasks: int  # 0: no limit
     idle_timeout: float  # how long a pilot with nothing to claim waits for tokens other pilots still hold
     keep_workdirs: str  # "always", "failed" or "never"
+    kill_leftovers_after: float  # seconds a finished task's processes may live on outside its group
     black_hole_failures: int  # consecutive failures of different tokens that stop the pilot; 0: never
     black_hole_window: float
     min_free_space: int  # bytes that must be free in workdir before the first claim
@@ -407,6 +408,7 @@ def _pilot(table: _Table, base: Path, environ: Mapping[str, str]) -> PilotConfig
         max_tasks=table.integer("max_tasks", 0),
         idle_timeout=table.duration("idle_timeout", 0.0),
         keep_workdirs=table.choice("keep_workdirs", KEEP_WORKDIRS, "failed"),
+        kill_leftovers_after=table.duration("kill_leftovers_after", 30.0),
         black_hole_failures=table.integer("black_hole_failures", 3),
         black_hole_window=table.duration("black_hole_window", 600.0),
         min_free_space=table.size("min_free_space", 100 * 10**6),

@@ -103,6 +103,8 @@ class Pilot:
         self.running: dict[str, Running] = {}
         self.claimed_early: list[Lease] = []  # claimed with a report, not started yet
         self.spare_folders: list[str] = []  # emptied folders of finished tasks, for the next ones
+        self.unswept: dict[str, str] = {}  # cookie: token id, of tasks that ended since the last sweep
+        self.sweep_due: Optional[float] = None  # when their detached leftovers are killed
         self.outage = Outage(config.server.max_outage)
         self.journal = Journal(config.pilot.workdir / "journal", identity.pilot_id)
         self.reporter = Reporter(pool, self.journal, self.outage, clock)
@@ -143,9 +145,10 @@ class Pilot:
                         self._report(running, result)
                     self._heed_suspects()
                     self._keep_leases()
+                    self._sweep_leftovers()
             finally:
                 self._abandon()
-                self._kill_leftovers()
+                self._sweep_leftovers(final=True)
                 self.journal.close()
                 self._tidy_pilot_folder()
                 log.info("tasks: %s", self.tally)
@@ -300,6 +303,9 @@ class Pilot:
             if running.payload.poll():
                 del self.running[token_id]
                 done.append((running, running.payload.finish(self.config.task.log_tail, self.wallclock)))
+                self.unswept[running.payload.cookie] = token_id
+                if self.sweep_due is None:
+                    self.sweep_due = now + self.config.pilot.kill_leftovers_after
         if done and not self.running:
             self.next_claim = 0.0  # idle now: look at the pool again before deciding it is empty
         return done
@@ -538,6 +544,8 @@ class Pilot:
             wake.append(self.outage.next_try)
         if self.breaker.streak:
             wake.append(self.breaker.streak[0][1] + self.breaker.window)
+        if self.sweep_due is not None:
+            wake.append(self.sweep_due)
         return max(0.0, min(wake) - now)
 
     def _abandon(self) -> None:
@@ -559,12 +567,26 @@ class Pilot:
                     extra={"token": token_id},
                 )
 
-    def _kill_leftovers(self) -> None:
-        """Processes that finished tasks detached from their session end with the pilot, as they would
-        with a batch job; a grid node's next job should not find them."""
-        killed = runner.sweep_leftovers()
-        if killed:
-            log.warning("killed %d process(es) that finished tasks had left running, detached", killed)
+    def _sweep_leftovers(self, *, final: bool = False) -> None:
+        """Kill what finished tasks left running outside their process group: at most
+        pilot.kill_leftovers_after after they ended, and all of it when the pilot ends (as a batch job's
+        end would; a grid node's next job should not find them). One /proc sweep serves every task that
+        ended since the last, so short tasks do not pay a sweep each."""
+        if not final and (self.sweep_due is None or self.clock() < self.sweep_due):
+            return
+        ended, self.unswept, self.sweep_due = self.unswept, {}, None
+        killed = runner.sweep_leftovers({running.payload.cookie for running in self.running.values()})
+        if not killed:
+            return
+        total = sum(killed.values())
+        whose = [f"{token} ({killed.pop(cookie)})" for cookie, token in ended.items() if cookie in killed]
+        if killed:  # started, after the last sweep, by tasks that ended before it
+            whose.append(f"earlier tasks ({sum(killed.values())})")
+        log.warning(
+            "killed %d process(es) that finished tasks had left running, detached: %s",
+            total,
+            ", ".join(whose),
+        )
 
     # -- folders -----------------------------------------------------------------------------------
 

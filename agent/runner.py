@@ -17,7 +17,8 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -261,23 +262,35 @@ def sweep(cookie: str, proc: Path = Path("/proc")) -> int:
     elsewhere the process-group kill is all we do.
     """
     entry = f"{COOKIE_VARIABLE}={cookie}".encode()
-    return _kill_carriers(lambda environ: entry in environ.split(b"\0"), proc)
+    killed = _kill_carriers(lambda environ: cookie if entry in environ.split(b"\0") else None, proc)
+    return len(killed)
 
 
-def sweep_leftovers(proc: Path = Path("/proc")) -> int:
-    """KILL what any task of this pilot left running; returns how many. For the pilot's end: a task that
-    exits normally gets no sweep of its own (a /proc scan per task would cost more than short tasks do),
-    so processes it detached from its session are still running."""
-    head = f"\0{COOKIE_VARIABLE}={COOKIE_PREFIX}-".encode()
-    return _kill_carriers(lambda environ: head in b"\0" + environ, proc)
+def sweep_leftovers(running: Collection[str] = (), proc: Path = Path("/proc")) -> Counter[str]:
+    """KILL what tasks of this pilot left running, except processes of the ``running`` tasks' cookies;
+    returns how many were killed per cookie. A task that exits normally gets no sweep of its own (a /proc
+    scan per task would cost more than short tasks do), so processes it detached from its session live
+    until the pilot's next sweep of leftovers."""
+    name = f"\0{COOKIE_VARIABLE}=".encode()
+    ours = name + f"{COOKIE_PREFIX}-".encode()
+
+    def leftover(environ: bytes) -> Optional[str]:
+        environ = b"\0" + environ  # every entry, the first too, follows a NUL
+        start = environ.find(ours)
+        if start < 0:
+            return None
+        cookie = environ[start + len(name) :].split(b"\0", 1)[0].decode("ascii", "replace")
+        return None if cookie in running else cookie
+
+    return Counter(_kill_carriers(leftover, proc).values())
 
 
-def _kill_carriers(carries: Callable[[bytes], bool], proc: Path) -> int:
-    """KILL every process of ours (not the pilot) whose environment ``carries`` a cookie; returns how
-    many. A second pass catches what forked while we scanned; a process killed in the first may still
-    be listed there, dying, and is not counted twice."""
+def _kill_carriers(cookie_of: Callable[[bytes], Optional[str]], proc: Path) -> dict[int, str]:
+    """KILL every process of ours (not the pilot) whose environment has a cookie to sweep (``cookie_of``
+    says which, or None); returns the cookie of each pid killed. A second pass catches what forked while
+    we scanned; a process killed in the first may still be listed there, dying, and is not counted twice."""
     me = os.getpid()
-    killed: set[int] = set()
+    killed: dict[int, str] = {}
     for _ in range(2):
         found = 0
         for entry in _proc_entries(proc):
@@ -288,16 +301,17 @@ def _kill_carriers(carries: Callable[[bytes], bool], proc: Path) -> int:
                 environ = (entry / "environ").read_bytes()
             except OSError:
                 continue  # gone, or another user's
-            if carries(environ):
+            cookie = cookie_of(environ)
+            if cookie is not None:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     continue
-                killed.add(pid)
+                killed[pid] = cookie
                 found += 1
         if not found:
             break
-    return len(killed)
+    return killed
 
 
 def _proc_entries(proc: Path) -> list[Path]:

@@ -77,6 +77,7 @@ def test_unknown_table_is_named(tmp_path: Path) -> None:
         ({"task": {"command": ["a", 3]}}, "task.command: element 1: expected a string"),
         ({"server": {"backend": "redis"}}, "server.backend: expected one of 'local', 'couchdb'"),
         ({"pilot": {"keep_workdirs": "sometimes"}}, "pilot.keep_workdirs: expected one of"),
+        ({"pilot": {"kill_leftovers_after": "later"}}, "pilot.kill_leftovers_after: expected a duration"),
     ],
 )
 def test_wrong_types_name_the_key_and_what_was_expected(

@@ -165,6 +165,45 @@ def test_processes_finished_tasks_left_detached_end_with_the_pilot_and_no_one_el
     assert other.poll() is None
 
 
+# Each task leaves a process behind outside its group (its pid is written after setsid) and exits; the
+# second first waits, at most 10 s, for the first one's to die, and says whether it did and whether its
+# own is still alive.
+LEAVE_ONE_BEHIND = """
+setsid sh -c 'echo $$ > "$0/left.$1"; exec sleep 301' "$0" "$PILOT_TOKEN_ID" < /dev/null > /dev/null 2>&1 &
+while [ ! -s "$0/left.$PILOT_TOKEN_ID" ]; do sleep 0.01; done
+gone() ( state=$(cut -d' ' -f3 "/proc/$1/stat" 2> /dev/null); [ -z "$state" ] || [ "$state" = Z ] )
+if [ "$PILOT_TOKEN_ID" = range-1 ]; then
+  first=$(cat "$0/left.range-0"); i=0
+  while ! gone "$first" && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
+  for token in range-0 range-1; do
+    if gone "$(cat "$0/left.$token")"; then echo gone; else echo alive; fi > "$0/seen.$token"
+  done
+fi
+"""
+
+
+def test_what_a_finished_task_left_detached_is_killed_soon_after_not_what_running_tasks_left(
+    site: Site,
+) -> None:
+    command = ["sh", "-c", LEAVE_ONE_BEHIND, "{pilot.config_dir}"]
+    site.write(local_config(site.folder, command, pilot={"slots": 1, "kill_leftovers_after": "1s"}))
+    assert site.run("tokens", "add", "--range", "2").returncode == 0
+    try:
+        result = site.run()
+        assert result.returncode == 0, result.stderr
+        # range-0's leftover died while range-1 ran, about a second after range-0 ended; range-1's lived on.
+        assert (site.folder / "seen.range-0").read_text() == "gone\n"
+        assert (site.folder / "seen.range-1").read_text() == "alive\n"
+        killed = "killed 1 process(es) that finished tasks had left running, detached: "
+        assert re.findall(re.escape(killed) + r"(.*)", result.stderr) == ["range-0 (1)", "range-1 (1)"]
+    finally:
+        left = [int(path.read_text()) for path in site.folder.glob("left.*")]
+        for pid in left:
+            if alive(pid):
+                os.kill(pid, 9)
+    assert left and not any(alive(pid) for pid in left)  # range-1's too, when the pilot ended
+
+
 def test_max_tasks_stops_claiming_and_leaves_the_rest(site: Site) -> None:
     site.write(local_config(site.folder, ["/bin/true"], pilot={"max_tasks": 3, "slots": 2}))
     assert site.run("tokens", "add", "--range", "10").returncode == 0

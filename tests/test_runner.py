@@ -43,9 +43,22 @@ def test_leftovers_of_every_task_of_this_pilot_are_killed_and_counted_once(
             lookalike.pid: f"X{OURS}-0;",  # a variable named XPILOT_TASK_COOKIE: not the cookie
         },
     )
-    assert runner.sweep_leftovers(proc) == 2  # both passes see them: still listed after the KILL
+    killed = runner.sweep_leftovers(proc=proc)  # both passes see them: still listed after the KILL
+    assert killed == {f"{runner.COOKIE_PREFIX}-0": 1, f"{runner.COOKIE_PREFIX}-17": 1}
     assert [first.wait(timeout=10), second.wait(timeout=10)] == [-9, -9]
     assert elsewhere.poll() is None and lookalike.poll() is None
+
+
+def test_a_sweep_of_leftovers_spares_the_running_tasks(tmp_path: Path, reaper: list) -> None:
+    ended, ended_too, running = sleeper(reaper), sleeper(reaper), sleeper(reaper)
+    proc = fake_proc(
+        tmp_path,
+        {ended.pid: f"{OURS}-1;", ended_too.pid: f"{OURS}-1;", running.pid: f"A=1;{OURS}-2;B=2;"},
+    )
+    killed = runner.sweep_leftovers({f"{runner.COOKIE_PREFIX}-2"}, proc)
+    assert killed == {f"{runner.COOKIE_PREFIX}-1": 2}
+    assert [ended.wait(timeout=10), ended_too.wait(timeout=10)] == [-9, -9]
+    assert running.poll() is None
 
 
 def test_a_task_sweep_kills_that_task_only(tmp_path: Path, reaper: list) -> None:
