@@ -261,9 +261,7 @@ def sweep(cookie: str, proc: Path = Path("/proc")) -> int:
     Catches what left the process group (setsid, daemonised grandchildren). Only Linux has /proc;
     elsewhere the process-group kill is all we do.
     """
-    entry = f"{COOKIE_VARIABLE}={cookie}".encode()
-    killed = _kill_carriers(lambda environ: cookie if entry in environ.split(b"\0") else None, proc)
-    return len(killed)
+    return len(_kill_carriers(lambda carried: carried == cookie, proc))
 
 
 def sweep_leftovers(running: Collection[str] = (), proc: Path = Path("/proc")) -> Counter[str]:
@@ -271,23 +269,26 @@ def sweep_leftovers(running: Collection[str] = (), proc: Path = Path("/proc")) -
     returns how many were killed per cookie. A task that exits normally gets no sweep of its own (a /proc
     scan per task would cost more than short tasks do), so processes it detached from its session live
     until the pilot's next sweep of leftovers."""
-    name = f"\0{COOKIE_VARIABLE}=".encode()
-    ours = name + f"{COOKIE_PREFIX}-".encode()
-
-    def leftover(environ: bytes) -> Optional[str]:
-        environ = b"\0" + environ  # every entry, the first too, follows a NUL
-        start = environ.find(ours)
-        if start < 0:
-            return None
-        cookie = environ[start + len(name) :].split(b"\0", 1)[0].decode("ascii", "replace")
-        return None if cookie in running else cookie
-
-    return Counter(_kill_carriers(leftover, proc).values())
+    ours = f"{COOKIE_PREFIX}-"
+    killed = _kill_carriers(lambda carried: carried.startswith(ours) and carried not in running, proc)
+    return Counter(killed.values())
 
 
-def _kill_carriers(cookie_of: Callable[[bytes], Optional[str]], proc: Path) -> dict[int, str]:
-    """KILL every process of ours (not the pilot) whose environment has a cookie to sweep (``cookie_of``
-    says which, or None); returns the cookie of each pid killed. A second pass catches what forked while
+_COOKIE_ENTRY = f"\0{COOKIE_VARIABLE}=".encode()
+
+
+def _cookie_in(environ: bytes) -> Optional[str]:
+    """The task cookie a process's environment (NUL-separated entries) carries, if any."""
+    environ = b"\0" + environ  # every entry, the first too, follows a NUL
+    start = environ.find(_COOKIE_ENTRY)
+    if start < 0:
+        return None
+    return environ[start + len(_COOKIE_ENTRY) :].split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+def _kill_carriers(wanted: Callable[[str], bool], proc: Path) -> dict[int, str]:
+    """KILL every process of ours (not the pilot) whose environment carries a cookie ``wanted`` accepts;
+    returns the cookie of each pid killed. A second pass catches what forked while
     we scanned; a process killed in the first may still be listed there, dying, and is not counted twice."""
     me = os.getpid()
     killed: dict[int, str] = {}
@@ -301,8 +302,8 @@ def _kill_carriers(cookie_of: Callable[[bytes], Optional[str]], proc: Path) -> d
                 environ = (entry / "environ").read_bytes()
             except OSError:
                 continue  # gone, or another user's
-            cookie = cookie_of(environ)
-            if cookie is not None:
+            cookie = _cookie_in(environ)
+            if cookie is not None and wanted(cookie):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:

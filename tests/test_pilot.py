@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -140,31 +141,6 @@ def test_a_timed_out_task_is_killed_with_its_grandchildren_even_detached_ones(si
     assert "timeout: still running after 1.0s, killed" in result.stderr
 
 
-def test_processes_finished_tasks_left_detached_end_with_the_pilot_and_no_one_elses(
-    site: Site, reaper: list
-) -> None:
-    # Each task exits 0 once it left a process behind outside its group: the pid is written after setsid.
-    pid_file = '"$0/detached.$PILOT_TOKEN_ID"'
-    script = (
-        f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 301' \"$0\" < /dev/null > /dev/null 2>&1 & "
-        f"while [ ! -s {pid_file} ]; do sleep 0.01; done"
-    )
-    site.write(local_config(site.folder, ["sh", "-c", script, "{pilot.config_dir}"]))
-    assert site.run("tokens", "add", "--range", "2").returncode == 0
-    # A process carrying another pilot's cookie is not this pilot's to kill.
-    env = {**os.environ, "PILOT_TASK_COOKIE": "0123456789abcdef-0"}
-    other = subprocess.Popen(["sleep", "302"], env=env, start_new_session=True)  # the reaper kills its group
-    reaper.append(other)
-    result = site.run()
-    assert result.returncode == 0, result.stderr
-    detached = [int(path.read_text()) for path in site.folder.glob("detached.*")]
-    assert len(detached) == 2
-    wait_for(lambda: not any(alive(pid) for pid in detached), 10, what="detached processes to die")
-    killed = "killed 2 process(es) that finished tasks had left running, detached"
-    assert killed in result.stderr, result.stderr
-    assert other.poll() is None
-
-
 # Each task leaves a process behind outside its group (its pid is written after setsid) and exits; the
 # second first waits, at most 10 s, for the first one's to die, and says whether it did and whether its
 # own is still alive.
@@ -182,12 +158,16 @@ fi
 """
 
 
-def test_what_a_finished_task_left_detached_is_killed_soon_after_not_what_running_tasks_left(
-    site: Site,
+def test_what_finished_tasks_left_detached_is_killed_soon_after_and_at_the_end_not_what_others_run(
+    site: Site, reaper: list
 ) -> None:
     command = ["sh", "-c", LEAVE_ONE_BEHIND, "{pilot.config_dir}"]
     site.write(local_config(site.folder, command, pilot={"slots": 1, "kill_leftovers_after": "1s"}))
     assert site.run("tokens", "add", "--range", "2").returncode == 0
+    # A process carrying another pilot's cookie is not this pilot's to kill.
+    env = {**os.environ, "PILOT_TASK_COOKIE": "0123456789abcdef-0"}
+    other = subprocess.Popen(["sleep", "302"], env=env, start_new_session=True)  # the reaper kills its group
+    reaper.append(other)
     try:
         result = site.run()
         assert result.returncode == 0, result.stderr
@@ -196,12 +176,16 @@ def test_what_a_finished_task_left_detached_is_killed_soon_after_not_what_runnin
         assert (site.folder / "seen.range-1").read_text() == "alive\n"
         killed = "killed 1 process(es) that finished tasks had left running, detached: "
         assert re.findall(re.escape(killed) + r"(.*)", result.stderr) == ["range-0 (1)", "range-1 (1)"]
-    finally:
         left = [int(path.read_text()) for path in site.folder.glob("left.*")]
-        for pid in left:
+        assert len(left) == 2
+        # range-1's too, when the pilot ended.
+        wait_for(lambda: not any(alive(pid) for pid in left), 10, what="the leftovers to die")
+        assert other.poll() is None
+    finally:  # after a failure, stop what the tasks left
+        for path in site.folder.glob("left.*"):
+            pid = int(path.read_text())
             if alive(pid):
-                os.kill(pid, 9)
-    assert left and not any(alive(pid) for pid in left)  # range-1's too, when the pilot ended
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_max_tasks_stops_claiming_and_leaves_the_rest(site: Site) -> None:
