@@ -17,6 +17,7 @@ from agent import runner, template
 from agent.breaker import Breaker
 from agent.config import Config
 from agent.errors import CERTIFICATE_FAILED, ExitCode, ServerUnreachable
+from agent.guard import Guard
 from agent.identity import Identity
 from agent.journal import Journal
 from agent.outage import Outage
@@ -24,6 +25,7 @@ from agent.pools import Lease, Pool, Saved
 from agent.reporter import Reporter
 from agent.runner import Payload, Stop
 from agent.signals import Signals
+from agent.sweep import sweep_leftovers
 from agent.token import Outcome, Report, Result, State, make_report
 from agent.units import format_duration
 from agent.walltime import TOKEN_ESTIMATE, Walltime, token_estimate
@@ -80,6 +82,7 @@ class Pilot:
         environ: Mapping[str, str],
         cache_paths: Mapping[str, str],
         signals: Optional[Signals] = None,
+        guard: Optional[Guard] = None,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], float] = time.time,
     ) -> None:
@@ -89,6 +92,7 @@ class Pilot:
         self.walltime = walltime
         self.cache_paths = dict(cache_paths)
         self.signals = signals or Signals()
+        self.guard = guard  # kills the tasks if this process dies without stopping them
         self.clock = clock
         self.wallclock = wallclock
         self.folder = config.pilot.workdir / identity.pilot_id
@@ -271,6 +275,8 @@ class Pilot:
             **template.task_environment(token.id, token.fields, self.cache_paths),
             "PILOT_TASK_DIR": folder,
         }
+        if self.guard is not None:
+            self.guard.start()  # once, before the first task: a pilot with nothing to do never needs one
         folder_ready = False
         if self.spare_folders:
             spare = self.spare_folders.pop()
@@ -575,7 +581,8 @@ class Pilot:
         if not final and (self.sweep_due is None or self.clock() < self.sweep_due):
             return
         ended, self.unswept, self.sweep_due = self.unswept, {}, None
-        killed = runner.sweep_leftovers({running.payload.cookie for running in self.running.values()})
+        spared = {task.payload.cookie for task in self.running.values()}
+        killed = sweep_leftovers(runner.COOKIE_PREFIX, spared)
         if not killed:
             return
         total = sum(killed.values())

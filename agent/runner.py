@@ -2,7 +2,8 @@
 
 The task runs in a session of its own (see ``spawn.py``), so it leads a process group that can be
 signalled at once. Every process it starts inherits ``PILOT_TASK_COOKIE``; on timeout and on stop we also
-sweep /proc for that cookie, which catches descendants that left the group with setsid or double forks.
+sweep /proc for that cookie (sweep.py), which catches descendants that left the group with setsid or
+double forks.
 Nothing here blocks: ``terminate`` sends TERM and notes when KILL is due, and the pilot's loop calls
 ``tick`` and ``poll``.
 """
@@ -17,18 +18,17 @@ import re
 import shutil
 import signal
 import time
-from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 from agent.identity import random_prefix, unique_ids
 from agent.spawn import Process, spawn
+from agent.sweep import COOKIE_VARIABLE, sweep
 from agent.token import Outcome, Result
 from agent.units import format_duration
 
-COOKIE_VARIABLE = "PILOT_TASK_COOKIE"
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 log = logging.getLogger(__name__)
 
@@ -253,73 +253,6 @@ def group_alive(pgid: int) -> bool:
     except PermissionError:
         return False
     return True
-
-
-def sweep(cookie: str, proc: Path = Path("/proc")) -> int:
-    """KILL every process of ours whose environment carries this task's cookie; returns how many.
-
-    Catches what left the process group (setsid, daemonised grandchildren). Only Linux has /proc;
-    elsewhere the process-group kill is all we do.
-    """
-    return len(_kill_carriers(lambda carried: carried == cookie, proc))
-
-
-def sweep_leftovers(running: Collection[str] = (), proc: Path = Path("/proc")) -> Counter[str]:
-    """KILL what tasks of this pilot left running, except processes of the ``running`` tasks' cookies;
-    returns how many were killed per cookie. A task that exits normally gets no sweep of its own (a /proc
-    scan per task would cost more than short tasks do), so processes it detached from its session live
-    until the pilot's next sweep of leftovers."""
-    ours = f"{COOKIE_PREFIX}-"
-    killed = _kill_carriers(lambda carried: carried.startswith(ours) and carried not in running, proc)
-    return Counter(killed.values())
-
-
-_COOKIE_ENTRY = f"\0{COOKIE_VARIABLE}=".encode()
-
-
-def _cookie_in(environ: bytes) -> Optional[str]:
-    """The task cookie a process's environment (NUL-separated entries) carries, if any."""
-    environ = b"\0" + environ  # every entry, the first too, follows a NUL
-    start = environ.find(_COOKIE_ENTRY)
-    if start < 0:
-        return None
-    return environ[start + len(_COOKIE_ENTRY) :].split(b"\0", 1)[0].decode("ascii", "replace")
-
-
-def _kill_carriers(wanted: Callable[[str], bool], proc: Path) -> dict[int, str]:
-    """KILL every process of ours (not the pilot) whose environment carries a cookie ``wanted`` accepts;
-    returns the cookie of each pid killed. A second pass catches what forked while
-    we scanned; a process killed in the first may still be listed there, dying, and is not counted twice."""
-    me = os.getpid()
-    killed: dict[int, str] = {}
-    for _ in range(2):
-        found = 0
-        for entry in _proc_entries(proc):
-            pid = int(entry.name)
-            if pid == me or pid in killed:
-                continue
-            try:
-                environ = (entry / "environ").read_bytes()
-            except OSError:
-                continue  # gone, or another user's
-            cookie = _cookie_in(environ)
-            if cookie is not None and wanted(cookie):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    continue
-                killed[pid] = cookie
-                found += 1
-        if not found:
-            break
-    return killed
-
-
-def _proc_entries(proc: Path) -> list[Path]:
-    try:
-        return [entry for entry in proc.iterdir() if entry.name.isdigit()]
-    except OSError:
-        return []
 
 
 def task_folder(pilot_folder: Path, token_id: str, attempt: int) -> str:

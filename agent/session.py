@@ -1,4 +1,5 @@
-"""A pilot's whole life around its loop: learn the walltime, ready the cache, then claim, run, report."""
+"""A pilot's whole life around its loop: learn the walltime, ready the cache, then claim, run, report; its
+guard (started with the first task) outlives it only if it dies without stopping its tasks."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from collections.abc import Mapping
 
 from agent.config import CacheConfig, Config
+from agent.guard import Guard
 from agent.health import check_node
 from agent.identity import Identity
 from agent.pilot import Ending, Pilot
@@ -20,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def run_pilot(config: Config, pool: Pool, identity: Identity, environ: Mapping[str, str]) -> Ending:
     signals = Signals()
-    with signals.drain_requests():
+    with Guard(identity.pilot_id) as guard, signals.drain_requests():
         # A node that cannot run tasks must not take tokens: check it before anything is claimed.
         for line in check_node(config, environ):
             log.info("node check: %s", line)
@@ -29,7 +31,14 @@ def run_pilot(config: Config, pool: Pool, identity: Identity, environ: Mapping[s
         # The entries stay held (shared flock) until the pilot ends, so no eviction takes them from tasks.
         with _ready_cache(config.cache) as cache_paths:
             pilot = Pilot(
-                config, pool, identity, walltime, environ=environ, cache_paths=cache_paths, signals=signals
+                config,
+                pool,
+                identity,
+                walltime,
+                environ=environ,
+                cache_paths=cache_paths,
+                signals=signals,
+                guard=guard,
             )
             return pilot.run()
 

@@ -19,7 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Optional, Protocol
 
 # What Popen's restore_signals puts back to the default in the child: CPython ignores both.
@@ -64,25 +64,42 @@ class Spawned:
             self.returncode = os.waitstatus_to_exitcode(status)
 
 
-def spawn(argv: Sequence[str], env: Mapping[str, str], folder: str, stdio: tuple[int, int, int]) -> Process:
-    """Start ``argv`` in ``folder``; raises OSError when it cannot (its filename says what is missing)."""
+def spawn(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    folder: str,
+    stdio: tuple[int, int, int],
+    blocked: Collection[signal.Signals] = (),
+) -> Process:
+    """Start ``argv`` in ``folder``, with the ``blocked`` signals blocked (none for a task); raises OSError
+    when it cannot (its filename says what is missing)."""
     # The dup2 actions run in order: a source among 0, 1 and 2 could be overwritten before it is copied.
     if _posix_spawn_usable() and min(stdio) > 2:
-        return _posix_spawn(argv, env, folder, stdio)
-    return subprocess.Popen(
-        list(argv),
-        cwd=folder,
-        env=env,
-        stdin=stdio[0],
-        stdout=stdio[1],
-        stderr=stdio[2],
-        start_new_session=True,
-        close_fds=True,
-    )
+        return _posix_spawn(argv, env, folder, stdio, blocked)
+    # Popen's child keeps the signal mask of the thread that starts it.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if blocked else None
+    try:
+        return subprocess.Popen(
+            list(argv),
+            cwd=folder,
+            env=env,
+            stdin=stdio[0],
+            stdout=stdio[1],
+            stderr=stdio[2],
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _posix_spawn(
-    argv: Sequence[str], env: Mapping[str, str], folder: str, stdio: tuple[int, int, int]
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    folder: str,
+    stdio: tuple[int, int, int],
+    blocked: Collection[signal.Signals] = (),
 ) -> Spawned:
     program = executable(argv[0], env)
     actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio)]
@@ -97,7 +114,7 @@ def _posix_spawn(
             env,
             file_actions=actions,
             setsid=True,
-            setsigmask=(),
+            setsigmask=blocked,
             setsigdef=_RESET_SIGNALS,
         )
     finally:

@@ -137,3 +137,22 @@ def test_spawned_reports_exit_codes_and_signals_as_popen_does(tmp_path: Path) ->
     finally:
         os.close(null)
     assert codes == [3, -signal.SIGKILL]
+
+
+def test_blocked_signals_stay_blocked_in_the_child_and_the_pilots_mask_is_untouched(
+    way: str, tmp_path: Path
+) -> None:
+    out = os.open(tmp_path / "stdout", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    try:
+        argv = ["grep", "SigBlk", "/proc/self/status"]  # grep leaves its mask alone; dash clears it
+        blocked = (signal.SIGTERM, signal.SIGUSR1)
+        process = spawn.spawn(argv, {"PATH": "/usr/bin:/bin"}, str(tmp_path), (null, out, out), blocked)
+        assert process.wait() == 0
+    finally:
+        os.close(out)
+        os.close(null)
+    mask = int((tmp_path / "stdout").read_text().split()[1], 16)
+    assert mask == (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGUSR1 - 1))
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before

@@ -7,8 +7,8 @@ in error after task.max_attempts = 3), some are flaky (fail their first attempt 
 Eight "nodes" each run one pilot.pyz with two slots and their own workdir (node-local disk: journals).
 Node 0 is a black hole: its pilots' environment makes every task fail at once; after its pilot exits 7
 it gets a new one. At random times a random pilot is SIGKILLed and its node gets a new pilot: mostly the
-whole node dies (the pilot and its tasks' process groups), sometimes the pilot alone, leaving its running
-task behind as an orphan. Once a third of the tokens are finished the server is stopped for 30 seconds.
+whole node dies (the pilot and its tasks' process groups), sometimes the pilot alone, whose guard process
+then kills its tasks. Once a third of the tokens are finished the server is stopped for 30 seconds.
 
 Every run of a task appends to an execution log (tests/soak/task.py): token, attempt, pilot, start, and
 end and exit code when it ends by itself. At the end the tokens' histories are compared with that log:
@@ -17,9 +17,10 @@ end and exit code when it ends by itself. At the end the tokens' histories are c
   max_attempts charged failures, and every attempt on every token is closed;
 - no token is executed after it was reported done: no run starts after the done attempt's end (the time
   the pilot saw the task exit, before its report reached the server). A run that started before and
-  ended after is counted, not failed: an orphan of a pilot killed alone keeps running, unseen by anyone,
-  while the lease runs out and another pilot does the token again; the orphan's result is never reported,
-  as nobody is left to report it. Tokens are run at least once, not exactly once;
+  ended after is counted, not failed (a run whose lease ran out while it ran, say). Tokens are run at
+  least once, not exactly once;
+- tasks die with their pilot: no run of a pilot killed alone ends by itself more than GUARD_GRACE after
+  the kill (its guard kills them; without it they ran on, unseen, while another pilot ran the token);
 - no report is lost: every run that ended while its pilot lived is on the token's history with its
   outcome, or its attempt was closed as lease-expired and that is explained: the pilot was killed before
   its report got out (a success still in memory, in the seconds of HTTP retries before it goes to the
@@ -76,6 +77,7 @@ OUTAGE_AFTER = 1 / 3  # of the tokens finished when the server is stopped
 FINISH_TIMEOUT = 180.0  # seconds the pilots get to end once the pool is finished
 TICK = 0.2
 CHARGED = frozenset({"failed", "timeout", "not-started"})
+GUARD_GRACE = 0.25  # seconds a task of a pilot killed alone may still end by itself: the guard is at work
 EXIT_CODES = frozenset({0, 7, -signal.SIGKILL})  # done or drained, black hole, killed by us
 LOG_LINE = re.compile(r"^\S+ (\S+) token=(\S+) (\w+) (.*)$")
 
@@ -327,7 +329,7 @@ class Soak:
             pilot.process.wait(timeout=60)
 
     def wait_for_orphans(self) -> None:
-        """Orphans are short tasks: let them finish, so that the log holds their end."""
+        """The tasks of pilots killed alone: their guards killed them; one still alive is a problem."""
         orphans = [pid for pilot in self.pilots for pid in pilot.orphans]
         deadline = time.time() + 30
         while any(alive(pid) for pid in orphans) and time.time() < deadline:
@@ -438,6 +440,7 @@ class Analysis:
             ("bad tokens in error, working ones done (unless burnt by the black hole)", self.modes()),
             ("no token executed after it was reported done", self.nothing_after_done()),
             ("no report lost", self.no_report_lost()),
+            ("tasks die with their pilot", self.tasks_die_with_their_pilot()),
             ("no result without its run, no attempt run by two pilots", self.no_phantoms()),
             (f"the black hole burnt at most K = {k} tokens per pilot", self.black_hole_bounded()),
             ("pilots exit 0, 7 or killed, no tracebacks, the soak ran to its end", self.endings()),
@@ -515,6 +518,18 @@ class Analysis:
                     self.overlaps["killed with their node after the token was done elsewhere"] += 1
                 else:
                     self.overlaps["runs whose lease ran out while they ran"] += 1
+        return problems
+
+    def tasks_die_with_their_pilot(self) -> list[str]:
+        """No run of a pilot killed alone ends by itself more than GUARD_GRACE after the kill."""
+        problems = []
+        for run in self.runs.values():
+            pilot = self.by_id.get(run.pilot)
+            if pilot is None or pilot.killed != "pilot" or run.end is None or pilot.ended is None:
+                continue
+            if run.end > pilot.ended + GUARD_GRACE:
+                late = run.end - pilot.ended
+                problems.append(f"{run.token} run {run.attempt}: ended {late:.2f}s after its pilot's kill")
         return problems
 
     def no_report_lost(self) -> list[str]:

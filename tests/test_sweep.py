@@ -10,10 +10,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from agent import runner
+from agent import sweep
 
-OURS = f"{runner.COOKIE_VARIABLE}={runner.COOKIE_PREFIX}"
-OTHER_PILOTS = f"{runner.COOKIE_VARIABLE}=0123456789abcdef"
+PREFIX = "fedcba9876543210"  # this pilot's, as PREFIX would be
+OURS = f"{sweep.COOKIE_VARIABLE}={PREFIX}"
+OTHER_PILOTS = f"{sweep.COOKIE_VARIABLE}=0123456789abcdef"
 
 
 def sleeper(reaper: list) -> subprocess.Popen:
@@ -43,8 +44,8 @@ def test_leftovers_of_every_task_of_this_pilot_are_killed_and_counted_once(
             lookalike.pid: f"X{OURS}-0;",  # a variable named XPILOT_TASK_COOKIE: not the cookie
         },
     )
-    killed = runner.sweep_leftovers(proc=proc)  # both passes see them: still listed after the KILL
-    assert killed == {f"{runner.COOKIE_PREFIX}-0": 1, f"{runner.COOKIE_PREFIX}-17": 1}
+    killed = sweep.sweep_leftovers(PREFIX, proc=str(proc))  # both passes list them, KILLed or not
+    assert killed == {f"{PREFIX}-0": 1, f"{PREFIX}-17": 1}
     assert [first.wait(timeout=10), second.wait(timeout=10)] == [-9, -9]
     assert elsewhere.poll() is None and lookalike.poll() is None
 
@@ -55,8 +56,8 @@ def test_a_sweep_of_leftovers_spares_the_running_tasks(tmp_path: Path, reaper: l
         tmp_path,
         {ended.pid: f"{OURS}-1;", ended_too.pid: f"{OURS}-1;", running.pid: f"A=1;{OURS}-2;B=2;"},
     )
-    killed = runner.sweep_leftovers({f"{runner.COOKIE_PREFIX}-2"}, proc)
-    assert killed == {f"{runner.COOKIE_PREFIX}-1": 2}
+    killed = sweep.sweep_leftovers(PREFIX, {f"{PREFIX}-2"}, str(proc))
+    assert killed == {f"{PREFIX}-1": 2}
     assert [ended.wait(timeout=10), ended_too.wait(timeout=10)] == [-9, -9]
     assert running.poll() is None
 
@@ -71,6 +72,24 @@ def test_a_task_sweep_kills_that_task_only(tmp_path: Path, reaper: list) -> None
             lookalike.pid: f"X{OURS}-1;",  # a variable named XPILOT_TASK_COOKIE: not the cookie
         },
     )
-    assert runner.sweep(f"{runner.COOKIE_PREFIX}-1", proc) == 1
+    assert sweep.sweep(f"{PREFIX}-1", str(proc)) == 1
     assert task.wait(timeout=10) == -9
     assert next_task.poll() is None and lookalike.poll() is None
+
+
+def test_the_guards_sweep_kills_every_process_of_the_pilots_tasks_and_counts_them_by_token(
+    tmp_path: Path, reaper: list
+) -> None:
+    running, leftover, of_other_task, elsewhere = (sleeper(reaper) for _ in range(4))
+    proc = fake_proc(
+        tmp_path,
+        {
+            running.pid: f"PILOT_TOKEN_ID=range-1;{OURS}-1;",
+            leftover.pid: f"{OURS}-1;PILOT_TOKEN_ID=range-1;",
+            of_other_task.pid: f"{OURS}-2;PILOT_TOKEN_ID=x y;",
+            elsewhere.pid: f"PILOT_TOKEN_ID=range-1;{OTHER_PILOTS}-1;",
+        },
+    )
+    assert sweep.sweep_orphans(PREFIX, str(proc)) == {"range-1": 2, "x y": 1}
+    assert [p.wait(timeout=10) for p in (running, leftover, of_other_task)] == [-9, -9, -9]
+    assert elsewhere.poll() is None
