@@ -4,11 +4,16 @@ Prints tasks per second for pilot.pyz and for the baseline (2 threads running su
 ratio (target >= 0.5), the pilot's peak RSS (target < 40 MB), and warm start-up against `python3 -c pass`.
 The pilot's time includes its start-up; it runs under the interpreter that runs the baseline.
 
-Shared machines are noisy: each round runs the baseline and the pilot (workdir on disk, and on tmpfs)
-once each, in an order that turns with the round; figures are medians over the rounds, and each ratio is the
-median of the rounds' ratios (every ratio from one round's baseline).
+It also runs floor_loop.py, the least a claim-run-report loop in Python does per task (one SQLite
+transaction, a folder with output files, posix_spawn; none of the pilot's other duties), started the same
+way, with its workdir on tmpfs (its best case): its ratio is as close to the baseline as any agent written
+like this can come on the machine.
 
-    .venv/bin/python tests/benchmarks/bench_local.py [--rounds 6]
+Shared machines are noisy: each round runs the baseline, the pilot (workdir on disk, and on tmpfs) and the
+floor once each, in an order that turns with the round; figures are medians over the rounds, and each ratio
+is the median of the rounds' ratios (every ratio from one round's baseline).
+
+    .venv/bin/python tests/benchmarks/bench_local.py [--rounds 8]
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ensure_pyz, median_time, report, rounds_option, rounds_text, run_measured, turned
 from conftest import to_toml
+from floor_loop import make_pool
+
+FLOOR = Path(__file__).resolve().parent / "floor_loop.py"
 
 TOKENS = 2000
 SLOTS = 2
@@ -69,9 +77,21 @@ def pilot_run(pyz: Path, folder: Path, workdir: Path, env: dict[str, str]) -> tu
     return seconds, rss
 
 
+def floor_run(folder: Path, workdir: Path, env: dict[str, str]) -> float:
+    """Seconds for floor_loop.py to run the same tokens, its interpreter's start-up included."""
+    pool = folder / "floor.db"
+    for path in (pool, pool.with_name("floor.db-wal"), pool.with_name("floor.db-shm")):
+        path.unlink(missing_ok=True)
+    make_pool(str(pool), TOKENS)
+    argv = [sys.executable, str(FLOOR), str(pool), str(workdir / "floor"), str(SLOTS), "/bin/true"]
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, check=True)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    rounds_option(parser, default=6)
+    rounds_option(parser, default=8)
     rounds = parser.parse_args().rounds
     pyz = ensure_pyz()
     timed: list[dict[str, float]] = []  # per round: seconds of each side
@@ -84,9 +104,11 @@ def main() -> None:
         workdirs = {"disk": folder / "work", "tmpfs": Path(shm)}
         for number in range(rounds):
             seconds: dict[str, float] = {}
-            for side in turned(["baseline", "disk", "tmpfs"], number):
+            for side in turned(["baseline", "disk", "tmpfs", "floor"], number):
                 if side == "baseline":
                     seconds[side] = baseline(TOKENS, SLOTS)
+                elif side == "floor":
+                    seconds[side] = floor_run(folder, workdirs["tmpfs"], env)
                 else:
                     seconds[side], rss = pilot_run(pyz, folder, workdirs[side], env)
                     peak = max(peak, rss)
@@ -100,11 +122,15 @@ def main() -> None:
     def pilot_line(side: str) -> tuple[str, str]:
         ratios = [seconds["baseline"] / seconds[side] for seconds in timed]
         target = " (target >= 0.5)" if side == "disk" else ""
+        of_floor = median(lambda s: s["floor"] / s[side])
         return (
             "pilot.pyz",
             f"{median(lambda s: TOKENS / s[side]):7.0f} tasks/s, ratio {statistics.median(ratios):.2f}"
-            f"{target}; workdir on {side}, including start-up (rounds {rounds_text(ratios)})",
+            f"{target}; workdir on {side}, including start-up (rounds {rounds_text(ratios)}); "
+            f"{of_floor:.2f} of the floor's rate",
         )
+
+    floor_ratios = [seconds["baseline"] / seconds["floor"] for seconds in timed]
 
     def overhead(side: str) -> float:
         return median(lambda s: (s[side] - s["baseline"]) / TOKENS * 1000)
@@ -119,6 +145,12 @@ def main() -> None:
             ),
             pilot_line("disk"),
             pilot_line("tmpfs"),
+            (
+                "floor loop",
+                f"{median(lambda s: TOKENS / s['floor']):7.0f} tasks/s, ratio "
+                f"{statistics.median(floor_ratios):.2f}; floor_loop.py, workdir on tmpfs, including start-up "
+                f"(rounds {rounds_text(floor_ratios)})",
+            ),
             (
                 "overhead",
                 f"{overhead('disk'):7.2f} ms per task over the baseline (disk), "
