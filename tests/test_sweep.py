@@ -12,7 +12,7 @@ from pathlib import Path
 
 from agent import sweep
 
-PREFIX = "fedcba9876543210"  # this pilot's, as PREFIX would be
+PREFIX = "fedcba9876543210"  # a pilot's cookie prefix, like runner.COOKIE_PREFIX
 OURS = f"{sweep.COOKIE_VARIABLE}={PREFIX}"
 OTHER_PILOTS = f"{sweep.COOKIE_VARIABLE}=0123456789abcdef"
 
