@@ -33,7 +33,7 @@ def sweep_leftovers(cookie_prefix: str, running: Collection[str] = (), proc: str
     from its session live until the pilot's next sweep of leftovers."""
     ours = f"{cookie_prefix}-"
     killed = _kill_carriers(lambda carried: carried.startswith(ours) and carried not in running, proc)
-    return Counter(_entry(environ, _COOKIE_ENTRY) or "?" for environ in killed.values())
+    return Counter(cookie for cookie, _ in killed.values())
 
 
 def sweep_orphans(cookie_prefix: str, proc: str = PROC) -> Counter[str]:
@@ -41,7 +41,7 @@ def sweep_orphans(cookie_prefix: str, proc: str = PROC) -> Counter[str]:
     pilot is gone (its guard calls this); returns how many were killed per token id."""
     ours = f"{cookie_prefix}-"
     killed = _kill_carriers(lambda carried: carried.startswith(ours), proc)
-    return Counter(_entry(environ, _TOKEN_ID_ENTRY) or "?" for environ in killed.values())
+    return Counter(_entry(environ, _TOKEN_ID_ENTRY) or "?" for _, environ in killed.values())
 
 
 def _entry(environ: bytes, entry: bytes) -> str | None:
@@ -53,12 +53,12 @@ def _entry(environ: bytes, entry: bytes) -> str | None:
     return environ[start + len(entry) :].split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-def _kill_carriers(wanted: Callable[[str], bool], proc: str) -> dict[int, bytes]:
+def _kill_carriers(wanted: Callable[[str], bool], proc: str) -> dict[int, tuple[str, bytes]]:
     """KILL every process of ours (not this one) whose environment carries a cookie ``wanted`` accepts;
-    returns the environment of each pid killed. A second pass catches what forked while we scanned; a
-    process killed in the first may still be listed there, dying, and is not counted twice."""
+    returns the cookie and the environment of each pid killed. A second pass catches what forked while we
+    scanned; a process killed in the first may still be listed there, dying, and is not counted twice."""
     me = os.getpid()
-    killed: dict[int, bytes] = {}
+    killed: dict[int, tuple[str, bytes]] = {}
     for _ in range(2):
         found = 0
         for pid in _pids(proc):
@@ -72,7 +72,7 @@ def _kill_carriers(wanted: Callable[[str], bool], proc: str) -> dict[int, bytes]
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 continue
-            killed[pid] = environ
+            killed[pid] = (cookie, environ)
             found += 1
         if not found:
             break
