@@ -43,6 +43,7 @@ format: $(VENV)/.installed  ## reformat the code with ruff
 	$(VENV)/bin/ruff format agent build tests
 
 bench: pilot.pyz test-deps  ## run the benchmarks and print figures against same-run baselines
+	sh tests/benchmarks/install-references.sh
 	$(PY) tests/benchmarks/run.py
 
 soak: pilot.pyz test-deps  ## chaos soak: 8 pilots, 2000 tokens, kills and a server outage (minutes)

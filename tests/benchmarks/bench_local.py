@@ -9,11 +9,14 @@ transaction, a folder with output files, posix_spawn; none of the pilot's other 
 way, with its workdir on tmpfs (its best case): its ratio is as close to the baseline as any agent written
 like this can come on the machine.
 
+Then, unless --no-references, the two tools issue 2 quotes beside its target (GNU parallel and
+QCG-PilotJob, see references.py) run the same tasks in rounds of their own, each with a baseline.
+
 Shared machines are noisy: each round runs the baseline, the pilot (workdir on disk, and on tmpfs) and the
 floor once each, in an order that turns with the round; figures are medians over the rounds, and each ratio
 is the median of the rounds' ratios (every ratio from one round's baseline).
 
-    .venv/bin/python tests/benchmarks/bench_local.py [--rounds 8]
+    .venv/bin/python tests/benchmarks/bench_local.py [--rounds 8] [--no-references]
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ensure_pyz, median_time, report, rounds_option, rounds_text, run_measured, turned
 from conftest import to_toml
 from floor_loop import make_pool
+from references import REFERENCES
 
 FLOOR = Path(__file__).resolve().parent / "floor_loop.py"
 
 TOKENS = 2000
 SLOTS = 2
+REFERENCE_ROUNDS = 3  # GNU parallel takes seconds per run here: fewer rounds than the pilot's
 
 
 def baseline(count: int, threads: int) -> float:
@@ -92,7 +97,11 @@ def floor_run(folder: Path, workdir: Path, env: dict[str, str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     rounds_option(parser, default=8)
-    rounds = parser.parse_args().rounds
+    parser.add_argument(
+        "--no-references", action="store_true", help="skip GNU parallel and QCG-PilotJob (references.py)"
+    )
+    args = parser.parse_args()
+    rounds = args.rounds
     pyz = ensure_pyz()
     timed: list[dict[str, float]] = []  # per round: seconds of each side
     peak = 0
@@ -163,6 +172,40 @@ def main() -> None:
                 f"for python -c pass ({pyz_start / python_start:.1f}x)",
             ),
         ],
+    )
+    if not args.no_references:
+        report_references(median(lambda s: TOKENS / s["disk"]))
+
+
+def report_references(pilot_rate: float) -> None:
+    """The tools the issue quotes, in rounds of their own with a baseline each: their rate here, their
+    ratio, how the pilot's rate compares, and this machine against the issue author's."""
+    ready = {reference.name: reference for reference in REFERENCES if reference.installed()}
+    timed: list[dict[str, float]] = []
+    for number in range(REFERENCE_ROUNDS if ready else 0):
+        seconds = {}
+        for side in turned(["baseline", *ready], number):
+            seconds[side] = baseline(TOKENS, SLOTS) if side == "baseline" else ready[side].run(TOKENS, SLOTS)
+        timed.append(seconds)
+    rows = []
+    for reference in REFERENCES:
+        name, quoted = reference.name, reference.quoted
+        if name not in ready:
+            rows.append((name, "not measured: not installed (tests/benchmarks/install-references.sh)"))
+            continue
+        rate = statistics.median(TOKENS / seconds[name] for seconds in timed)
+        ratios = [seconds["baseline"] / seconds[name] for seconds in timed]
+        rows.append(
+            (
+                name,
+                f"{rate:7.0f} tasks/s, ratio {statistics.median(ratios):.2f} (rounds {rounds_text(ratios)}), "
+                f"including start-up; the issue's machine: {quoted:.0f} ({quoted / rate:.1f}x this); "
+                f"pilot.pyz (disk): {pilot_rate / rate:.1f}x this",
+            )
+        )
+    report(
+        f"references the issue quotes, same {TOKENS} x /bin/true, 2 at a time, median of {len(timed)} rounds",
+        rows,
     )
 
 
