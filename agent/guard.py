@@ -11,6 +11,7 @@ terminal sends blocked. It blocks reading a pipe whose only write end the pilot 
 that end however the pilot ends, so the guard wakes at once. A pilot that ends by itself has stopped its
 tasks already and writes one byte first: the guard then exits without a look at /proc. Otherwise it kills
 every process that carries this pilot's task cookie prefix, running tasks and what they left, and exits.
+A guard that dies first (someone killed it) is replaced, RESTARTS times at most.
 A fresh interpreter rather than a fork: a forked copy of the pilot would make the pilot copy every page
 it writes afterwards, and hold the pilot's descriptors (the pool, sockets) until it closed them.
 """
@@ -33,20 +34,22 @@ log = logging.getLogger(__name__)
 
 DEAF = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)  # blocked in it
 REAP_WAIT = 5.0  # seconds the pilot waits for its guard to exit at the end
+RESTARTS = 3  # guards started after the first died; something that keeps killing them wins after that
 # The guard's program: -I ignores PYTHON* variables and the user's site, -S the site module (start-up).
 _CODE = "import sys; sys.path[:0] = sys.argv[1:2]; from agent.guard_main import watch; watch(*sys.argv[2:])"
 
 
 class Guard:
     """``with Guard(pilot_id) as guard:`` around the part of the pilot's life in which it may have tasks
-    running; ``guard.start()`` before each task starts (only the first call does anything). A pilot that
-    finds nothing to do never starts one."""
+    running; ``guard.start()`` before each task starts (only the first call does anything), and
+    ``guard.check()`` as the loop goes round. A pilot that finds nothing to do never starts one."""
 
     def __init__(self, pilot_id: str) -> None:
         root = str(Path(__file__).resolve().parent.parent)  # where the agent package is
         self.argv = [sys.executable, "-I", "-S", "-c", _CODE, root, runner.COOKIE_PREFIX, pilot_id]
         self.process: Optional[Process] = None
         self._tried = False
+        self._restarts = 0
         self._lifeline = -1  # the pipe's write end: the pilot's only one
 
     def __enter__(self) -> Guard:
@@ -60,6 +63,27 @@ class Guard:
             self._start()
         except OSError as err:
             log.warning("no guard process (%s): tasks of this pilot would outlive a kill -9 of it", err)
+
+    def check(self) -> None:
+        """Start another guard if this one died before the pilot (someone killed it): else the pilot's
+        tasks would outlive a kill -9 of the pilot after all. At most RESTARTS times."""
+        if self.process is None or self.process.poll() is None:
+            return
+        died = _how_it_ended(self.process)
+        os.close(self._lifeline)
+        self.process, self._lifeline = None, -1
+        if self._restarts >= RESTARTS:
+            log.warning(
+                "guard process %s, the %d guards before it too; no more are started: tasks of this pilot "
+                "would outlive a kill -9 of it",
+                died,
+                RESTARTS,
+            )
+            return
+        self._restarts += 1
+        log.warning("guard process %s, before the pilot: starting another", died)
+        self._tried = False
+        self.start()
 
     def __exit__(self, *exc: object) -> None:
         if self.process is None:
@@ -93,6 +117,13 @@ class Guard:
             os.close(read_end)
         self._lifeline = write_end
         log.debug("guard process %d kills the tasks if this pilot is killed", self.process.pid)
+
+
+def _how_it_ended(process: Process) -> str:
+    code = process.poll()
+    if code is not None and code < 0:
+        return f"{process.pid} was killed by {runner.signal_name(-code)}"
+    return f"{process.pid} exited with code {code}"
 
 
 def _reap(process: Process) -> None:

@@ -147,6 +147,8 @@ class Pilot:
                     self._heed_signals()  # before reaping: a task killed along with us is interrupted
                     for running, result in self._finished():
                         self._report(running, result)
+                    if self.guard is not None:
+                        self.guard.check()
                     self._heed_suspects()
                     self._keep_leases()
                     self._sweep_leftovers()

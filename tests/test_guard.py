@@ -1,4 +1,5 @@
-"""The guard process, end to end through pilot.pyz: a pilot killed alone takes its tasks with it."""
+"""The guard process: a pilot killed alone takes its tasks with it (end to end through pilot.pyz), and a
+guard killed before its pilot is replaced, a few times at most."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO, Site, alive, local_config, wait_for
+
+from agent.guard import RESTARTS, Guard
 
 TASKS = REPO / "tests" / "tasks"
 GUARD_STARTED = re.compile(r"DEBUG guard process (\d+) kills the tasks if this pilot is killed")
@@ -40,23 +44,33 @@ def guard_pid(log: Path) -> int:
     return int(found.group(1))
 
 
+def start_pilot(site: Site, reaper: list, tasks: int) -> tuple[subprocess.Popen[bytes], Path]:
+    """A pilot with ``tasks`` slots running as many STAYS tasks, logging to pilot.log."""
+    site.write(local_config(site.folder, ["sh", "-c", STAYS], pilot={"slots": tasks}))
+    assert site.run("tokens", "add", "--range", str(tasks)).returncode == 0
+    pilot = site.start("run", "--verbose", log_name="pilot.log")
+    reaper.append(pilot)
+    return pilot, site.folder / "pilot.log"
+
+
+def kill_alone(pilot: subprocess.Popen[bytes], tasks: list[int], guard: int) -> None:
+    """SIGKILL the pilot alone (its tasks lead sessions of their own); its guard must kill them and exit."""
+    os.kill(pilot.pid, signal.SIGKILL)
+    assert pilot.wait(timeout=10) == -signal.SIGKILL
+    wait_for(lambda: not any(alive(pid) for pid in tasks), 10, what="the tasks to die with their pilot")
+    wait_for(lambda: not alive(guard), 10, what="the guard to exit")
+
+
 def test_a_pilot_killed_alone_takes_its_tasks_with_it_even_detached_ones(site: Site, reaper: list) -> None:
-    site.write(local_config(site.folder, ["sh", "-c", STAYS], pilot={"slots": 2}))
-    assert site.run("tokens", "add", "--range", "2").returncode == 0
     # A process carrying another pilot's cookie is not this guard's to kill.
     env = {**os.environ, "PILOT_TASK_COOKIE": "0123456789abcdef-0"}
     other = subprocess.Popen(["sleep", "302"], env=env, start_new_session=True)  # the reaper kills its group
     reaper.append(other)
-    pilot = site.start("run", "--verbose", log_name="pilot.log")
-    reaper.append(pilot)
-    log = site.folder / "pilot.log"
+    pilot, log = start_pilot(site, reaper, 2)
     guard = guard_pid(log)
     tasks = started_task_pids(site, 2)
     try:
-        os.kill(pilot.pid, signal.SIGKILL)  # the pilot alone: its tasks lead sessions of their own
-        assert pilot.wait(timeout=10) == -signal.SIGKILL
-        wait_for(lambda: not any(alive(pid) for pid in tasks), 10, what="the tasks to die with their pilot")
-        wait_for(lambda: not alive(guard), 10, what="the guard to exit")
+        kill_alone(pilot, tasks, guard)
         assert re.search(
             r"WARNING the pilot died without stopping its tasks: killed 6 process\(es\) of them: "
             r"range-[01] \(3\), range-[01] \(3\)",
@@ -67,6 +81,41 @@ def test_a_pilot_killed_alone_takes_its_tasks_with_it_even_detached_ones(site: S
         for pid in tasks:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_guard_killed_first_is_replaced_and_the_new_one_does_its_job(site: Site, reaper: list) -> None:
+    pilot, log = start_pilot(site, reaper, 1)
+    first = guard_pid(log)
+    tasks = started_task_pids(site, 1)
+    try:
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: len(GUARD_STARTED.findall(log.read_text())) == 2, 10, what="a second guard")
+        warning = f"WARNING guard process {first} was killed by SIGKILL, before the pilot: starting another"
+        assert warning in log.read_text()
+        second = int(GUARD_STARTED.findall(log.read_text())[1])
+        assert second != first and alive(second)
+        kill_alone(pilot, tasks, second)
+        assert "killed 3 process(es) of them: range-0 (3)" in log.read_text(), log.read_text()
+    finally:  # after a failure, stop what the tasks left
+        for pid in tasks:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_guards_that_keep_dying_are_replaced_only_so_often(caplog: pytest.LogCaptureFixture) -> None:
+    killed = []
+    with caplog.at_level("WARNING", logger="agent.guard"), Guard("pilot-under-test") as guard:
+        guard.start()
+        while guard.process is not None:
+            killed.append(guard.process.pid)
+            os.kill(guard.process.pid, signal.SIGKILL)
+            guard.process.wait()
+            guard.check()
+        guard.check()  # nothing left to watch: a no-op
+    assert len(killed) == RESTARTS + 1 and len(set(killed)) == len(killed)
+    assert f"guard process {killed[-1]} was killed by SIGKILL, the {RESTARTS} guards before it too" in (
+        caplog.text
+    )
 
 
 def test_a_task_of_a_pilot_killed_alone_never_finishes_and_its_token_runs_once_more(
