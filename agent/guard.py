@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DEAF = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)  # blocked in it
 REAP_WAIT = 5.0  # seconds the pilot waits for its guard to exit at the end
 RESTARTS = 3  # guards started after the first died; something that keeps killing them wins after that
+UNGUARDED = "tasks of this pilot would outlive a kill -9 of it"
 # The guard's program: -I ignores PYTHON* variables and the user's site, -S the site module (start-up).
 _CODE = "import sys; sys.path[:0] = sys.argv[1:2]; from agent.guard_main import watch; watch(*sys.argv[2:])"
 
@@ -62,7 +63,7 @@ class Guard:
         try:
             self._start()
         except OSError as err:
-            log.warning("no guard process (%s): tasks of this pilot would outlive a kill -9 of it", err)
+            log.warning("no guard process (%s): %s", err, UNGUARDED)
 
     def check(self) -> None:
         """Start another guard if this one died before the pilot (someone killed it): else the pilot's
@@ -74,10 +75,10 @@ class Guard:
         self.process, self._lifeline = None, -1
         if self._restarts >= RESTARTS:
             log.warning(
-                "guard process %s, the %d guards before it too; no more are started: tasks of this pilot "
-                "would outlive a kill -9 of it",
+                "guard process %s, the %d guards before it too; no more are started: %s",
                 died,
                 RESTARTS,
+                UNGUARDED,
             )
             return
         self._restarts += 1
