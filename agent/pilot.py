@@ -357,9 +357,9 @@ class Pilot:
     # -- black holes -------------------------------------------------------------------------------
 
     def _trip(self) -> None:
-        limit, window = self.breaker.limit, format_duration(self.breaker.window)
+        needed, window = self.breaker.needed, format_duration(self.breaker.window)
         self.black_hole = (
-            f"black hole: {limit} different tokens failed in a row within {window} on this node; "
+            f"black hole: {needed} different tokens failed in a row within {window} on this node; "
             "their tokens were given back uncharged"
         )
         log.error("%s; no more claims", self.black_hole)

@@ -38,3 +38,20 @@ def test_failures_older_than_the_window_do_not_count() -> None:
 def test_a_limit_of_zero_never_trips() -> None:
     breaker = Breaker(limit=0, window=60)
     assert not any(breaker.failure(str(i), i) for i in range(100))
+
+
+def test_after_a_success_a_streak_must_be_twice_as_long() -> None:
+    breaker = Breaker(limit=3, window=600)
+    breaker.failure("a", 0)
+    breaker.success()
+    assert breaker.needed == 6
+    assert not any(breaker.failure(token, when) for when, token in enumerate("bcdef", start=1))
+    assert breaker.failure("g", 6)
+
+
+def test_before_any_success_the_limit_is_as_configured() -> None:
+    breaker = Breaker(limit=3, window=600)
+    assert breaker.needed == 3
+    breaker.failure("a", 0)
+    breaker.expire(700)  # a failure that aged out proves nothing about the node
+    assert breaker.needed == 3

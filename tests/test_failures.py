@@ -93,6 +93,27 @@ def test_a_working_node_with_bad_tokens_does_not_trip(site: Site) -> None:
     )
 
 
+def test_a_node_that_breaks_after_working_trips_after_twice_k_failures(site: Site) -> None:
+    # Tokens 0 to 3 succeed, then every task fails, as on a node whose scratch disk filled up.
+    site.write(
+        local_config(
+            site.folder,
+            ["sh", "-c", 'test "$PILOT_TOKEN_INPUT" -lt 4'],
+            pilot={"black_hole_failures": 3, "slots": 1},
+        )
+    )
+    assert site.run("tokens", "add", "--range", "20").returncode == 0
+    result = site.run()
+    assert result.returncode == ExitCode.BLACK_HOLE, result.stderr
+    assert "black hole: 6 different tokens failed in a row" in result.stderr
+    rows = {row["id"]: row for row in pool_rows(site.folder / "pool.db")}
+    assert [rows[f"range-{n}"]["state"] for n in range(4)] == ["done"] * 4
+    given_back = [rows[f"range-{n}"] for n in range(4, 10)]
+    assert all(row["state"] == "todo" and row["failures"] == 0 for row in given_back)
+    assert all(row["attempts"][-1]["outcome"] == "node-unhealthy" for row in given_back)
+    assert not any(rows[f"range-{n}"]["attempts"] for n in range(10, 20))
+
+
 def test_failures_at_the_end_of_the_pool_are_still_reported(site: Site) -> None:
     site.write(local_config(site.folder, ["false"], pilot={"black_hole_failures": 3, "slots": 1}))
     assert site.run("tokens", "add", "--range", "2").returncode == 0
