@@ -58,15 +58,20 @@ def baseline(count: int, threads: int) -> float:
     return time.perf_counter() - start
 
 
-def pilot_run(pyz: Path, folder: Path, workdir: Path, env: dict[str, str]) -> tuple[float, int]:
-    config = folder / "site.toml"
-    (folder / "pool.db").unlink(missing_ok=True)
+def write_site(config: Path, pool: Path, workdir: Path) -> Path:
+    """The bench's site.toml: a local pool, /bin/true, SLOTS slots."""
     sections = {
-        "server": {"backend": "local", "path": str(folder / "pool.db")},
+        "server": {"backend": "local", "path": str(pool)},
         "task": {"command": ["/bin/true"]},
         "pilot": {"slots": SLOTS, "workdir": str(workdir)},
     }
     config.write_text(to_toml(sections))
+    return config
+
+
+def pilot_run(pyz: Path, folder: Path, workdir: Path, env: dict[str, str]) -> tuple[float, int]:
+    (folder / "pool.db").unlink(missing_ok=True)
+    config = write_site(folder / "site.toml", folder / "pool.db", workdir)
     subprocess.run(
         [str(pyz), "tokens", "add", "--range", str(TOKENS), "--config", str(config)],
         env=env,
@@ -80,6 +85,15 @@ def pilot_run(pyz: Path, folder: Path, workdir: Path, env: dict[str, str]) -> tu
     if code != 0:
         raise SystemExit(f"pilot exited {code}")
     return seconds, rss
+
+
+def empty_pool(pyz: Path, folder: Path, env: dict[str, str]) -> Path:
+    """A site.toml whose pool has no tokens: a pilot started on it does all but run tasks."""
+    config = write_site(folder / "empty.toml", folder / "empty.db", folder / "work")
+    subprocess.run(
+        [str(pyz), "init", "--config", str(config)], env=env, check=True, stdout=subprocess.DEVNULL
+    )
+    return config
 
 
 def floor_run(folder: Path, workdir: Path, env: dict[str, str]) -> float:
@@ -124,6 +138,8 @@ def main() -> None:
             timed.append(seconds)
         python_start = median_time([sys.executable, "-c", "pass"], 20)
         pyz_start = median_time([sys.executable, str(pyz), "--version"], 20, env=env)
+        idle = [sys.executable, str(pyz), "--config", str(empty_pool(pyz, folder, env))]
+        idle_run = median_time(idle, 20, env=env)
 
     def median(figure: Callable[[dict[str, float]], float]) -> float:
         return statistics.median(figure(seconds) for seconds in timed)
@@ -170,6 +186,11 @@ def main() -> None:
                 "warm start",
                 f"{pyz_start * 1000:7.1f} ms for pilot.pyz --version vs {python_start * 1000:.1f} ms "
                 f"for python -c pass ({pyz_start / python_start:.1f}x)",
+            ),
+            (
+                "idle run",
+                f"{idle_run * 1000:7.1f} ms for a whole pilot on an empty pool: start-up, configuration, "
+                "node checks, one claim, the end",
             ),
         ],
     )
