@@ -57,13 +57,9 @@ class Guard:
         return self
 
     def start(self) -> None:
-        if self._tried:
-            return
-        self._tried = True
-        try:
-            self._start()
-        except OSError as err:
-            log.warning("no guard process (%s): %s", err, UNGUARDED)
+        if not self._tried:
+            self._tried = True
+            self._launch()
 
     def check(self) -> None:
         """Start another guard if this one died before the pilot (someone killed it): else the pilot's
@@ -83,8 +79,7 @@ class Guard:
             return
         self._restarts += 1
         log.warning("guard process %s, before the pilot: starting another", died)
-        self._tried = False
-        self.start()
+        self._launch()
 
     def __exit__(self, *exc: object) -> None:
         if self.process is None:
@@ -96,6 +91,12 @@ class Guard:
         finally:
             os.close(self._lifeline)
         _reap(self.process)
+
+    def _launch(self) -> None:
+        try:
+            self._start()
+        except OSError as err:
+            log.warning("no guard process (%s): %s", err, UNGUARDED)
 
     def _start(self) -> None:
         if not sys.executable:
