@@ -125,7 +125,7 @@ def cli(
     Without a command it runs a pilot, the same as `run`:
         ./pilot.pyz --config site.toml
     \b
-    Typical session:
+    Examples, a typical session:
         ./pilot.pyz init --config site.toml
         ./pilot.pyz tokens add --config site.toml --lines inputs.txt
         sbatch --array=1-10 site-configs/slurm.sbatch
@@ -181,7 +181,13 @@ def init(ctx: Context) -> None:
 
 @cli.group()
 def tokens() -> None:
-    """Add and inspect tokens."""
+    """Add and inspect tokens.
+
+    \b
+    Examples:
+        ./pilot.pyz tokens add --config site.toml --lines inputs.txt
+        ./pilot.pyz tokens show --config site.toml inputs-1
+    """
 
 
 @tokens.command("add")
@@ -375,7 +381,13 @@ def check(ctx: Context) -> None:
 
 @cli.group("cache")
 def cache_group() -> None:
-    """Fill, list and clean this node's cache of the [cache.files] entries."""
+    """Fill, list and clean this node's cache of the [cache.files] entries.
+
+    \b
+    Examples:
+        ./pilot.pyz cache fetch --config site.toml
+        ./pilot.pyz cache list --config site.toml
+    """
 
 
 @cache_group.command("fetch")
