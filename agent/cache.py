@@ -463,7 +463,7 @@ class Cache:
         raise CacheError(
             entry.name,
             f"checksum mismatch {CHECKSUM_ATTEMPTS} times from {self._where(entry)}: expected sha256 "
-            f"{expected}, got {digest}",
+            f"{expected}, got {digest}; if the source is right, fix cache.files.{entry.name}.sha256",
         )
 
     def _download(self, entry: Entry) -> tuple[str, int]:

@@ -222,22 +222,37 @@ def tokens_add(
         ./pilot.pyz tokens add --config site.toml --jsonl params.jsonl
         ./pilot.pyz tokens add --config site.toml --range 1000
     """
+    from agent.errors import IDS_FROM_FILE, IDS_FROM_RANGE, DuplicateToken
     from agent.pools import NewToken
 
     chosen = [option for option in (lines_file, jsonl_file, count) if option is not None]
     if len(chosen) != 1:
         raise UsageError("give exactly one of --lines FILE, --jsonl FILE or --range N")
     if count is not None:
-        new = [NewToken(f"{prefix or 'range'}-{i}", {"input": i}) for i in range(count)]
+        prefix, hint = prefix or "range", IDS_FROM_RANGE
+        new = [NewToken(f"{prefix}-{i}", {"input": i}) for i in range(count)]
     elif lines_file is not None:
-        new = list(_from_lines(lines_file, prefix or _stem(lines_file)))
+        prefix, hint = prefix or _stem(lines_file), IDS_FROM_FILE
+        new = list(_from_lines(lines_file, prefix))
     else:
         assert jsonl_file is not None
-        new = list(_from_jsonl(jsonl_file, prefix or _stem(jsonl_file)))
+        prefix, hint = prefix or _stem(jsonl_file), IDS_FROM_FILE
+        new = list(_from_jsonl(jsonl_file, prefix))
     config = ctx.config()
     with ctx.pool(config, create=True) as pool:
-        added = pool.add(new)
+        try:
+            added = pool.add(new)
+        except DuplicateToken as err:
+            raise err.explained(_id_origin(err.token_id, prefix, hint)) from None
     click.echo(f"added {added} tokens to {pool.where}")
+
+
+def _id_origin(token_id: str, prefix: str, hint: str) -> str:
+    """Where `tokens add` took a duplicate id from: its own numbering, or a JSON line's "id"."""
+    from agent.errors import ID_FROM_JSON
+
+    numbered = token_id.startswith(f"{prefix}-") and token_id[len(prefix) + 1 :].isdigit()
+    return hint.format(prefix=prefix) if numbered else ID_FROM_JSON
 
 
 def _stem(path: Path) -> str:

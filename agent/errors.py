@@ -105,3 +105,27 @@ class NodeUnhealthy(PilotError):
         self.check = check
         self.problem = problem
         super().__init__(f"node check {check!r} failed: {problem}")
+
+
+class DuplicateToken(TokenError):
+    """A token id the pool already has, so nothing was added; ``hint`` says where the id came from."""
+
+    def __init__(self, token_id: str, where: str = "", hint: str = "") -> None:
+        self.where = where
+        self.hint = hint
+        pool = f"the pool {where}" if where else "the pool"
+        super().__init__(token_id, f"already in {pool}; nothing was added" + (f". {hint}" if hint else ""))
+
+    def explained(self, hint: str) -> DuplicateToken:
+        return DuplicateToken(self.token_id, self.where, hint)
+
+
+# Where a duplicate id came from, as `tokens add` made it ({prefix} is the one it used).
+IDS_FROM_FILE = (
+    "Ids are {prefix}-<line number>, from the file's name and its line numbers: to add these lines as new "
+    "tokens, give them other ids with --prefix (e.g. --prefix {prefix}-2)"
+)
+IDS_FROM_RANGE = (
+    "Ids are {prefix}-<i>: to add more tokens, give them other ids with --prefix (e.g. --prefix {prefix}-2)"
+)
+ID_FROM_JSON = 'The id is the JSON line\'s own "id": give the line another one to add it as a new token'

@@ -17,6 +17,11 @@ from agent.errors import NodeUnhealthy
 from agent.spawn import executable
 from agent.units import format_size
 
+# What to do next, for the checks that fail.
+WRITABLE_WORKDIR = "set pilot.workdir to a writable node-local folder"
+INSTALL_PROGRAM = "install it, or give its full path in task.command"
+FREE_SPACE = "free some space there, or lower pilot.min_free_space"
+
 
 def check_node(config: Config, environ: Mapping[str, str]) -> list[str]:
     return [check_workdir(config.pilot.workdir, config.pilot.min_free_space), check_program(config, environ)]
@@ -33,12 +38,16 @@ def check_workdir(workdir: Path, min_free: int) -> str:
             os.fsync(file.fileno())
         probe.unlink()
     except OSError as err:
-        raise NodeUnhealthy("workdir", f"cannot write in {workdir}: {err.strerror or err}") from None
+        raise NodeUnhealthy(
+            "workdir", f"cannot write in {workdir}: {err.strerror or err}; {WRITABLE_WORKDIR}"
+        ) from None
     free = shutil.disk_usage(workdir).free
     if free < min_free:
         wanted = format_size(min_free)
         raise NodeUnhealthy(
-            "workdir", f"{workdir} has {format_size(free)} free, less than pilot.min_free_space ({wanted})"
+            "workdir",
+            f"{workdir} has {format_size(free)} free, less than pilot.min_free_space ({wanted}); "
+            + FREE_SPACE,
         )
     return f"workdir {workdir}: writable, {format_size(free)} free"
 
@@ -57,5 +66,7 @@ def check_program(config: Config, environ: Mapping[str, str]) -> str:
     except FileNotFoundError:
         found = None
     if found is None or not os.access(found, os.X_OK) or Path(found).is_dir():
-        raise NodeUnhealthy("program", f"{program!r} from task.command is not found or not executable here")
+        raise NodeUnhealthy(
+            "program", f"{program!r} from task.command is not found or not executable here; {INSTALL_PROGRAM}"
+        )
     return f"program {program}: {found}"

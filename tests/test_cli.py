@@ -11,7 +11,7 @@ import pytest
 from conftest import Site, local_config, to_toml
 
 from agent import __version__
-from agent.errors import ExitCode
+from agent.errors import ID_FROM_JSON, IDS_FROM_RANGE, ExitCode
 
 
 def digest(path: Path) -> str:
@@ -37,20 +37,6 @@ def pool_with_tokens(site: Site) -> Path:
 def test_version(site: Site) -> None:
     result = site.run("--version", config=False)
     assert result.returncode == 0 and result.stdout.strip() == f"pilot, version {__version__}"
-
-
-def test_every_command_has_help_with_examples(site: Site) -> None:
-    for command in (
-        ["run"],
-        ["tokens", "add"],
-        ["tokens", "show"],
-        ["status"],
-        ["reset"],
-        ["check"],
-        ["init"],
-    ):
-        result = site.run(*command, "--help", config=False)
-        assert result.returncode == 0 and "Example" in result.stdout, command
 
 
 BAD_CONFIGS = {
@@ -117,6 +103,28 @@ def test_bad_jsonl_line_names_file_and_line_and_adds_nothing(site: Site, pool_wi
 def test_adding_the_same_tokens_twice_is_refused(site: Site, pool_with_tokens: Path) -> None:
     line = one_line_error(site.run("tokens", "add", "--range", "5"), ExitCode.POOL)
     assert "token 'range-0': already in the pool; nothing was added" in line
+    assert IDS_FROM_RANGE.format(prefix="range") in line
+
+
+def test_next_weeks_file_of_the_same_name_says_ids_come_from_name_and_line(
+    site: Site, pool_with_tokens: Path
+) -> None:
+    (site.folder / "inputs.txt").write_text("week 1, a\nweek 1, b\n")
+    assert site.run("tokens", "add", "--lines", "inputs.txt").returncode == 0
+    (site.folder / "inputs.txt").write_text("week 2, a\nweek 2, b\n")
+    line = one_line_error(site.run("tokens", "add", "--lines", "inputs.txt"), ExitCode.POOL)
+    assert "token 'inputs-1': already in the pool; nothing was added. Ids are inputs-<line number>" in line
+    assert "--prefix inputs-2" in line
+    added = site.run("tokens", "add", "--lines", "inputs.txt", "--prefix", "inputs-2")  # as the line says
+    assert added.returncode == 0, added.stderr
+    assert site.token("inputs-2-1")["fields"] == {"input": "week 2, a"}
+    assert site.status()["total"] == 9
+
+
+def test_a_json_lines_own_duplicate_id_is_named_as_such(site: Site, pool_with_tokens: Path) -> None:
+    (site.folder / "t.jsonl").write_text('{"id": "range-3", "input": 1}\n')
+    line = one_line_error(site.run("tokens", "add", "--jsonl", "t.jsonl"), ExitCode.POOL)
+    assert line.endswith(f"token 'range-3': already in the pool; nothing was added. {ID_FROM_JSON}")
 
 
 def test_no_config_is_a_usage_error(site: Site) -> None:

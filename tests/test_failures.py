@@ -9,6 +9,7 @@ from conftest import COUNT_RUNS, Site, alive, local_config, pool_rows, wait_for,
 from httpfiles import FileServer, Rules
 
 from agent.errors import ExitCode
+from agent.health import FREE_SPACE, INSTALL_PROGRAM, WRITABLE_WORKDIR
 
 # Fails until it has run `fail_times` times for this token.
 FLAKY = COUNT_RUNS + '[ "$n" -ge "$PILOT_TOKEN_FAIL_TIMES" ]'
@@ -122,11 +123,11 @@ def test_failures_at_the_end_of_the_pool_are_still_reported(site: Site) -> None:
     assert site.status()["error"] == 2
 
 
-def node_check_fails(site: Site, expected: str, **overrides: dict) -> None:
+def node_check_fails(site: Site, *expected: str) -> None:
     assert site.run("tokens", "add", "--range", "3").returncode == 0
     result = site.run()
     assert result.returncode == ExitCode.NODE_UNHEALTHY, result.stderr
-    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert all(part in result.stderr for part in expected) and "Traceback" not in result.stderr, result.stderr
     assert site.status()["todo"] == 3
     assert all(not row["attempts"] for row in pool_rows(site.folder / "pool.db"))
 
@@ -134,17 +135,17 @@ def node_check_fails(site: Site, expected: str, **overrides: dict) -> None:
 def test_an_unwritable_workdir_stops_the_pilot_before_any_claim(site: Site) -> None:
     (site.folder / "a-file").write_text("")
     site.write(local_config(site.folder, ["true"], pilot={"workdir": str(site.folder / "a-file" / "work")}))
-    node_check_fails(site, "node check 'workdir' failed: cannot write in")
+    node_check_fails(site, "node check 'workdir' failed: cannot write in", WRITABLE_WORKDIR)
 
 
 def test_too_little_free_space_stops_the_pilot_before_any_claim(site: Site) -> None:
     site.write(local_config(site.folder, ["true"], pilot={"min_free_space": "1000000TB"}))
-    node_check_fails(site, "less than pilot.min_free_space")
+    node_check_fails(site, "less than pilot.min_free_space", FREE_SPACE)
 
 
 def test_a_missing_program_stops_the_pilot_before_any_claim(site: Site) -> None:
     site.write(local_config(site.folder, ["no-such-analysis-tool", "{input}"]))
-    node_check_fails(site, "node check 'program' failed: 'no-such-analysis-tool'")
+    node_check_fails(site, "node check 'program' failed: 'no-such-analysis-tool'", INSTALL_PROGRAM)
 
 
 STUBBORN = (

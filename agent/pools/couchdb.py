@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import quote, urlencode
 
 from agent.config import ServerConfig
-from agent.errors import PoolError, ServerUnreachable, TokenError
+from agent.errors import DuplicateToken, PoolError, ServerUnreachable, TokenError
 from agent.http import HttpClient, Response
 from agent.identity import Identity
 from agent.pools import picas
@@ -158,7 +158,7 @@ class CouchDBPool(Pool):
             return response.json()
         except ValueError:
             raise PoolError(
-                self.where, f"{what}: the answer is not JSON; is this a CouchDB server?"
+                self.where, f"{what}: the answer is not JSON; is this a CouchDB server? Check server.url"
             ) from None
 
     def _error(self, response: Response, what: str) -> PoolError:
@@ -586,7 +586,7 @@ class CouchDBPool(Pool):
         existing = self._fetch([doc["_id"] for doc in docs])
         if existing:
             first = next(doc["_id"] for doc in docs if doc["_id"] in existing)
-            raise TokenError(first, f"already in the pool {self.where}; nothing was added")
+            raise DuplicateToken(first, self.where)
         added = 0
         for chunk in _chunks(docs, BATCH):
             results = self._bulk(chunk, "adding tokens", retry=True)
@@ -717,13 +717,17 @@ class CouchDBPool(Pool):
     def check(self) -> list[str]:
         root = self._json(self._request("GET", "/", root=True), "reaching the server")
         if not isinstance(root, dict) or not ({"couchdb", "express-pouchdb"} & root.keys()):
-            raise PoolError(self.where, "the server answers, but it is not CouchDB")
+            raise PoolError(self.where, "the server answers, but it is not CouchDB; check server.url")
         product = "CouchDB" if "couchdb" in root else "PouchDB Server"
         lines = [f"server {self.couch.url}: reachable ({product} {root.get('version', '?')})"]
         session = self._json(self._request("GET", "/_session", root=True), "checking the credentials")
         user = (session.get("userCtx") or {}).get("name")
         if self.couch.username is not None and user != self.couch.username:
-            raise PoolError(self.where, f"the server did not log in user {self.couch.username!r}")
+            raise PoolError(
+                self.where,
+                f"the server did not log in user {self.couch.username!r}; "
+                "check server.username and the password",
+            )
         lines.append(f"credentials: {'user ' + repr(user) if user else 'none (anonymous)'} accepted")
         count = self._database_info().get("doc_count", "?")
         lines.append(f"database {self.couch.database}: ok ({count} documents)")

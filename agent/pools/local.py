@@ -17,10 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from agent.errors import PoolError, TokenError
+from agent.errors import DuplicateToken, PoolError, TokenError
 from agent.identity import Identity, unique_ids
 from agent.pools.base import Counts, Lease, NewToken, Pool, Renewal, Saved
 from agent.token import Attempt, Outcome, Report, State, Token, close_attempt
+
+CHECK_PATH = "check that server.path names a pool file"  # what to do about a file that is not one
 
 SCHEMA_VERSION = 1
 EXPIRY_SCAN = 5.0  # seconds between looks for expired leases while there is todo work
@@ -96,12 +98,14 @@ class LocalPool(Pool):
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise PoolError(
-                    self.where, f"cannot use WAL mode (got {mode!r}); is it on a network file system?"
+                    self.where,
+                    f"cannot use WAL mode (got {mode!r}); is it on a network file system? "
+                    "Put server.path on node-local disk",
                 )
             db.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as err:
             db.close()
-            raise PoolError(self.where, f"not a usable pool file: {err}") from None
+            raise PoolError(self.where, f"not a usable pool file: {err}; {CHECK_PATH}") from None
         except PoolError:
             db.close()
             raise
@@ -109,7 +113,9 @@ class LocalPool(Pool):
 
     def _create_schema(self, db: sqlite3.Connection, create: bool) -> None:
         if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise PoolError(self.where, "an SQLite file, but not a pilot pool (no pool schema)")
+            raise PoolError(
+                self.where, f"an SQLite file, but not a pilot pool (no pool schema); {CHECK_PATH}"
+            )
         if not create:
             raise PoolError(self.where, "empty file, not a pool (create it with `pilot.pyz init`)")
         db.execute("BEGIN IMMEDIATE")
@@ -153,7 +159,7 @@ class LocalPool(Pool):
         try:
             result = self._db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as err:
-            raise PoolError(self.where, f"not a usable pool file: {err}") from None
+            raise PoolError(self.where, f"not a usable pool file: {err}; {CHECK_PATH}") from None
         if result != "ok":
             raise PoolError(self.where, f"integrity check failed: {result}")
         counts = self.counts()
@@ -170,7 +176,7 @@ class LocalPool(Pool):
                         (token.id, State.TODO.value, _dumps(token.fields), now),
                     )
                 except sqlite3.IntegrityError:
-                    raise TokenError(token.id, "already in the pool; nothing was added") from None
+                    raise DuplicateToken(token.id) from None
                 added += 1
         return added
 
