@@ -346,6 +346,29 @@ def test_runnable_block_runs(block: Block, folder: Path, pyz_root: Path) -> None
         assert '"state": "done"' in done.stdout
 
 
+def slug(heading: str) -> str:
+    """The anchor GitHub and GitLab give a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_pages_lead_somewhere() -> None:
+    broken = []
+    for page in PAGES:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://", target):
+                continue
+            file, _, anchor = target.partition("#")
+            linked = (page.parent / file).resolve() if file else page
+            if not linked.exists():
+                broken.append(f"{rel(page)}: ({target}): no file {file}")
+            elif anchor and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(), flags=re.M)
+                if anchor not in {slug(heading) for heading in headings}:
+                    broken.append(f"{rel(page)}: ({target}): no heading #{anchor} in {rel(linked)}")
+    assert not broken, "\n".join(broken)
+
+
 # -- site.toml examples ----------------------------------------------------------------------------------
 
 FRAGMENT_BASE = {"task": {"command": ["/bin/true"]}}
