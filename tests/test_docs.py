@@ -52,6 +52,14 @@ def rel(path: Path) -> str:
     return str(path.relative_to(REPO))
 
 
+def run(
+    argv: list[str], cwd: Path, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
 # -- the configuration reference against agent/config.py ---------------------------------------------
 
 
@@ -326,15 +334,7 @@ def folder_env(folder: Path, pyz_root: Path) -> dict[str, str]:
 def test_runnable_block_runs(block: Block, folder: Path, pyz_root: Path) -> None:
     script = folder / "block.sh"
     script.write_text(block.text)
-    done = subprocess.run(
-        ["sh", "-eu", str(script)],
-        cwd=folder,
-        env=folder_env(folder, pyz_root),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    done = run(["sh", "-eu", str(script)], folder, folder_env(folder, pyz_root), timeout=180)
     assert done.returncode == 0, (
         f"{block}: exit {done.returncode}\n{block.text}\n{done.stdout}\n{done.stderr[-3000:]}"
     )
@@ -344,6 +344,20 @@ def test_runnable_block_runs(block: Block, folder: Path, pyz_root: Path) -> None
         done_count = len([line for line in genomes if line.strip()])
         assert re.search(rf"^done\s+{done_count}$", done.stdout, re.M), done.stdout
         assert '"state": "done"' in done.stdout
+
+
+FIRST_SCREEN = 60  # lines: what a terminal or the forge shows before one scrolls much
+
+
+def test_the_readme_shows_how_to_submit_20_pilots_on_its_first_screen() -> None:
+    lines = (REPO / "README.md").read_text().splitlines()
+    [sbatch] = [number for number, line in enumerate(lines) if "sbatch --array=1-20" in line]
+    [dirac] = [number for number, line in enumerate(lines) if line.startswith("dirac-wms-job-submit")]
+    assert sbatch < FIRST_SCREEN and dirac < FIRST_SCREEN + 15, (sbatch, dirac)
+    for line in (lines[sbatch], lines[dirac]):
+        for named in re.findall(r"site-configs/[\w.-]+", line):
+            assert (REPO / named).is_file(), f"README.md: {line} names a missing {named}"
+    assert len(lines) <= 160, f"README.md has {len(lines)} lines: move detail into docs/"
 
 
 def slug(heading: str) -> str:
@@ -406,14 +420,7 @@ def validate_site(path: Path, pyz: Path, environ: dict[str, str], where: str) ->
     if loaded.server.backend != "local":
         return
     for command in ("init", "check"):
-        done = subprocess.run(
-            [str(pyz), command, "--config", str(path)],
-            env=environ,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run([str(pyz), command, "--config", str(path)], path.parent, environ)
         assert done.returncode == 0, f"{where}: pilot.pyz {command}: {done.stderr}"
 
 
@@ -643,14 +650,7 @@ def example_pools(tmp_path_factory: pytest.TempPathFactory, pyz: Path, pyz_root:
         (folder / "params.jsonl").write_text('{"alpha": 0.1}\n{"alpha": 0.2}\n')
         adds = [["tokens", "add", "--lines", name] for name in ("genomes.txt", "inputs.txt")]
         for argv in adds if kind == "filled" else [["init"]]:
-            done = subprocess.run(
-                [str(pyz), *argv, "--config", "site.toml"],
-                cwd=folder,
-                env=pilot_env(folder, pyz_root),
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+            done = run([str(pyz), *argv, "--config", "site.toml"], folder, pilot_env(folder, pyz_root))
             assert done.returncode == 0, done.stderr
         made[kind] = folder
     return made
@@ -666,14 +666,6 @@ def test_help_example_runs_against_a_local_pool(
     kind = "empty" if argv[1:3] == ["tokens", "add"] else "filled"
     folder = tmp_path / "site"
     shutil.copytree(example_pools[kind], folder, symlinks=True)
-    done = subprocess.run(
-        [*argv, *(["--help"] if parse_only else [])],
-        cwd=folder,
-        env=pilot_env(folder, pyz_root),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run([*argv, *(["--help"] if parse_only else [])], folder, pilot_env(folder, pyz_root))
     shown = f"pilot.pyz {' '.join(path)} --help: {line}"
     assert done.returncode == 0, f"{shown}: exit {done.returncode}: {done.stderr[-2000:]}"
