@@ -128,7 +128,7 @@ def cli(
     Examples, a typical session:
         ./pilot.pyz init --config site.toml
         ./pilot.pyz tokens add --config site.toml --lines inputs.txt
-        sbatch --array=1-10 site-configs/slurm.sbatch
+        PILOT_PYZ=$PWD/pilot.pyz PILOT_CONFIG=$PWD/site.toml sbatch --array=1-20 site-configs/slurm.sbatch
         ./pilot.pyz status --config site.toml
     """
     obj = ctx.ensure_object(Context)
