@@ -49,6 +49,7 @@ PROGRESS_EVERY = 5.0  # seconds between progress lines of a download, and of the
 CHECKSUM_ATTEMPTS = 3  # full downloads whose checksum may mismatch before we give up
 TRANSFER_ATTEMPTS = 5  # consecutive broken transfers without a new byte before we give up
 BACKOFF_MAX = 30.0
+CHECK_URL = "check cache.files.{name}.url"  # what to do about a source that does not give the entry
 CHUNK = 1 << 20
 
 LOCK = ".lock"
@@ -502,7 +503,8 @@ class Cache:
                 if failures >= TRANSFER_ATTEMPTS:
                     raise CacheError(
                         entry.name,
-                        f"cannot download {self._where(entry)}: {err} ({failures} tries without progress)",
+                        f"cannot download {self._where(entry)}: {err} ({failures} tries without progress); "
+                        + CHECK_URL.format(name=entry.name),
                     ) from None
                 pause = min(BACKOFF_MAX, 2.0 ** (failures - 1))
                 at = f" at {format_size(got.size)}" if got.size else ""
@@ -604,7 +606,9 @@ class Cache:
             raise _TransferFailed(f"the server refused to resume at {format_size(offset)}; starting over")
         if status >= 500 or status in (408, 429):
             raise _TransferFailed(f"the server answered HTTP {status}")
-        raise CacheError(entry.name, f"{self._where(entry)} answered HTTP {status} {response.reason or ''}")
+        reason = f"{status} {response.reason}" if response.reason else str(status)
+        hint = CHECK_URL.format(name=entry.name)
+        raise CacheError(entry.name, f"{self._where(entry)} answered HTTP {reason}; {hint}")
 
     def _where(self, entry: Entry) -> str:
         """The source for messages: a URL without its user and password."""

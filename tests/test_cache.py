@@ -25,6 +25,7 @@ from httpfiles import FileServer, Rules
 from test_archive import make_tar
 
 from agent.cache import (
+    CHECK_URL,
     LOCK,
     PARTIAL,
     READY,
@@ -240,7 +241,11 @@ def test_a_missing_file_on_the_server_is_a_clear_error_without_retries(
     cache_site(site, url, None)
     result = site.run("cache", "fetch")
     assert result.returncode == 5
-    assert one_error_line(result) == f"pilot: error: cache entry 'ref': {url} answered HTTP 404 Not Found"
+    hint = CHECK_URL.format(name="ref")
+    assert (
+        one_error_line(result)
+        == f"pilot: error: cache entry 'ref': {url} answered HTTP 404 Not Found; {hint}"
+    )
     assert len(server.gets(urlsplit(url).path)) == 1
 
 
