@@ -310,45 +310,126 @@ def tokens_show(ctx: Context, token_id: str) -> None:
     Example:
         ./pilot.pyz tokens show --config site.toml genomes-17
     """
+    from agent.views import tokens as views
+
     config = ctx.config()
     with ctx.pool(config) as pool:
-        token = pool.get(token_id)
-        tails = pool.tails(token_id)
-    shown: dict[str, Any] = {
-        "id": token.id,
-        "state": token.state.value,
-        "fields": token.fields,
-        "failures": token.failures,
-        "attempts": [attempt.to_json() for attempt in token.attempts],
-    }
-    if tails is not None:
-        shown["stdout_tail"] = tails[0].decode("utf-8", "replace")
-        shown["stderr_tail"] = tails[1].decode("utf-8", "replace")
-    click.echo(json.dumps(shown, indent=2, ensure_ascii=False, default=str))
+        click.echo(views.show(pool, token_id))
+
+
+@tokens.command("list")
+@click.option("--state", help="Only tokens in this state: todo, locked, done or error.")
+@click.option("--reason", help="Only tokens whose last attempt's reason contains this text (any case).")
+@click.option("--host", help="Only tokens whose last attempt ran on this host.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many tokens.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+@common
+def tokens_list(  # noqa: PLR0917 - one parameter per click option
+    ctx: Context,
+    state: Optional[str],
+    reason: Optional[str],
+    host: Optional[str],
+    limit: Optional[int],
+    as_json: bool,
+) -> None:
+    """List tokens: id, state, attempts, last host, duration, exit code, reason.
+
+    \b
+    Examples:
+        ./pilot.pyz tokens list --config site.toml --state error
+        ./pilot.pyz tokens list --config site.toml --reason timeout --host node12 --limit 20
+        ./pilot.pyz tokens list --config site.toml --json > tokens.jsonl
+    """
+    from agent.views import tokens as views
+
+    wanted = views.parse_state(state)
+    config = ctx.config()
+    with ctx.pool(config) as pool:
+        if not as_json:
+            click.echo(views.header())
+        for token in views.listed(pool, wanted, views.Filters(reason, host), limit):
+            click.echo(json.dumps(views.summary(token)) if as_json else views.table_row(token))
+
+
+@tokens.command("export")
+@click.option(
+    "--jsonl",
+    "jsonl_file",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="Write here, one JSON object per token (- for stdout).",
+)
+@click.option("--state", help="Only tokens in this state.")
+@common
+def tokens_export(ctx: Context, jsonl_file: Path, state: Optional[str]) -> None:
+    """Export tokens as JSON lines: fields, state, every attempt (times also in ISO 8601 UTC) and the
+    output tails. For pandas: pd.read_json("tokens.jsonl", lines=True).
+
+    \b
+    Examples:
+        ./pilot.pyz tokens export --config site.toml --jsonl tokens.jsonl
+        ./pilot.pyz tokens export --config site.toml --jsonl errors.jsonl --state error
+    """
+    from agent.views import tokens as views
+
+    wanted = views.parse_state(state)
+    config = ctx.config()
+    with ctx.pool(config) as pool:
+        if str(jsonl_file) == "-":
+            views.export(pool, click.get_text_stream("stdout"), wanted)
+            return
+        written = views.export_to(pool, jsonl_file, wanted)
+    click.echo(f"exported {written} tokens to {jsonl_file}", err=True)
+
+
+@tokens.command("delete")
+@click.argument("token_ids", nargs=-1)
+@click.option("--state", help="Delete every token in this state instead.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@common
+def tokens_delete(ctx: Context, token_ids: tuple[str, ...], state: Optional[str], yes: bool) -> None:
+    """Delete tokens by id, or every token in a state; asks first unless --yes.
+
+    \b
+    Examples:
+        ./pilot.pyz tokens delete --config site.toml genomes-3 genomes-9
+        ./pilot.pyz tokens delete --config site.toml --state error --yes
+    """
+    from agent.views import tokens as views
+
+    wanted = views.parse_state(state)
+    config = ctx.config()
+    with ctx.pool(config) as pool:
+        click.echo(views.delete(pool, token_ids, wanted, lambda question: yes or click.confirm(question)))
 
 
 @cli.command()
 @click.option(
-    "--json", "as_json", is_flag=True, help="Print a JSON object with todo, locked, done, error, total."
+    "--json", "as_json", is_flag=True, help="Print a JSON object: todo, locked, done, error, total and more."
 )
 @common
 def status(ctx: Context, as_json: bool) -> None:
-    """Count the tokens in each state.
+    """Counts per state, tasks running per host, done per minute over 5 and 60 minutes, the ETA, median
+    and 90th-percentile durations, the commonest failure reasons and the hosts with most failures.
 
     \b
     Examples:
         ./pilot.pyz status --config site.toml
         ./pilot.pyz status --config site.toml --json
     """
+    import time
+
+    from agent import stats
+    from agent.views import status as views
+
     config = ctx.config()
     with ctx.pool(config) as pool:
-        counts = pool.counts()
+        figures = stats.figures(views.observe(pool, time.time()))
     if as_json:
-        click.echo(json.dumps({**counts.as_dict(), "total": counts.total}))
+        click.echo(views.as_json(figures))
     else:
-        for state, number in counts.as_dict().items():
-            click.echo(f"{state:<7}{number:>9}")
-        click.echo(f"{'total':<7}{counts.total:>9}")
+        for line in views.lines(figures):
+            click.echo(line)
 
 
 @cli.command()

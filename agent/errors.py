@@ -79,6 +79,14 @@ HOST_NOT_FOUND = "host name not found"
 LASTING = frozenset((CERTIFICATE_FAILED, HOST_NOT_FOUND))
 
 
+class NotSupported(PoolError):
+    """This kind of pool cannot do what a command asks (yet): ``what`` names it."""
+
+    def __init__(self, where: str, what: str) -> None:
+        self.what = what
+        super().__init__(where, f"{what} is not supported by this kind of pool")
+
+
 class ServerUnreachable(PoolError):
     """The pool server did not answer (connection refused, timeout, 5xx) after retries."""
 

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from agent.config import ServerConfig
 from agent.identity import Identity
-from agent.pools.base import Counts, Lease, NewToken, Pool, Renewal, Saved
+from agent.pools.base import Counts, Lease, Listed, NewToken, Pool, ReasonCount, Renewal, Saved
 
-__all__ = ["Counts", "Lease", "NewToken", "Pool", "Renewal", "Saved", "open_pool"]
+__all__ = [
+    "Counts",
+    "Lease",
+    "Listed",
+    "NewToken",
+    "Pool",
+    "ReasonCount",
+    "Renewal",
+    "Saved",
+    "open_pool",
+]
 
 
 def open_pool(server: ServerConfig, identity: Identity, *, create: bool = False) -> Pool:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from agent.errors import ServerUnreachable
+from agent.errors import NotSupported, ServerUnreachable, TokenError
 from agent.identity import Identity
-from agent.token import Attempt, Report, Token
+from agent.token import Attempt, Report, State, Token
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,27 @@ class Renewal:
 class NewToken:
     id: str
     fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A token as the views list it, with the tails of its last output when they were asked for."""
+
+    token: Token
+    tails: Optional[tuple[bytes, bytes]] = None
+    updated: Optional[float] = None  # epoch seconds of its last change, where the backend knows it
+
+
+@dataclass(frozen=True)
+class ReasonCount:
+    """How many error tokens ended with one reason, and the smallest id among them."""
+
+    reason: str
+    count: int
+    example: str
+
+
+PAGE = 500  # tokens per page when the views walk the pool
 
 
 class Pool(abc.ABC):
@@ -131,6 +152,77 @@ class Pool(abc.ABC):
         """The stdout and stderr tails of the token's last report, where the backend keeps them."""
         return None
 
+    # -- what the views read (status, tokens list/export/delete, watch, report) -------------------------
+    # ``page`` is the one a backend must give; the rest have defaults that walk every token with it,
+    # correct but slow, which the local and CouchDB pools replace with indexed queries.
+
+    def page(
+        self, state: Optional[State], cursor: Any, limit: int, *, tails: bool = False
+    ) -> tuple[list[Listed], Any]:
+        """Up to ``limit`` tokens (in ``state``, or all) after ``cursor`` (None: from the start), in a
+        stable order, and the cursor of the next page (None when there is no more)."""
+        raise NotSupported(self.where, "listing tokens")
+
+    def iter_tokens(
+        self, state: Optional[State] = None, *, tails: bool = False, page_size: int = PAGE
+    ) -> Iterator[Listed]:
+        """Every token (in ``state``), page by page: memory stays constant however big the pool."""
+        cursor: Any = None
+        while True:
+            listed, cursor = self.page(state, cursor, page_size, tails=tails)
+            yield from listed
+            if cursor is None:
+                return
+
+    def finished_since(self, since: float) -> Counts:
+        """Done and error tokens whose last report came at or after ``since`` (the other counts are 0)."""
+        found = {State.DONE: 0, State.ERROR: 0}
+        for state in found:
+            for listed in self.iter_tokens(state):
+                ended = listed.updated or _last_end(listed.token)
+                found[state] += ended is not None and ended >= since
+        return Counts(done=found[State.DONE], error=found[State.ERROR])
+
+    def recent(self, limit: int) -> list[Token]:
+        """Up to ``limit`` tokens changed most recently, newest first: the sample for durations, the
+        hosts with failures and the last failures."""
+        newest: list[tuple[float, str, Token]] = []
+        for listed in self.iter_tokens():
+            when = listed.updated or _last_end(listed.token) or 0.0
+            newest.append((when, listed.token.id, listed.token))
+            if len(newest) > 4 * limit:  # keep memory bounded: trim now and then
+                newest = sorted(newest, key=lambda item: (-item[0], item[1]))[:limit]
+        return [token for _, _, token in sorted(newest, key=lambda item: (-item[0], item[1]))[:limit]]
+
+    def running(self) -> dict[str, int]:
+        """Locked tokens per host of their open attempt: the tasks running now."""
+        hosts: dict[str, int] = {}
+        for listed in self.iter_tokens(State.LOCKED):
+            attempts = listed.token.attempts
+            host = attempts[-1].host if attempts else "?"
+            hosts[host] = hosts.get(host, 0) + 1
+        return hosts
+
+    def error_reasons(self, limit: int) -> list[ReasonCount]:
+        """The commonest reasons among error tokens (their last attempt's), most first, then by reason."""
+        found: dict[str, tuple[int, str]] = {}
+        for listed in self.iter_tokens(State.ERROR):
+            attempts = listed.token.attempts
+            reason = attempts[-1].reason if attempts else ""
+            count, example = found.get(reason, (0, listed.token.id))
+            found[reason] = (count + 1, min(example, listed.token.id))
+        ranked = sorted(found.items(), key=lambda item: (-item[1][0], item[0]))
+        return [ReasonCount(reason, count, example) for reason, (count, example) in ranked[:limit]]
+
+    def delete(self, token_ids: Sequence[str]) -> int:
+        """Remove these tokens; TokenError naming the first that is not there, and then none is removed."""
+        raise NotSupported(self.where, "deleting tokens")
+
+    def delete_state(self, state: State) -> int:
+        """Remove every token in ``state``; how many were removed."""
+        ids = [listed.token.id for listed in self.iter_tokens(state)]
+        return self.delete(ids) if ids else 0
+
     def close(self) -> None:  # noqa: B027 - most backends have nothing to close
         """Release connections and files."""
 
@@ -139,3 +231,12 @@ class Pool(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _last_end(token: Token) -> Optional[float]:
+    attempts = token.attempts
+    return attempts[-1].ended if attempts else None
+
+
+def missing_id(token_id: str, where: str) -> TokenError:
+    return TokenError(token_id, f"not in the pool {where}; nothing was deleted")

@@ -33,7 +33,7 @@ from agent.errors import DuplicateToken, PoolError, ServerUnreachable, TokenErro
 from agent.http import HttpClient, Response
 from agent.identity import Identity
 from agent.pools import picas
-from agent.pools.base import Counts, Lease, NewToken, Pool, Renewal, Saved
+from agent.pools.base import Counts, Lease, Listed, NewToken, Pool, ReasonCount, Renewal, Saved, missing_id
 from agent.token import Attempt, Outcome, Report, Result, State, Token
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ class CouchDBPool(Pool):
         # scan would index every token to find what the first periodic scan finds as well.
         self.next_lease_scan = clock() + lease_scan_interval(self.lease_seconds)
         self.uncertain: list[_Claim] = []  # claims whose answer was lost while the server was away
+        self.stats_ready: Optional[bool] = None  # our pilot-stats views are there (None: not looked yet)
 
     # -- HTTP --------------------------------------------------------------------------------------
 
@@ -190,10 +191,7 @@ class CouchDBPool(Pool):
 
     def _rows(self, design: str, view: str, **params: Any) -> dict[str, Any]:
         """A view's answer (rows, total_rows); a missing view or design document says to run init."""
-        query = urlencode(
-            {k: json.dumps(v) if not isinstance(v, str) else v for k, v in params.items()}, safe='[]",'
-        )
-        response = self._request("GET", f"/_design/{quote(design)}/_view/{quote(view)}?{query}")
+        response = self._request("GET", f"/_design/{quote(design)}/_view/{quote(view)}?{_query(params)}")
         what = f"reading the view {design}/{view}"
         if response.status == 404:
             raise self._missing(what, "no such view (create it: `pilot.pyz init`)")
@@ -656,12 +654,152 @@ class CouchDBPool(Pool):
             conflict_rounds = 0 if saved == len(results) else conflict_rounds + 1
         return changed
 
+    # -- views -------------------------------------------------------------------------------------
+
+    def page(
+        self, state: Optional[State], cursor: Any, limit: int, *, tails: bool = False
+    ) -> tuple[list[Listed], Any]:
+        """A state's tokens through its view of the design document, all tokens through ``_all_docs``; in
+        id order, the cursor being the last id read. With ``tails``, attachments come inline."""
+        params: dict[str, Any] = {"include_docs": True, "limit": limit}
+        if tails:
+            params["attachments"] = True
+        if cursor is not None:
+            params.update(startkey=json.dumps(cursor), skip=1)
+        if state is None:
+            body = self._json(self._request("GET", f"/_all_docs?{_query(params)}"), "listing tokens")
+        else:
+            body = self._rows(self.design, state.value, **params)
+        rows = body.get("rows", [])
+        docs = [row["doc"] for row in rows if isinstance(row.get("doc"), dict)]
+        listed = [
+            Listed(token=picas.to_token(doc), tails=picas.tails_of(doc) if tails else None)
+            for doc in docs
+            if doc.get("type") == "token"
+        ]
+        return listed, rows[-1].get("key") if len(rows) == limit else None
+
+    def _stats(self) -> bool:
+        """Our pilot-stats views are there, made now if missing or older than ours; False (and the slow
+        defaults, with a warning) when we may not write design documents."""
+        if self.stats_ready is None:
+            try:
+                self._ensure_stats()
+                self.stats_ready = True
+            except PoolError as err:
+                if isinstance(err, ServerUnreachable):
+                    raise
+                log.warning(
+                    "no design document %s (%s): the views read every token; a database admin adds it "
+                    "with `pilot.pyz init`",
+                    picas.STATS_DESIGN,
+                    err.problem,
+                )
+                self.stats_ready = False
+        return self.stats_ready
+
+    def _ensure_stats(self) -> str:
+        name = picas.STATS_DESIGN
+        path = f"/_design/{quote(name)}"
+        response = self._request("GET", path)
+        doc: dict[str, Any] = {"_id": f"_design/{name}"}
+        if response.status != 404:
+            doc = self._json(response, f"reading the design document {name}")
+            if doc.get("views") == picas.STATS_VIEWS:
+                return f"design document {name}: up to date"
+        doc.update(language="javascript", views=picas.STATS_VIEWS)
+        put = self._request("PUT", path, body=doc)
+        if put.status not in (200, 201, 202):
+            raise self._error(put, f"writing the design document {name} (a database admin can)")
+        return f"design document {name}: {'created' if response.status == 404 else 'updated'}"
+
+    def _stats_rows(self, view: str, **params: Any) -> list[dict[str, Any]]:
+        rows = self._rows(picas.STATS_DESIGN, view, **params).get("rows", [])
+        return [row for row in rows if isinstance(row, dict)]
+
+    def finished_since(self, since: float) -> Counts:
+        if not self._stats():
+            return super().finished_since(since)
+        found = {}
+        for state in ("done", "error"):
+            rows = self._stats_rows("finished", startkey=[state, since], endkey=[state, {}], reduce=True)
+            found[state] = int(rows[0].get("value") or 0) if rows else 0
+        return Counts(**found)
+
+    def recent(self, limit: int) -> list[Token]:
+        if not self._stats():
+            return super().recent(limit)
+        rows = self._stats_rows("activity", descending=True, limit=limit, include_docs=True)
+        return [picas.to_token(row["doc"]) for row in rows if isinstance(row.get("doc"), dict)]
+
+    def running(self) -> dict[str, int]:
+        if not self._stats():
+            return super().running()
+        return {
+            str(row.get("key")): int(row.get("value") or 0) for row in self._stats_rows("running", group=True)
+        }
+
+    def error_reasons(self, limit: int) -> list[ReasonCount]:
+        if not self._stats():
+            return super().error_reasons(limit)
+        counted = [
+            (str(row.get("key") or ""), int(row.get("value") or 0))
+            for row in self._stats_rows("reasons", group=True)
+        ]
+        counted.sort(key=lambda item: (-item[1], item[0]))
+        reasons = []
+        for reason, count in counted[:limit]:
+            # Rows of one key come in id order: the first is the smallest id, as the local pool's min(id).
+            first = self._stats_rows("reasons", key=json.dumps(reason), reduce=False, limit=1)
+            reasons.append(ReasonCount(reason, count, str(first[0].get("id")) if first else ""))
+        return reasons
+
+    def delete(self, token_ids: Sequence[str]) -> int:
+        ids = list(dict.fromkeys(token_ids))
+        current = self._fetch(ids)
+        for token_id in ids:
+            if current.get(token_id, {}).get("type") != "token":
+                raise missing_id(token_id, self.where)
+        return self._delete_docs(list(current.values()))
+
+    def delete_state(self, state: State) -> int:
+        deleted, conflict_rounds = 0, 0
+        while conflict_rounds < WRITE_ROUNDS:
+            rows = self._rows(self.design, state.value, include_docs=True, limit=BATCH).get("rows", [])
+            docs = [row["doc"] for row in rows if isinstance(row.get("doc"), dict)]
+            if not docs:
+                break
+            removed = self._delete_docs(docs)
+            deleted += removed
+            conflict_rounds = 0 if removed == len(docs) else conflict_rounds + 1
+        return deleted
+
+    def _delete_docs(self, docs: Sequence[Mapping[str, Any]]) -> int:
+        """Delete these documents at the revisions read; one that changed meanwhile is read and deleted
+        again (a token a pilot reported just now is still to be deleted: that was asked)."""
+        pending = {doc["_id"]: doc["_rev"] for doc in docs}
+        deleted = 0
+        for _ in range(WRITE_ROUNDS):
+            if not pending:
+                break
+            chunked = [{"_id": i, "_rev": rev, "_deleted": True} for i, rev in pending.items()]
+            conflicted = []
+            for chunk in _chunks(chunked, BATCH):
+                results = self._bulk(chunk, "deleting tokens", retry=True)
+                deleted += sum(1 for result in results if "rev" in result)
+                conflicted += [doc["_id"] for doc, result in zip(chunk, results) if "rev" not in result]
+            current = self._fetch(conflicted) if conflicted else {}
+            pending = {i: doc["_rev"] for i, doc in current.items()}
+        return deleted
+
     # -- init and check ----------------------------------------------------------------------------
 
     def init(self) -> list[str]:
         lines = [self._ensure_database()]
         lines += self._ensure_design(self.design, picas.monitor_views())
         lines += [self._ensure_index(index) for index in picas.INDEXES]
+        lines.append(self._ensure_stats())
+        self.stats_ready = True
         return lines
 
     def _ensure_index(self, index: Mapping[str, Any]) -> str:
@@ -757,6 +895,13 @@ class CouchDBPool(Pool):
         differing = [view for view in views if present[view] != views[view]]
         note = f"; {', '.join(differing)} differ from the PiCaS examples" if differing else ""
         return f"design document {name}: views {', '.join(views)} present{note}"
+
+
+def _query(params: Mapping[str, Any]) -> str:
+    """A view's query string: JSON values, strings as they are (already JSON where they are keys)."""
+    return urlencode(
+        {k: json.dumps(v) if not isinstance(v, str) else v for k, v in params.items()}, safe='[]",'
+    )
 
 
 def _reason(response: Response) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 from agent.errors import DuplicateToken, PoolError, TokenError
 from agent.identity import Identity, unique_ids
-from agent.pools.base import Counts, Lease, NewToken, Pool, Renewal, Saved
+from agent.pools.base import Counts, Lease, Listed, NewToken, Pool, ReasonCount, Renewal, Saved, missing_id
 from agent.token import Attempt, Outcome, Report, State, Token, close_attempt
 
 CHECK_PATH = "check that server.path names a pool file"  # what to do about a file that is not one
@@ -48,6 +48,19 @@ CREATE TABLE tokens (
 -- Every extra index is another page written at every claim and report.
 CREATE INDEX tokens_state ON tokens (state, seq);
 """
+# What the views read (status, watch): tokens finished or touched since a time, the newest first. Added
+# to pools of every age when they are opened (``_add_view_index``); older pilots keep working on a pool
+# that has it, since SQLite keeps an index up to date whoever writes. Its cost is a delete and an insert in
+# one more B-tree at a claim and at a report (measured in tests/benchmarks/bench_local.py).
+VIEW_INDEX = "tokens_updated"
+_VIEW_INDEX_SQL = f"CREATE INDEX IF NOT EXISTS {VIEW_INDEX} ON tokens (updated, state)"
+# The columns _token reads, and the views' pages: seq and updated first, the tails last when asked for.
+_SELECT_TOKEN = "SELECT id, state, fields, attempts, failures, lease_id, lease_expires FROM tokens "
+_SELECT_PAGE = {
+    False: "SELECT seq, updated, id, state, fields, attempts, failures, lease_id, lease_expires FROM tokens ",
+    True: "SELECT seq, updated, id, state, fields, attempts, failures, lease_id, lease_expires, "
+    "stdout_tail, stderr_tail FROM tokens ",
+}
 
 
 def _dumps(value: Any) -> str:
@@ -103,6 +116,7 @@ class LocalPool(Pool):
                     "Put server.path on node-local disk",
                 )
             db.execute("PRAGMA synchronous = NORMAL")
+            self._add_view_index(db)
         except sqlite3.DatabaseError as err:
             db.close()
             raise PoolError(self.where, f"not a usable pool file: {err}; {CHECK_PATH}") from None
@@ -124,11 +138,24 @@ class LocalPool(Pool):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+                db.execute(_VIEW_INDEX_SQL)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _add_view_index(self, db: sqlite3.Connection) -> None:
+        """Migrate a pool made before the views in place: add their index (seconds for a million tokens,
+        once). A pool file we may not write is read without it, slower."""
+        found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (VIEW_INDEX,))
+        if found.fetchone():
+            return
+        try:
+            db.execute(_VIEW_INDEX_SQL)
+        except sqlite3.OperationalError as err:
+            if "readonly" not in str(err):
+                raise
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -313,15 +340,10 @@ class LocalPool(Pool):
         return changed
 
     def get(self, token_id: str) -> Token:
-        row = self._db.execute(
-            "SELECT id, state, fields, attempts, failures, lease_id, lease_expires FROM tokens WHERE id = ?",
-            (token_id,),
-        ).fetchone()
+        row = self._db.execute(_SELECT_TOKEN + "WHERE id = ?", (token_id,)).fetchone()
         if row is None:
             raise TokenError(token_id, f"not in the pool {self.where}")
-        token_id, state, fields, attempts_json, failures, _, _ = row
-        attempts = tuple(Attempt.from_json(a) for a in json.loads(attempts_json))
-        return Token(token_id, json.loads(fields), State(state), attempts, failures)
+        return _token(row)
 
     def tails(self, token_id: str) -> Optional[tuple[bytes, bytes]]:
         row = self._db.execute(
@@ -335,3 +357,81 @@ class LocalPool(Pool):
         """exit_code and reason of the last report, for `tokens show`."""
         row = self._db.execute("SELECT exit_code, reason FROM tokens WHERE id = ?", (token_id,)).fetchone()
         return {} if row is None else {"exit_code": row[0], "reason": row[1]}
+
+    # -- views -------------------------------------------------------------------------------------
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as err:
+            raise PoolError(self.where, f"cannot read: {err}") from None
+
+    def page(
+        self, state: Optional[State], cursor: Any, limit: int, *, tails: bool = False
+    ) -> tuple[list[Listed], Any]:
+        """In the order tokens were added (seq): the state index serves a state's pages, the table all."""
+        select = _SELECT_PAGE[tails]
+        after = -1 if cursor is None else int(cursor)
+        if state is None:
+            rows = self._read(select + "WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
+        else:
+            rows = self._read(
+                select + "WHERE state = ? AND seq > ? ORDER BY seq LIMIT ?", (state.value, after, limit)
+            )
+        listed = [
+            Listed(
+                token=_token(row[2:9]),
+                tails=(row[9] or b"", row[10] or b"") if tails else None,
+                updated=row[1],
+            )
+            for row in rows
+        ]
+        return listed, rows[-1][0] if len(rows) == limit else None
+
+    def finished_since(self, since: float) -> Counts:
+        rows = self._read(
+            "SELECT state, count(*) FROM tokens WHERE updated >= ? AND state IN ('done', 'error') "
+            "GROUP BY state",
+            (since,),
+        )
+        return Counts(**dict(rows))
+
+    def recent(self, limit: int) -> list[Token]:
+        # No tie-break by id: a million tokens added at once share one time, and would all be sorted.
+        rows = self._read(_SELECT_TOKEN + "ORDER BY updated DESC LIMIT ?", (limit,))
+        return [_token(row) for row in rows]
+
+    def running(self) -> dict[str, int]:
+        hosts: dict[str, int] = {}
+        for (attempts_json,) in self._read("SELECT attempts FROM tokens WHERE state = 'locked'"):
+            attempts = json.loads(attempts_json)
+            host = str(attempts[-1].get("host", "?")) if attempts else "?"
+            hosts[host] = hosts.get(host, 0) + 1
+        return hosts
+
+    def error_reasons(self, limit: int) -> list[ReasonCount]:
+        rows = self._read(
+            "SELECT coalesce(reason, ''), count(*) AS n, min(id) FROM tokens WHERE state = 'error' "
+            "GROUP BY coalesce(reason, '') ORDER BY n DESC, 1 LIMIT ?",
+            (limit,),
+        )
+        return [ReasonCount(reason, count, example) for reason, count, example in rows]
+
+    def delete(self, token_ids: Sequence[str]) -> int:
+        with self._write() as db:
+            for token_id in token_ids:
+                if db.execute("SELECT 1 FROM tokens WHERE id = ?", (token_id,)).fetchone() is None:
+                    raise missing_id(token_id, self.where)
+            for token_id in token_ids:
+                db.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
+        return len(set(token_ids))
+
+    def delete_state(self, state: State) -> int:
+        with self._write() as db:
+            return db.execute("DELETE FROM tokens WHERE state = ?", (state.value,)).rowcount
+
+
+def _token(row: Sequence[Any]) -> Token:
+    token_id, state, fields, attempts_json, failures, _, _ = row
+    attempts = tuple(Attempt.from_json(a) for a in json.loads(attempts_json))
+    return Token(token_id, json.loads(fields), State(state), attempts, failures)

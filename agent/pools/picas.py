@@ -82,6 +82,66 @@ LEASE_INDEX = {
 }
 INDEXES = (TODO_INDEX, LEASE_INDEX)
 
+# The views that `status`, `watch` and `report` read, in a design document of our own (picas never reads
+# it, and pilots never query it, so claims never wait for its index). CouchDB and pouchdb-server build a
+# view when it is queried, from the documents changed since the last query: the first `status` on a big
+# pool builds it once. Every reduce is the server's own `_count`, computed in the index, never in
+# JavaScript at query time. The conditions are PiCaS's, as in the Monitor views.
+STATS_DESIGN = "pilot-stats"
+_LAST = (
+    "var attempts = (doc.pilot && doc.pilot.attempts) || [];\n"
+    "    var last = attempts.length ? attempts[attempts.length - 1] : null;"
+)
+STATS_VIEWS = {
+    # done and error tokens by state and the time they finished; the value is the last attempt's duration
+    "finished": {
+        "map": f"""function (doc) {{
+  if (doc.type == "token" && doc.lock > 0 && doc.done > 0) {{
+    {_LAST}
+    var took = last && last.started != null && last.ended != null ? last.ended - last.started : null;
+    emit([parseInt(doc.exit_code) == 0 ? "done" : "error", doc.done], took);
+  }}
+}}
+""",
+        "reduce": "_count",
+    },
+    # tokens with an attempt history by the time of their last change, for the recent sample
+    "activity": {
+        "map": f"""function (doc) {{
+  if (doc.type == "token") {{
+    {_LAST}
+    if (last) {{
+      emit(last.ended || last.claimed || 0, null);
+    }}
+  }}
+}}
+""",
+    },
+    # error tokens by the reason of their last attempt (a picas token's: its last error message)
+    "reasons": {
+        "map": f"""function (doc) {{
+  if (doc.type == "token" && doc.lock > 0 && doc.done > 0 && parseInt(doc.exit_code) != 0) {{
+    {_LAST}
+    var errors = doc.error || [];
+    var reason = last ? last.reason : (errors.length ? errors[errors.length - 1].message : "");
+    emit(reason || "", null);
+  }}
+}}
+""",
+        "reduce": "_count",
+    },
+    # locked tokens by the host that holds them: the tasks running now
+    "running": {
+        "map": """function (doc) {
+  if (doc.type == "token" && doc.lock > 0 && doc.done == 0) {
+    emit(doc.hostname || "?", null);
+  }
+}
+""",
+        "reduce": "_count",
+    },
+}
+
 
 def todo_selector(from_id: str) -> dict[str, Any]:
     """Todo tokens from ``from_id`` on, in id order. PiCaS's todo view tests ``lock == 0 && done == 0``
@@ -160,6 +220,16 @@ def lease_expired(doc: Mapping[str, Any], now: float) -> bool:
 
 def claimable(doc: Mapping[str, Any], now: float) -> bool:
     return doc.get("type") == "token" and (state_of(doc) is State.TODO or lease_expired(doc, now))
+
+
+def tails_of(doc: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """The output tails from a document read with ``attachments=true`` (inline, base64)."""
+    attachments = doc.get("_attachments") if isinstance(doc.get("_attachments"), dict) else {}
+    tails = []
+    for name in log_names(doc["_id"]):
+        data = (attachments.get(name) or {}).get("data")
+        tails.append(base64.b64decode(data) if isinstance(data, str) else b"")
+    return tails[0], tails[1]
 
 
 def attempts_of(doc: Mapping[str, Any]) -> list[Attempt]:
