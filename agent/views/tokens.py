@@ -191,4 +191,4 @@ def delete(
     note = f" ({len(locked)} of them running now; their pilots' reports will be refused)" if locked else ""
     if not confirm(f"delete {len(unique)} tokens from {pool.where}{note}?"):
         return "nothing deleted"
-    return f"deleted {pool.delete(unique)} tokens"
+    return f"deleted {pool.delete(unique)} tokens{note}"
