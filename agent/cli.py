@@ -433,6 +433,46 @@ def status(ctx: Context, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--interval", default="5s", show_default=True, help="Time between refreshes.")
+@click.option("--exit-when-done", is_flag=True, help="End once nothing is todo or locked.")
+@common
+def watch(ctx: Context, interval: str, exit_when_done: bool) -> None:
+    """Watch the run: a progress bar, the rate, the ETA, tasks per host, the last failures. Redrawn in
+    place on a terminal; one line per refresh otherwise. Ctrl-C ends it.
+
+    \b
+    Examples:
+        ./pilot.pyz watch --config site.toml
+        ./pilot.pyz watch --config site.toml --interval 30s --exit-when-done >> run.log
+    """
+    import shutil
+    import time
+
+    from agent.views.watch import Watch, stop_on_signals
+
+    every = _duration(interval)
+    assert every is not None
+    if every <= 0:
+        raise UsageError(f"--interval {interval!r}: expected more than 0s")
+    config = ctx.config()
+    out = click.get_text_stream("stdout")
+    stop, restore = stop_on_signals()
+    try:
+        with ctx.pool(config) as pool:
+            Watch(
+                pool=pool,
+                out=out,
+                terminal=out.isatty(),
+                interval=every,
+                exit_when_done=exit_when_done,
+                clock=time.time,
+                width=lambda: shutil.get_terminal_size().columns,
+            ).run(stop)
+    finally:
+        restore()
+
+
+@cli.command()
 @click.option("--locked", is_flag=True, help="Put locked tokens back to todo (their pilots are gone).")
 @click.option("--errors", is_flag=True, help="Put error tokens back to todo with a fresh attempt budget.")
 @common
