@@ -473,6 +473,33 @@ def watch(ctx: Context, interval: str, exit_when_done: bool) -> None:
 
 
 @cli.command()
+@click.option(
+    "--html", "html_file", type=click.Path(path_type=Path, dir_okay=False), help="Write the page here."
+)
+@click.option(
+    "--json", "json_file", type=click.Path(path_type=Path, dir_okay=False), help="Write the figures here."
+)
+@common
+def report(ctx: Context, html_file: Optional[Path], json_file: Optional[Path]) -> None:
+    """Write a report of the run: one self-contained HTML page (timeline, concurrency, throughput,
+    durations, failures by reason and host, attempts per token, utilisation), and/or its figures as JSON.
+
+    \b
+    Examples:
+        ./pilot.pyz report --config site.toml --html run.html
+        ./pilot.pyz report --config site.toml --html run.html --json run.json
+    """
+    import time
+
+    from agent.views import report as views
+
+    config = ctx.config()
+    with ctx.pool(config) as pool:
+        for line in views.run(pool, time.time(), html_file, json_file):
+            click.echo(line)
+
+
+@cli.command()
 @click.option("--locked", is_flag=True, help="Put locked tokens back to todo (their pilots are gone).")
 @click.option("--errors", is_flag=True, help="Put error tokens back to todo with a fresh attempt budget.")
 @common

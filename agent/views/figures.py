@@ -1,0 +1,338 @@
+"""The figures of the run report: pure functions of the tokens' attempt histories and the clock.
+
+Every attempt is a span from its start (``started``, or ``claimed`` when it never started) to its end
+(``ended``; ``now`` for one still running). The pool does not record a pilot's slots or its life, so both
+are read from its attempts: a pilot lives from its first claim to its last end, and has as many slots as it
+ran attempts at once (the lanes its spans pack into). Utilisation is busy slot-time over that.
+"""
+
+from __future__ import annotations
+
+import heapq
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from agent.stats import FAILED, iso
+from agent.token import Token
+
+RUNNING = "running"  # the outcome shown for an attempt still under way
+MAX_ROWS = 60  # timeline rows, one per pilot slot; more and there is one row per host
+MAX_BARS = 10_000  # more attempts than this are drawn as cells of a grid, not one bar each
+COLUMNS = 400  # ... time columns of that grid
+BUCKETS = 120  # points of the concurrency and throughput curves
+BINS = 30  # bars of the duration histogram
+TOP = 10  # reasons and hosts in the failure charts
+
+
+@dataclass(frozen=True)
+class Span:
+    token: str
+    pilot: str
+    host: str
+    start: float
+    end: float
+    outcome: str
+    reason: str
+    claimed: float
+
+    @property
+    def busy(self) -> float:
+        return max(0.0, self.end - self.start)
+
+
+def spans_of(token: Token, now: float) -> list[Span]:
+    found = []
+    for attempt in token.attempts:
+        start = attempt.started if attempt.started is not None else attempt.claimed
+        if attempt.outcome is None:
+            end, outcome = max(now, start), RUNNING
+        else:
+            end, outcome = (attempt.ended if attempt.ended is not None else start), attempt.outcome
+        found.append(
+            Span(token.id, attempt.pilot, attempt.host, start, end, outcome, attempt.reason, attempt.claimed)
+        )
+    return found
+
+
+def lanes(spans: Sequence[Span]) -> list[int]:
+    """The lane of each span (in the order given) when each pilot's spans are packed into as few lanes as
+    possible: a lane is free again once its last span has ended."""
+    lane_of = [0] * len(spans)
+    by_pilot: dict[str, list[int]] = {}
+    for index, span in enumerate(spans):
+        by_pilot.setdefault(span.pilot, []).append(index)
+    for indexes in by_pilot.values():
+        indexes.sort(key=lambda i: (spans[i].start, spans[i].end))
+        free: list[tuple[float, int]] = []  # (end, lane) of busy lanes
+        count = 0
+        for index in indexes:
+            span = spans[index]
+            if free and free[0][0] <= span.start:
+                _, lane = heapq.heappop(free)
+            else:
+                lane, count = count, count + 1
+            lane_of[index] = lane
+            heapq.heappush(free, (span.end, lane))
+    return lane_of
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    pilot: Optional[str]  # None for a host row
+    host: str
+    lane: int
+
+
+@dataclass(frozen=True)
+class Timeline:
+    rows: list[Row]
+    row_of: list[int]  # the row of each span
+    aggregated: bool
+    per_host: bool
+
+
+def timeline(spans: Sequence[Span], lane_of: Sequence[int]) -> Timeline:
+    slots = sorted({(s.host, s.pilot, lane) for s, lane in zip(spans, lane_of)})
+    if len(slots) <= MAX_ROWS:
+        index = {slot: number for number, slot in enumerate(slots)}
+        rows = [Row(f"{host} {pilot} #{lane + 1}", pilot, host, lane) for host, pilot, lane in slots]
+        row_of = [index[(s.host, s.pilot, lane)] for s, lane in zip(spans, lane_of)]
+        per_host = False
+    else:
+        hosts = sorted({s.host for s in spans})
+        index = {host: number for number, host in enumerate(hosts)}
+        rows = [Row(host, None, host, 0) for host in hosts]
+        row_of = [index[s.host] for s in spans]
+        per_host = True
+    return Timeline(rows, row_of, len(spans) > MAX_BARS, per_host)
+
+
+@dataclass(frozen=True)
+class Cell:
+    row: int
+    column: int
+    attempts: int  # attempts that start in it
+    busy: float  # slot-seconds in it
+    outcome: str  # the outcome with the most busy time in it
+
+
+def cells(spans: Sequence[Span], row_of: Sequence[int], start: float, end: float) -> list[Cell]:
+    """The timeline as a grid of COLUMNS time columns per row, for runs with more attempts than bars."""
+    width = max(end - start, 1e-9) / COLUMNS
+    busy: dict[tuple[int, int], dict[str, float]] = {}
+    starts: dict[tuple[int, int], int] = {}
+    for span, row in zip(spans, row_of):
+        first = min(COLUMNS - 1, int((span.start - start) / width))
+        last = min(COLUMNS - 1, int((span.end - start) / width))
+        starts[(row, first)] = starts.get((row, first), 0) + 1
+        for column in range(first, last + 1):
+            left = start + column * width
+            overlap = min(span.end, left + width) - max(span.start, left)
+            by_outcome = busy.setdefault((row, column), {})
+            by_outcome[span.outcome] = by_outcome.get(span.outcome, 0.0) + max(overlap, 0.0)
+    return [
+        Cell(
+            row, column, starts.get((row, column), 0), sum(found.values()), max(found, key=found.__getitem__)
+        )
+        for (row, column), found in sorted(busy.items())
+    ]
+
+
+def curves(spans: Sequence[Span], start: float, end: float) -> dict[str, list[float]]:
+    """Concurrency (mean attempts running) and throughput (attempts ended per minute, done and failed)
+    in BUCKETS equal steps from ``start`` to ``end``."""
+    width = max(end - start, 1e-9) / BUCKETS
+    running = [0.0] * BUCKETS
+    done = [0.0] * BUCKETS
+    failed = [0.0] * BUCKETS
+    for span in spans:
+        first = min(BUCKETS - 1, int((span.start - start) / width))
+        last = min(BUCKETS - 1, int((span.end - start) / width))
+        for bucket in range(first, last + 1):
+            left = start + bucket * width
+            running[bucket] += max(0.0, min(span.end, left + width) - max(span.start, left)) / width
+        if span.outcome == "done":
+            done[last] += 60.0 / width
+        elif span.outcome in FAILED:
+            failed[last] += 60.0 / width
+    return {"concurrency": running, "done_per_minute": done, "failed_per_minute": failed}
+
+
+def histogram(values: Sequence[float], bins: int = BINS) -> dict[str, Any]:
+    if not values:
+        return {"edges": [], "counts": []}
+    top = max(values) or 1.0
+    width = top / bins
+    counts = [0] * bins
+    for value in values:
+        counts[min(bins - 1, int(value / width))] += 1
+    return {"edges": [i * width for i in range(bins + 1)], "counts": counts}
+
+
+def ranked(counts: dict[str, int], limit: int = TOP) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
+
+
+@dataclass(frozen=True)
+class Pilot:
+    pilot: str
+    host: str
+    slots: int
+    attempts: int
+    busy: float
+    life: float  # first claim to last end
+
+    @property
+    def utilisation(self) -> Optional[float]:
+        available = self.slots * self.life
+        return self.busy / available if available > 0 else None
+
+
+def pilots(spans: Sequence[Span], lane_of: Sequence[int]) -> list[Pilot]:
+    found: dict[str, dict[str, Any]] = {}
+    for span, lane in zip(spans, lane_of):
+        entry = found.setdefault(
+            span.pilot,
+            {
+                "host": span.host,
+                "slots": 0,
+                "attempts": 0,
+                "busy": 0.0,
+                "first": span.claimed,
+                "last": span.end,
+            },
+        )
+        entry["slots"] = max(entry["slots"], lane + 1)
+        entry["attempts"] += 1
+        entry["busy"] += span.busy
+        entry["first"] = min(entry["first"], span.claimed, span.start)
+        entry["last"] = max(entry["last"], span.end)
+    return [
+        Pilot(name, e["host"], e["slots"], e["attempts"], e["busy"], e["last"] - e["first"])
+        for name, e in sorted(found.items())
+    ]
+
+
+@dataclass
+class Report:
+    """Everything the page shows, also written as JSON by `report --json`."""
+
+    now: float
+    counts: dict[str, int]
+    tokens: int
+    spans: list[Span]
+    timeline: Timeline
+    start: float
+    end: float
+    attempts_per_token: dict[int, int]
+    pilots: list[Pilot]
+    durations: list[float] = field(default_factory=list)
+
+    @property
+    def makespan(self) -> float:
+        return max(0.0, self.end - self.start)
+
+    def outcomes(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for span in self.spans:
+            found[span.outcome] = found.get(span.outcome, 0) + 1
+        return dict(sorted(found.items(), key=lambda item: (-item[1], item[0])))
+
+    def failures_by(self, key: str) -> list[tuple[str, int]]:
+        found: dict[str, int] = {}
+        for span in self.spans:
+            if span.outcome in FAILED:
+                name = getattr(span, key) or "(no reason)"
+                found[name] = found.get(name, 0) + 1
+        return ranked(found)
+
+    def utilisation(self) -> Optional[float]:
+        available = sum(p.slots * p.life for p in self.pilots)
+        return sum(p.busy for p in self.pilots) / available if available > 0 else None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tokens": self.tokens,
+            **self.counts,
+            "attempts": len(self.spans),
+            "makespan": self.makespan,
+            "start": self.start if self.spans else None,
+            "start_iso": iso(self.start) if self.spans else None,
+            "end": self.end if self.spans else None,
+            "end_iso": iso(self.end) if self.spans else None,
+            "median_duration": statistics.median(self.durations) if self.durations else None,
+            "pilots": len(self.pilots),
+            "hosts": len({p.host for p in self.pilots}),
+            "utilisation": self.utilisation(),
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "generated": self.now,
+            "generated_iso": iso(self.now),
+            "summary": self.summary(),
+            "outcomes": self.outcomes(),
+            "curves": {
+                "start": self.start,
+                "end": self.end,
+                "buckets": BUCKETS,
+                **curves(self.spans, self.start, self.end),
+            },
+            "durations": histogram(self.durations),
+            "failures_by_reason": [{"reason": r, "count": n} for r, n in self.failures_by("reason")],
+            "failures_by_host": [{"host": h, "count": n} for h, n in self.failures_by("host")],
+            "attempts_per_token": {str(k): v for k, v in sorted(self.attempts_per_token.items())},
+            "pilots": [
+                {
+                    "pilot": p.pilot,
+                    "host": p.host,
+                    "slots": p.slots,
+                    "attempts": p.attempts,
+                    "busy": p.busy,
+                    "life": p.life,
+                    "utilisation": p.utilisation,
+                }
+                for p in self.pilots
+            ],
+            "timeline": {
+                "rows": len(self.timeline.rows),
+                "per_host": self.timeline.per_host,
+                "aggregated": self.timeline.aggregated,
+            },
+        }
+
+
+def build(tokens: Iterable[Token], now: float) -> Report:
+    """The report of these tokens (read once, in one pass: ``tokens`` may be a stream of a million)."""
+    spans: list[Span] = []
+    counts = {"todo": 0, "locked": 0, "done": 0, "error": 0}
+    per_token: dict[int, int] = {}
+    durations: list[float] = []
+    total = 0
+    for token in tokens:
+        total += 1
+        counts[token.state.value] += 1
+        per_token[len(token.attempts)] = per_token.get(len(token.attempts), 0) + 1
+        for span in spans_of(token, now):
+            spans.append(span)
+            if span.outcome == "done":
+                durations.append(span.busy)
+    start = min((s.start for s in spans), default=now)
+    end = max((s.end for s in spans), default=now)
+    lane_of = lanes(spans)
+    line = timeline(spans, lane_of)
+    return Report(
+        now=now,
+        counts=counts,
+        tokens=total,
+        spans=spans,
+        timeline=line,
+        start=start,
+        end=end,
+        attempts_per_token=per_token,
+        pilots=pilots(spans, lane_of),
+        durations=durations,
+    )
