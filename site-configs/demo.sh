@@ -14,3 +14,6 @@ echo
 echo
 echo "one token, with its attempt history and the tail of its output:"
 ./pilot.pyz tokens show --config "$config" genomes-9
+echo
+./pilot.pyz report --config "$config" --html .demo/run.html
+echo "open .demo/run.html in a browser: the run's timeline, throughput, durations and utilisation"
