@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, ensure_pyz, median_time, report, rounds_option, rounds_text
+from common import REPO, ensure_pyz, median_time, report, rounds_option, rounds_text, run_measured
 from conftest import to_toml
 
 sys.path.insert(0, str(REPO))
@@ -147,6 +147,41 @@ def main() -> int:
             ],
         )
         failed |= status_time >= 1.0
+
+        pool = folder / "run.db"
+        attempts = make_pool(pool, int(args.attempts / 1.1), finished_share=1.0)
+        config = site(folder, pool)
+        page, data = folder / "run.html", folder / "run.json"
+        argv = [
+            sys.executable,
+            pyz,
+            "report",
+            "--html",
+            str(page),
+            "--json",
+            str(data),
+            "--config",
+            str(config),
+        ]
+        times, peaks = [], []
+        for _ in range(args.rounds):
+            code, seconds, peak = run_measured(argv)
+            assert code == 0
+            times.append(seconds)
+            peaks.append(peak)
+        report_time = statistics.median(times)
+        size = page.stat().st_size
+        report(
+            f"report --html --json of {attempts:,} attempts",
+            [
+                ("report", f"{report_time:.2f}s (rounds {rounds_text(times)}), target < 10s"),
+                ("page size", f"{size / 1e6:.2f} MB, target < 10 MB"),
+                ("json size", f"{data.stat().st_size / 1e6:.2f} MB"),
+                ("peak RSS", f"{statistics.median(peaks) / 2**20:.0f} MiB"),
+                ("report / start-up", f"{report_time / startup:.0f}x"),
+            ],
+        )
+        failed |= report_time >= 10.0 or size >= 10e6
     return 1 if failed else 0
 
 
