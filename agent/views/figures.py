@@ -119,20 +119,56 @@ class Cell:
     outcome: str  # the outcome with the most busy time in it
 
 
+class Spread:
+    """Seconds of spans in each of ``steps`` equal steps from ``origin``: a span adds its part to the two
+    steps it starts and ends in and marks the whole steps between in a difference array, so a long span
+    costs as little as a short one."""
+
+    def __init__(self, origin: float, end: float, steps: int) -> None:
+        self.origin = origin
+        self.steps = steps
+        self.width = max(end - origin, 1e-9) / steps
+        self.partial = [0.0] * steps
+        self.whole = [0] * (steps + 1)
+
+    def step(self, moment: float) -> int:
+        return min(self.steps - 1, max(0, int((moment - self.origin) / self.width)))
+
+    def add(self, start: float, end: float) -> None:
+        first, last = self.step(start), self.step(end)
+        if first == last:
+            self.partial[first] += max(0.0, end - start)
+            return
+        self.partial[first] += self.origin + (first + 1) * self.width - start
+        self.partial[last] += end - (self.origin + last * self.width)
+        if last > first + 1:
+            self.whole[first + 1] += 1
+            self.whole[last] -= 1
+
+    def seconds(self) -> list[float]:
+        found, running = [], 0
+        for partial, change in zip(self.partial, self.whole):
+            running += change
+            found.append(partial + running * self.width)
+        return found
+
+
 def cells(spans: Sequence[Span], row_of: Sequence[int], start: float, end: float) -> list[Cell]:
     """The timeline as a grid of COLUMNS time columns per row, for runs with more attempts than bars."""
-    width = max(end - start, 1e-9) / COLUMNS
-    busy: dict[tuple[int, int], dict[str, float]] = {}
+    spreads: dict[tuple[int, str], Spread] = {}
     starts: dict[tuple[int, int], int] = {}
     for span, row in zip(spans, row_of):
-        first = min(COLUMNS - 1, int((span.start - start) / width))
-        last = min(COLUMNS - 1, int((span.end - start) / width))
-        starts[(row, first)] = starts.get((row, first), 0) + 1
-        for column in range(first, last + 1):
-            left = start + column * width
-            overlap = min(span.end, left + width) - max(span.start, left)
-            by_outcome = busy.setdefault((row, column), {})
-            by_outcome[span.outcome] = by_outcome.get(span.outcome, 0.0) + max(overlap, 0.0)
+        spread = spreads.get((row, span.outcome))
+        if spread is None:
+            spread = spreads[(row, span.outcome)] = Spread(start, end, COLUMNS)
+        spread.add(span.start, span.end)
+        key = (row, spread.step(span.start))
+        starts[key] = starts.get(key, 0) + 1
+    busy: dict[tuple[int, int], dict[str, float]] = {}
+    for (row, outcome), spread in spreads.items():
+        for column, seconds in enumerate(spread.seconds()):
+            if seconds > 0 or (row, column) in starts:
+                busy.setdefault((row, column), {})[outcome] = seconds
     return [
         Cell(
             row, column, starts.get((row, column), 0), sum(found.values()), max(found, key=found.__getitem__)
@@ -144,21 +180,18 @@ def cells(spans: Sequence[Span], row_of: Sequence[int], start: float, end: float
 def curves(spans: Sequence[Span], start: float, end: float) -> dict[str, list[float]]:
     """Concurrency (mean attempts running) and throughput (attempts ended per minute, done and failed)
     in BUCKETS equal steps from ``start`` to ``end``."""
-    width = max(end - start, 1e-9) / BUCKETS
-    running = [0.0] * BUCKETS
+    running = Spread(start, end, BUCKETS)
     done = [0.0] * BUCKETS
     failed = [0.0] * BUCKETS
+    per_minute = 60.0 / running.width
     for span in spans:
-        first = min(BUCKETS - 1, int((span.start - start) / width))
-        last = min(BUCKETS - 1, int((span.end - start) / width))
-        for bucket in range(first, last + 1):
-            left = start + bucket * width
-            running[bucket] += max(0.0, min(span.end, left + width) - max(span.start, left)) / width
+        running.add(span.start, span.end)
         if span.outcome == "done":
-            done[last] += 60.0 / width
+            done[running.step(span.end)] += per_minute
         elif span.outcome in FAILED:
-            failed[last] += 60.0 / width
-    return {"concurrency": running, "done_per_minute": done, "failed_per_minute": failed}
+            failed[running.step(span.end)] += per_minute
+    concurrency = [seconds / running.width for seconds in running.seconds()]
+    return {"concurrency": concurrency, "done_per_minute": done, "failed_per_minute": failed}
 
 
 def histogram(values: Sequence[float], bins: int = BINS) -> dict[str, Any]:
@@ -230,6 +263,13 @@ class Report:
     attempts_per_token: dict[int, int]
     pilots: list[Pilot]
     durations: list[float] = field(default_factory=list)
+    _curves: Optional[dict[str, list[float]]] = field(default=None, repr=False)
+
+    def curves(self) -> dict[str, list[float]]:
+        """Concurrency and throughput (see ``curves``), computed once for the page and the JSON."""
+        if self._curves is None:
+            self._curves = curves(self.spans, self.start, self.end)
+        return self._curves
 
     @property
     def makespan(self) -> float:
@@ -279,7 +319,7 @@ class Report:
                 "start": self.start,
                 "end": self.end,
                 "buckets": BUCKETS,
-                **curves(self.spans, self.start, self.end),
+                **self.curves(),
             },
             "durations": histogram(self.durations),
             "failures_by_reason": [{"reason": r, "count": n} for r, n in self.failures_by("reason")],

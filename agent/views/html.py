@@ -247,7 +247,7 @@ def _line_chart(
 def curves(report: Report) -> str:
     if not report.spans:
         return ""
-    found = figures.curves(report.spans, report.start, report.end)
+    found = report.curves()
     concurrency = _line_chart(
         "concurrency", [("running", found["concurrency"], "#1565c0")], report, "attempts at once"
     )
