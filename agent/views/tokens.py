@@ -7,6 +7,7 @@ many tokens there are.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,8 +33,6 @@ def attempt_json(attempt: Attempt) -> dict[str, Any]:
 
 def _tail_fields(name: str, data: bytes) -> dict[str, str]:
     """A tail as text; bytes that are not UTF-8 also come as base64, so an export loses nothing."""
-    import base64
-
     try:
         return {name: data.decode("utf-8")}
     except UnicodeDecodeError:

@@ -106,6 +106,51 @@ def site(folder: Path, pool: Path) -> Path:
     return config
 
 
+def pool_cycle(path: Path, tasks: int) -> float:
+    """Microseconds of a pool's work per task (one report_and_claim, as a pilot makes it) over ``tasks``."""
+    from agent.token import Outcome, Result, make_report
+
+    with LocalPool(path, Identity("bench", "node", None), 600) as pool:
+        (lease,) = pool.claim(1)
+        start = time.perf_counter()
+        for _ in range(tasks):
+            now = time.time()
+            result = Result(Outcome.DONE, "exit code 0", now, now, 0, None, b"ok\n", b"")
+            _, (lease,) = pool.report_and_claim(lease, make_report(lease.token, result, 1), 1)
+        return (time.perf_counter() - start) * 1e6 / tasks
+
+
+def index_cost(folder: Path, tokens: int, rounds: int) -> tuple[float, float]:
+    """Median microseconds per task on a pool of ``tokens`` with the views' index and without it (the
+    layout before the views), alternating, each round on a fresh copy."""
+    with_index, without = [], []
+    for number in range(rounds):
+        for dropped in (number % 2 == 0, number % 2 == 1):
+            path = folder / f"cycle-{number}-{dropped}.db"
+            LocalPool(path, Identity("b", "b", None), 600, create=True).close()
+            _insert(path, [(f"c-{i}", "todo", "[]", None, None, 0.0) for i in range(tokens)])
+            if dropped:
+                with sqlite3.connect(path) as db:
+                    db.execute("DROP INDEX tokens_updated")
+                # LocalPool adds it back when it opens a pool without it: measure the old layout as is.
+                cost = _without_migration(path, tokens // 2)
+            else:
+                cost = pool_cycle(path, tokens // 2)
+            (without if dropped else with_index).append(cost)
+    return statistics.median(with_index), statistics.median(without)
+
+
+def _without_migration(path: Path, tasks: int) -> float:
+    from agent.pools import local
+
+    saved = local.LocalPool._add_view_index
+    local.LocalPool._add_view_index = lambda self, db: None  # type: ignore[method-assign]
+    try:
+        return pool_cycle(path, tasks)
+    finally:
+        local.LocalPool._add_view_index = saved  # type: ignore[method-assign]
+
+
 def timed(argv: list[str], rounds: int) -> tuple[float, list[float]]:
     times = []
     for _ in range(rounds):
@@ -182,6 +227,16 @@ def main() -> int:
             ],
         )
         failed |= report_time >= 10.0 or size >= 10e6
+
+        indexed, bare = index_cost(folder, 20_000, max(2, args.rounds))
+        report(
+            "what the views' index costs a pilot: one report_and_claim on a local pool of 20,000 tokens",
+            [
+                ("with tokens_updated", f"{indexed:.0f} us per task"),
+                ("without (the layout before)", f"{bare:.0f} us per task"),
+                ("ratio", f"{indexed / bare:.2f}"),
+            ],
+        )
     return 1 if failed else 0
 
 
