@@ -132,3 +132,8 @@ def check(shown: Mapping[str, Any]) -> None:
             assert {k: shown["eta"][k] for k in value} == value
         else:
             assert shown[key] == value, key
+
+
+# What `report --json` shows for the same history: every attempt, by outcome and by host.
+OUTCOMES = {"done": 9, "failed": 5, "running": 3, "node-unhealthy": 1, "timeout": 1}
+FAILURES_BY_HOST = [{"host": "node-bad", "count": 6}, {"host": "node-b", "count": 1}]

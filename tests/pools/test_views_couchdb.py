@@ -133,3 +133,21 @@ def test_a_database_made_before_the_views_gets_them_or_is_read_without(
     assert admin.returncode == 0 and "WARNING" not in admin.stderr, admin.stderr
     views_history.check(json.loads(admin.stdout))
     assert pouchdb_auth.request("GET", f"/{member_db}/_design/{STATS_DESIGN}").status == 200
+
+
+def test_report_reads_every_attempt_of_the_pool(history: Site) -> None:
+    result = history.run("report", "--html", "run.html", "--json", "run.json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads((history.folder / "run.json").read_text())
+    assert data["outcomes"] == views_history.OUTCOMES
+    assert data["failures_by_host"] == views_history.FAILURES_BY_HOST
+    summary = data["summary"]
+    assert (summary["tokens"], summary["attempts"], summary["hosts"]) == (23, 19, 3)
+    assert {k: summary[k] for k in ("todo", "locked", "done", "error")} == {
+        "todo": 7,
+        "locked": 3,
+        "done": 9,
+        "error": 4,
+    }
+    assert summary["median_duration"] == 40.0
+    assert 'data-outcome="node-unhealthy" data-count="1"' in (history.folder / "run.html").read_text()
