@@ -61,18 +61,12 @@ def answering(site: Site, answer: str, *args: str) -> subprocess.CompletedProces
     )
 
 
-def listed_ids(site: Site, *args: str) -> list[str]:
-    result = site.run("tokens", "list", "--json", *args)
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line)["id"] for line in result.stdout.splitlines()]
-
-
 def test_tokens_list_filters_by_state_reason_host_and_limit(history: Site) -> None:
-    assert listed_ids(history, "--state", "error") == ["e1", "e2", "e3", "e4"]
-    assert listed_ids(history, "--reason", "TIMEOUT") == ["e3"]
-    assert listed_ids(history, "--host", "node-bad") == ["e1", "e2", "e3", "r1", "r2"]
-    assert listed_ids(history, "--host", "node-bad", "--state", "todo") == ["r1", "r2"]
-    assert listed_ids(history, "--state", "done", "--limit", "2") == ["d1", "d2"]
+    assert views_history.listed_ids(history, "--state", "error") == ["e1", "e2", "e3", "e4"]
+    assert views_history.listed_ids(history, "--reason", "TIMEOUT") == ["e3"]
+    assert views_history.listed_ids(history, "--host", "node-bad") == ["e1", "e2", "e3", "r1", "r2"]
+    assert views_history.listed_ids(history, "--host", "node-bad", "--state", "todo") == ["r1", "r2"]
+    assert views_history.listed_ids(history, "--state", "done", "--limit", "2") == ["d1", "d2"]
     (line,) = history.run("tokens", "list", "--json", "--reason", "timeout").stdout.splitlines()
     assert json.loads(line) == {
         **json.loads(line),
@@ -140,7 +134,7 @@ def test_tokens_delete_by_id_and_by_state_asks_first(history: Site) -> None:
     running = history.run("tokens", "delete", "d1", "l1", "--yes")
     assert running.returncode == 0 and "deleted 2 tokens" in running.stdout
     assert "1 of them running now" in running.stdout
-    assert listed_ids(history, "--state", "done")[:1] == ["d2"]
+    assert views_history.listed_ids(history, "--state", "done")[:1] == ["d2"]
     assert history.status()["locked"] == 2
     both = history.run("tokens", "delete", "d2", "--state", "done", "--yes")
     assert both.returncode == 2 and "not both" in both.stderr

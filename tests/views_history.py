@@ -8,11 +8,15 @@ later with the real clock, sees the same tokens in its 5- and 60-minute windows.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from agent.pools import NewToken, Pool
 from agent.token import Outcome, Result, make_report
+
+if TYPE_CHECKING:
+    from conftest import Site
 
 
 class Clock:
@@ -137,3 +141,10 @@ def check(shown: Mapping[str, Any]) -> None:
 # What `report --json` shows for the same history: every attempt, by outcome and by host.
 OUTCOMES = {"done": 9, "failed": 5, "running": 3, "node-unhealthy": 1, "timeout": 1}
 FAILURES_BY_HOST = [{"host": "node-bad", "count": 6}, {"host": "node-b", "count": 1}]
+
+
+def listed_ids(site: Site, *args: str) -> list[str]:
+    """The ids `tokens list --json <args>` prints, in its order."""
+    result = site.run("tokens", "list", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line)["id"] for line in result.stdout.splitlines()]

@@ -61,18 +61,12 @@ def test_status_shows_the_known_history_from_the_stats_views(history: Site) -> N
     assert "WARNING" not in result.stderr
 
 
-def listed_ids(site: Site, *args: str) -> list[str]:
-    result = site.run("tokens", "list", "--json", *args)
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line)["id"] for line in result.stdout.splitlines()]
-
-
 def test_tokens_list_filters(history: Site) -> None:
-    assert listed_ids(history, "--state", "error") == ["e1", "e2", "e3", "e4"]
-    assert listed_ids(history, "--reason", "timeout") == ["e3"]
-    assert listed_ids(history, "--host", "node-bad") == ["e1", "e2", "e3", "r1", "r2"]
-    assert listed_ids(history, "--state", "locked", "--limit", "2") == ["l1", "l2"]
-    assert len(listed_ids(history)) == 23  # design documents are not tokens
+    assert views_history.listed_ids(history, "--state", "error") == ["e1", "e2", "e3", "e4"]
+    assert views_history.listed_ids(history, "--reason", "timeout") == ["e3"]
+    assert views_history.listed_ids(history, "--host", "node-bad") == ["e1", "e2", "e3", "r1", "r2"]
+    assert views_history.listed_ids(history, "--state", "locked", "--limit", "2") == ["l1", "l2"]
+    assert len(views_history.listed_ids(history)) == 23  # design documents are not tokens
 
 
 def test_tokens_export_round_trips_fields_attempts_and_tails(
