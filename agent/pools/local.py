@@ -48,12 +48,15 @@ CREATE TABLE tokens (
 -- Every extra index is another page written at every claim and report.
 CREATE INDEX tokens_state ON tokens (state, seq);
 """
-# What the views read (status, watch): tokens finished or touched since a time, the newest first. Added
-# to pools of every age when they are opened (``_add_view_index``); older pilots keep working on a pool
-# that has it, since SQLite keeps an index up to date whoever writes. Its cost is a delete and an insert in
-# one more B-tree at a claim and at a report (measured in tests/benchmarks/bench_local.py).
-VIEW_INDEX = "tokens_updated"
-_VIEW_INDEX_SQL = f"CREATE INDEX IF NOT EXISTS {VIEW_INDEX} ON tokens (updated, state)"
+# What the views read (status, watch): tokens finished or touched since a time, the newest first; and the
+# error tokens by reason (a partial index: written only when a token enters or leaves error). Added to
+# pools of every age when they are opened (``_add_view_indexes``); older pilots keep working on a pool that
+# has them, since SQLite keeps an index up to date whoever writes. Their cost is a delete and an insert in
+# one more B-tree at a claim and at a report (measured in tests/benchmarks/bench_views.py).
+VIEW_INDEXES = {
+    "tokens_updated": "CREATE INDEX IF NOT EXISTS tokens_updated ON tokens (updated, state)",
+    "tokens_errors": "CREATE INDEX IF NOT EXISTS tokens_errors ON tokens (reason, id) WHERE state = 'error'",
+}
 # The columns _token reads, and the views' pages: seq and updated first, the tails last when asked for.
 _SELECT_TOKEN = "SELECT id, state, fields, attempts, failures, lease_id, lease_expires FROM tokens "
 _SELECT_PAGE = {
@@ -85,6 +88,7 @@ class LocalPool(Pool):
         self.clock = clock
         self._next_expiry_scan = 0.0
         self._lease_ids = unique_ids()
+        self.view_indexes: set[str] = set()  # of VIEW_INDEXES, those the pool file has
         self._db = self._connect(create)
 
     # -- connection and schema ---------------------------------------------------------------------
@@ -116,7 +120,7 @@ class LocalPool(Pool):
                     "Put server.path on node-local disk",
                 )
             db.execute("PRAGMA synchronous = NORMAL")
-            self._add_view_index(db)
+            self._add_view_indexes(db)
         except sqlite3.DatabaseError as err:
             db.close()
             raise PoolError(self.where, f"not a usable pool file: {err}; {CHECK_PATH}") from None
@@ -138,24 +142,29 @@ class LocalPool(Pool):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
-                db.execute(_VIEW_INDEX_SQL)
+                for statement in VIEW_INDEXES.values():
+                    db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
-    def _add_view_index(self, db: sqlite3.Connection) -> None:
-        """Migrate a pool made before the views in place: add their index (seconds for a million tokens,
-        once). A pool file we may not write is read without it, slower."""
-        found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (VIEW_INDEX,))
-        if found.fetchone():
-            return
-        try:
-            db.execute(_VIEW_INDEX_SQL)
-        except sqlite3.OperationalError as err:
-            if "readonly" not in str(err):
-                raise
+    def _add_view_indexes(self, db: sqlite3.Connection) -> None:
+        """Migrate a pool made before the views in place: add their indexes (seconds for a million tokens,
+        once). A pool file we may not write is read without them, slower."""
+        found = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        self.view_indexes = found & VIEW_INDEXES.keys()
+        for name, statement in VIEW_INDEXES.items():
+            if name in found:
+                continue
+            try:
+                db.execute(statement)
+            except sqlite3.OperationalError as err:
+                if "readonly" not in str(err):
+                    raise
+                return
+            self.view_indexes.add(name)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -389,12 +398,13 @@ class LocalPool(Pool):
         return listed, rows[-1][0] if len(rows) == limit else None
 
     def finished_since(self, since: float) -> Counts:
-        rows = self._read(
-            "SELECT state, count(*) FROM tokens WHERE updated >= ? AND state IN ('done', 'error') "
-            "GROUP BY state",
-            (since,),
-        )
-        return Counts(**dict(rows))
+        # One count per state, `+state` so that SQLite reads the range of tokens_updated, not tokens_state.
+        found = {}
+        for state in ("done", "error"):
+            (found[state],) = self._read(
+                "SELECT count(*) FROM tokens WHERE updated >= ? AND +state = ?", (since, state)
+            )[0]
+        return Counts(**found)
 
     def recent(self, limit: int) -> list[Token]:
         # No tie-break by id: a million tokens added at once share one time, and would all be sorted.
@@ -410,12 +420,18 @@ class LocalPool(Pool):
         return hosts
 
     def error_reasons(self, limit: int) -> list[ReasonCount]:
-        rows = self._read(
-            "SELECT coalesce(reason, ''), count(*) AS n, min(id) FROM tokens WHERE state = 'error' "
-            "GROUP BY coalesce(reason, '') ORDER BY n DESC, 1 LIMIT ?",
-            (limit,),
-        )
-        return [ReasonCount(reason, count, example) for reason, count, example in rows]
+        # Read from the tokens_errors index alone, in its order (SQLite does not choose a partial index
+        # by itself here); '' and NULL are one reason.
+        hint = "INDEXED BY tokens_errors " if "tokens_errors" in self.view_indexes else ""
+        found: dict[str, list[Any]] = {}
+        for reason, count, example in self._read(
+            f"SELECT reason, count(*), min(id) FROM tokens {hint}WHERE state = 'error' GROUP BY reason"  # noqa: S608 - a constant
+        ):
+            entry = found.setdefault(reason or "", [0, example])
+            entry[0] += count
+            entry[1] = min(entry[1], example)
+        ranked = sorted(found.items(), key=lambda item: (-item[1][0], item[0]))
+        return [ReasonCount(reason, count, example) for reason, (count, example) in ranked[:limit]]
 
     def delete(self, token_ids: Sequence[str]) -> int:
         with self._write() as db:
