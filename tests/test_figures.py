@@ -46,7 +46,7 @@ def test_utilisation_is_busy_over_slots_times_life() -> None:
         Token("t3", {}, State.ERROR, (attempt("p", 10, 12, 20, "failed"),)),
         Token("t4", {}, State.LOCKED, (Attempt("q", "other", None, 15.0, 15.0),)),
     ]
-    report = figures.build(tokens, now=25.0)
+    report = figures.build(map(figures.history_of, tokens), now=25.0)
     p, q = report.pilots
     assert (p.pilot, p.slots, p.attempts, p.busy, p.life) == ("p", 2, 3, 23.0, 20.0)
     assert p.utilisation == pytest.approx(23 / 40)

@@ -174,6 +174,13 @@ class Pool(abc.ABC):
             if cursor is None:
                 return
 
+    def histories(self, page_size: int = PAGE) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+        """Every token's id, state and attempts as stored (JSON objects), page by page: what the report
+        reads, without the fields and the objects ``iter_tokens`` makes."""
+        for listed in self.iter_tokens(page_size=page_size):
+            token = listed.token
+            yield token.id, token.state.value, [attempt.to_json() for attempt in token.attempts]
+
     def finished_since(self, since: float) -> Counts:
         """Done and error tokens whose last report came at or after ``since`` (the other counts are 0)."""
         found = {State.DONE: 0, State.ERROR: 0}

@@ -19,7 +19,18 @@ from typing import Any, Callable, Optional
 
 from agent.errors import DuplicateToken, PoolError, TokenError
 from agent.identity import Identity, unique_ids
-from agent.pools.base import Counts, Lease, Listed, NewToken, Pool, ReasonCount, Renewal, Saved, missing_id
+from agent.pools.base import (
+    PAGE,
+    Counts,
+    Lease,
+    Listed,
+    NewToken,
+    Pool,
+    ReasonCount,
+    Renewal,
+    Saved,
+    missing_id,
+)
 from agent.token import Attempt, Outcome, Report, State, Token, close_attempt
 
 CHECK_PATH = "check that server.path names a pool file"  # what to do about a file that is not one
@@ -396,6 +407,19 @@ class LocalPool(Pool):
             for row in rows
         ]
         return listed, rows[-1][0] if len(rows) == limit else None
+
+    def histories(self, page_size: int = PAGE) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+        after = -1
+        while True:
+            rows = self._read(
+                "SELECT seq, id, state, attempts FROM tokens WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, page_size),
+            )
+            for _, token_id, state, attempts in rows:
+                yield token_id, state, json.loads(attempts)
+            if len(rows) < page_size:
+                return
+            after = rows[-1][0]
 
     def finished_since(self, since: float) -> Counts:
         # One count per state, `+state` so that SQLite reads the range of tokens_updated, not tokens_state.

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import heapq
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from agent.stats import FAILED, iso
 from agent.token import Token
@@ -26,8 +26,7 @@ BINS = 30  # bars of the duration histogram
 TOP = 10  # reasons and hosts in the failure charts
 
 
-@dataclass(frozen=True)
-class Span:
+class Span(NamedTuple):  # a tuple: made once per attempt, 100,000 times for a big run
     token: str
     pilot: str
     host: str
@@ -42,16 +41,37 @@ class Span:
         return max(0.0, self.end - self.start)
 
 
-def spans_of(token: Token, now: float) -> list[Span]:
+#: a token as the report reads it: its id, its state and its attempts as stored (JSON objects)
+History = tuple[str, str, Sequence[Mapping[str, Any]]]
+
+
+def history_of(token: Token) -> History:
+    return token.id, token.state.value, [attempt.to_json() for attempt in token.attempts]
+
+
+def spans_of(token_id: str, attempts: Sequence[Mapping[str, Any]], now: float) -> list[Span]:
     found = []
-    for attempt in token.attempts:
-        start = attempt.started if attempt.started is not None else attempt.claimed
-        if attempt.outcome is None:
+    for attempt in attempts:
+        claimed = attempt.get("claimed") or 0.0
+        started = attempt.get("started")
+        start = claimed if started is None else started
+        outcome = attempt.get("outcome")
+        if outcome is None:
             end, outcome = max(now, start), RUNNING
         else:
-            end, outcome = (attempt.ended if attempt.ended is not None else start), attempt.outcome
+            ended = attempt.get("ended")
+            end = start if ended is None else ended
         found.append(
-            Span(token.id, attempt.pilot, attempt.host, start, end, outcome, attempt.reason, attempt.claimed)
+            Span(
+                token_id,
+                attempt.get("pilot", "?"),
+                attempt.get("host", "?"),
+                start,
+                end,
+                outcome,
+                attempt.get("reason", ""),
+                claimed,
+            )
         )
     return found
 
@@ -66,15 +86,15 @@ def lanes(spans: Sequence[Span]) -> list[int]:
     for indexes in by_pilot.values():
         indexes.sort(key=lambda i: (spans[i].start, spans[i].end))
         free: list[tuple[float, int]] = []  # (end, lane) of busy lanes
-        count = 0
         for index in indexes:
-            span = spans[index]
-            if free and free[0][0] <= span.start:
-                _, lane = heapq.heappop(free)
+            start, end = spans[index].start, spans[index].end
+            if free and free[0][0] <= start:
+                lane = free[0][1]
+                heapq.heapreplace(free, (end, lane))
             else:
-                lane, count = count, count + 1
+                lane = len(free)
+                heapq.heappush(free, (end, lane))
             lane_of[index] = lane
-            heapq.heappush(free, (span.end, lane))
     return lane_of
 
 
@@ -135,12 +155,15 @@ class Spread:
         return min(self.steps - 1, max(0, int((moment - self.origin) / self.width)))
 
     def add(self, start: float, end: float) -> None:
-        first, last = self.step(start), self.step(end)
+        # step() written out twice: this runs for every attempt, twice per report.
+        origin, width, top = self.origin, self.width, self.steps - 1
+        first = min(top, max(0, int((start - origin) / width)))
+        last = min(top, max(0, int((end - origin) / width)))
         if first == last:
             self.partial[first] += max(0.0, end - start)
             return
-        self.partial[first] += self.origin + (first + 1) * self.width - start
-        self.partial[last] += end - (self.origin + last * self.width)
+        self.partial[first] += origin + (first + 1) * width - start
+        self.partial[last] += end - (origin + last * width)
         if last > first + 1:
             self.whole[first + 1] += 1
             self.whole[last] -= 1
@@ -345,18 +368,18 @@ class Report:
         }
 
 
-def build(tokens: Iterable[Token], now: float) -> Report:
-    """The report of these tokens (read once, in one pass: ``tokens`` may be a stream of a million)."""
+def build(histories: Iterable[History], now: float) -> Report:
+    """The report of these tokens (read once, in one pass: ``histories`` may stream a million)."""
     spans: list[Span] = []
     counts = {"todo": 0, "locked": 0, "done": 0, "error": 0}
     per_token: dict[int, int] = {}
     durations: list[float] = []
     total = 0
-    for token in tokens:
+    for token_id, state, attempts in histories:
         total += 1
-        counts[token.state.value] += 1
-        per_token[len(token.attempts)] = per_token.get(len(token.attempts), 0) + 1
-        for span in spans_of(token, now):
+        counts[state] += 1
+        per_token[len(attempts)] = per_token.get(len(attempts), 0) + 1
+        for span in spans_of(token_id, attempts, now):
             spans.append(span)
             if span.outcome == "done":
                 durations.append(span.busy)

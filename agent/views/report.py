@@ -13,7 +13,7 @@ from agent.views import figures, html
 
 
 def collect(pool: Pool, now: float) -> figures.Report:
-    return figures.build((listed.token for listed in pool.iter_tokens()), now)
+    return figures.build(pool.histories(), now)
 
 
 def write(path: Path, text: str) -> None:
