@@ -229,7 +229,7 @@ def main() -> int:
         )
         failed |= report_time >= 10.0 or size >= 10e6
 
-        indexed, bare = index_cost(folder, 20_000, max(2, args.rounds))
+        indexed, bare = index_cost(folder, 20_000, max(6, args.rounds))
         report(
             "what the views' indexes cost a pilot: one report_and_claim on a local pool of 20,000 tokens",
             [
