@@ -338,7 +338,7 @@ def tokens_list(  # noqa: PLR0917 - one parameter per click option
     Examples:
         ./pilot.pyz tokens list --config site.toml --state error
         ./pilot.pyz tokens list --config site.toml --reason timeout --host node12 --limit 20
-        ./pilot.pyz tokens list --config site.toml --json > tokens.jsonl
+        ./pilot.pyz tokens list --config site.toml --json
     """
     from agent.views import tokens as views
 
@@ -392,7 +392,7 @@ def tokens_delete(ctx: Context, token_ids: tuple[str, ...], state: Optional[str]
 
     \b
     Examples:
-        ./pilot.pyz tokens delete --config site.toml genomes-3 genomes-9
+        ./pilot.pyz tokens delete --config site.toml genomes-3 genomes-9 --yes
         ./pilot.pyz tokens delete --config site.toml --state error --yes
     """
     from agent.views import tokens as views
@@ -435,15 +435,17 @@ def status(ctx: Context, as_json: bool) -> None:
 @cli.command()
 @click.option("--interval", default="5s", show_default=True, help="Time between refreshes.")
 @click.option("--exit-when-done", is_flag=True, help="End once nothing is todo or locked.")
+@click.option("--count", type=click.IntRange(min=1), help="End after this many refreshes.")
 @common
-def watch(ctx: Context, interval: str, exit_when_done: bool) -> None:
+def watch(ctx: Context, interval: str, exit_when_done: bool, count: Optional[int]) -> None:
     """Watch the run: a progress bar, the rate, the ETA, tasks per host, the last failures. Redrawn in
-    place on a terminal; one line per refresh otherwise. Ctrl-C ends it.
+    place on a terminal (`pilot.pyz watch --config site.toml`; Ctrl-C ends it); one line per refresh
+    when stdout is not a terminal.
 
     \b
     Examples:
-        ./pilot.pyz watch --config site.toml
-        ./pilot.pyz watch --config site.toml --interval 30s --exit-when-done >> run.log
+        ./pilot.pyz watch --config site.toml --count 1
+        ./pilot.pyz watch --config site.toml --interval 1s --count 3 --exit-when-done
     """
     import shutil
     import time
@@ -465,6 +467,7 @@ def watch(ctx: Context, interval: str, exit_when_done: bool) -> None:
                 terminal=out.isatty(),
                 interval=every,
                 exit_when_done=exit_when_done,
+                count=count,
                 clock=time.time,
                 width=lambda: shutil.get_terminal_size().columns,
             ).run(stop)

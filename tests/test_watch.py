@@ -135,3 +135,11 @@ def test_terminal_view_redraws_in_place_and_ends_on_ctrl_c(site: Site, tmux: Tmu
     assert tmux.pane("cursor_flag") == "1"  # shown again
     assert not any("Traceback" in line or "aborted" in line for line in final)
     assert sum(line.startswith("pilot watch") for line in final) == 1  # the last frame stays
+
+
+def test_count_ends_after_that_many_refreshes(site: Site) -> None:
+    local_history(site)
+    result = site.run("watch", "--interval", "0.1s", "--count", "2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all(" total 23 | " in line for line in lines)

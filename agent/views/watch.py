@@ -12,7 +12,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 import click
 
@@ -135,6 +135,7 @@ class Watch:
     terminal: bool
     interval: float
     exit_when_done: bool
+    count: Optional[int]  # refreshes before it ends by itself; None: until stopped
     clock: Callable[[], float]
     width: Callable[[], int]
 
@@ -155,10 +156,12 @@ class Watch:
                 self.out.flush()
 
     def _refreshes(self, stop: threading.Event) -> Iterator[stats.Status]:
+        done = 0
         while not stop.is_set():
             status = stats.figures(observe(self.pool, self.clock()))
             yield status
-            if self.exit_when_done and status.finished:
+            done += 1
+            if (self.exit_when_done and status.finished) or done == self.count:
                 return
             stop.wait(self.interval)
 
