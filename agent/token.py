@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 class State(str, enum.Enum):
     TODO = "todo"
+    WAITING = "waiting"  # todo, but some token it comes after (``after``) is not done yet
     LOCKED = "locked"
     DONE = "done"
     ERROR = "error"
@@ -82,6 +83,14 @@ class Token:
 
 
 @dataclass(frozen=True)
+class NewToken:
+    """A token to add: by ``tokens add``, or as a child a task wrote (``$PILOT_NEW_TOKENS``)."""
+
+    id: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Result:
     """What one run of a task came to, as the runner saw it."""
 
@@ -109,6 +118,7 @@ class Report:
     state: State
     failures: int  # the token's charged failures after this attempt
     extra: Mapping[str, Any] = field(default_factory=dict)
+    children: tuple[NewToken, ...] = ()  # added with the report when it is saved (state done only)
 
 
 def next_state(outcome: Outcome, failures: int, max_attempts: int) -> tuple[State, int]:

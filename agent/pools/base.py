@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from agent.errors import ServerUnreachable
 from agent.identity import Identity
-from agent.token import Attempt, Report, Token
+from agent.token import Attempt, NewToken, Report, Token
 
 
 @dataclass(frozen=True)
@@ -29,17 +29,24 @@ class Lease:
 
 @dataclass(frozen=True)
 class Counts:
-    todo: int = 0
+    todo: int = 0  # claimable now
     locked: int = 0
     done: int = 0
     error: int = 0
+    waiting: int = 0  # todo once the tokens they come after are done
 
     def as_dict(self) -> dict[str, int]:
-        return {"todo": self.todo, "locked": self.locked, "done": self.done, "error": self.error}
+        return {
+            "todo": self.todo,
+            "locked": self.locked,
+            "done": self.done,
+            "error": self.error,
+            "waiting": self.waiting,
+        }
 
     @property
     def total(self) -> int:
-        return self.todo + self.locked + self.done + self.error
+        return self.todo + self.locked + self.done + self.error + self.waiting
 
 
 class Saved(enum.Enum):
@@ -51,12 +58,6 @@ class Saved(enum.Enum):
 class Renewal:
     renewed: list[Lease]
     lost: list[Lease]  # another pilot holds these now, or they were reset: stop their tasks
-
-
-@dataclass(frozen=True)
-class NewToken:
-    id: str
-    fields: dict[str, Any]
 
 
 class Pool(abc.ABC):

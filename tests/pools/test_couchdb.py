@@ -139,7 +139,7 @@ def test_added_tokens_have_the_picas_fields_and_duplicates_are_refused(
     assert "new-1" not in pouchdb.docs(couch_db)  # nothing was added
     with pytest.raises(TokenError, match="field 'lock' is kept for PiCaS"):
         pool.add([NewToken("new-2", {"lock": 5})])
-    assert pool.counts().as_dict() == {"todo": 3, "locked": 0, "done": 0, "error": 0}
+    assert pool.counts().as_dict() == {"todo": 3, "locked": 0, "done": 0, "error": 0, "waiting": 0}
 
 
 # -- claims ----------------------------------------------------------------------------------------
@@ -354,7 +354,7 @@ def test_done_and_failed_reports_land_in_the_picas_views_with_logs(
     assert pool.tails("tok-001") == (b"bad", b"err")
     raw = pouchdb.request("GET", f"/{couch_db}/tok-001?attachments=true").body["_attachments"]
     assert base64.b64decode(raw["logs_tok-001.out"]["data"]) == b"bad"
-    assert pool.counts().as_dict() == {"todo": 1, "locked": 0, "done": 1, "error": 1}
+    assert pool.counts().as_dict() == {"todo": 1, "locked": 0, "done": 1, "error": 1, "waiting": 0}
 
 
 def test_a_report_merges_onto_a_token_edited_while_it_ran(pouchdb: PouchDBServer, couch_db: str) -> None:
@@ -428,7 +428,7 @@ def test_reset_puts_locked_and_error_tokens_back_like_resettokens(
     assert pool.reset(locked=True, errors=False) == 1
     attempts = pool.get("tok-002").attempts
     assert attempts[-1].outcome == Outcome.RESET.value
-    assert pool.counts().as_dict() == {"todo": 2, "locked": 0, "done": 1, "error": 0}
+    assert pool.counts().as_dict() == {"todo": 2, "locked": 0, "done": 1, "error": 0, "waiting": 0}
 
 
 # -- errors: credentials, missing database or views, unreachable server ------------------------------
