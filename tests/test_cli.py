@@ -134,7 +134,8 @@ def test_no_config_is_a_usage_error(site: Site) -> None:
 
 def test_status_json_has_the_counts(site: Site, pool_with_tokens: Path) -> None:
     result = site.run("status", "--json")
-    assert json.loads(result.stdout) == {"todo": 5, "locked": 0, "done": 0, "error": 0, "waiting": 0, "total": 5}
+    counts = {"todo": 5, "locked": 0, "done": 0, "error": 0, "waiting": 0, "total": 5}
+    assert json.loads(result.stdout) == counts
     text = site.run("status").stdout
     assert "todo" in text and "5" in text
 

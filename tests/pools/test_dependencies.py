@@ -50,7 +50,8 @@ def finish(pool: Pool, outcome: Outcome = Outcome.DONE, max_attempts: int = 1) -
 
 def test_a_diamond_is_claimed_level_by_level(pool: Pool) -> None:
     # `after` may name tokens that come later in the same input
-    pool.add([token("merge", "m1", "m2", "m3"), *(token(f"m{i}", "split") for i in (1, 2, 3)), token("split")])
+    middle = [token(f"m{i}", "split") for i in (1, 2, 3)]
+    pool.add([token("merge", "m1", "m2", "m3"), *middle, token("split")])
     counts = pool.counts()
     assert (counts.todo, counts.waiting) == (1, 4)
     assert pool.get("merge").state is State.WAITING
