@@ -321,6 +321,8 @@ def tokens_show(ctx: Context, token_id: str) -> None:
         "failures": token.failures,
         "attempts": [attempt.to_json() for attempt in token.attempts],
     }
+    if token.reason:
+        shown["reason"] = token.reason
     if tails is not None:
         shown["stdout_tail"] = tails[0].decode("utf-8", "replace")
         shown["stderr_tail"] = tails[1].decode("utf-8", "replace")

@@ -80,6 +80,7 @@ class Token:
     state: State = State.TODO
     attempts: tuple[Attempt, ...] = ()
     failures: int = 0  # charged failures since the token was added or last reset
+    reason: str = ""  # why it is in error: its last attempt's reason, or "dependency <id> failed"
 
 
 @dataclass(frozen=True)

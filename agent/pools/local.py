@@ -414,14 +414,16 @@ class LocalPool(Pool):
 
     def get(self, token_id: str) -> Token:
         row = self._db.execute(
-            "SELECT id, state, fields, attempts, failures, waiting FROM tokens WHERE id = ?", (token_id,)
+            "SELECT id, state, fields, attempts, failures, waiting, reason FROM tokens WHERE id = ?",
+            (token_id,),
         ).fetchone()
         if row is None:
             raise TokenError(token_id, f"not in the pool {self.where}")
-        token_id, state, fields, attempts_json, failures, waiting = row
+        token_id, state, fields, attempts_json, failures, waiting, reason = row
         attempts = tuple(Attempt.from_json(a) for a in json.loads(attempts_json))
         shown = State.WAITING if state == State.TODO.value and waiting else State(state)
-        return Token(token_id, json.loads(fields), shown, attempts, failures)
+        why = reason or "" if shown is State.ERROR else ""
+        return Token(token_id, json.loads(fields), shown, attempts, failures, why)
 
     def tails(self, token_id: str) -> Optional[tuple[bytes, bytes]]:
         row = self._db.execute(

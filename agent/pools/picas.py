@@ -211,12 +211,15 @@ def user_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
 def to_token(doc: Mapping[str, Any]) -> Token:
     state = state_of(doc) or State.ERROR  # in none of the views: not something a pilot may claim
     failures = ours(doc).get("failures", 0)
+    errors = doc.get("error") if isinstance(doc.get("error"), list) else []
+    last = errors[-1] if errors and isinstance(errors[-1], dict) else {}
     return Token(
         id=doc["_id"],
         fields=user_fields(doc),
         state=state,
         attempts=tuple(attempts_of(doc)),
         failures=failures if isinstance(failures, int) else 0,
+        reason=str(last.get("message", "")) if state is State.ERROR else "",
     )
 
 

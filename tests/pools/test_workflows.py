@@ -1,0 +1,185 @@
+"""Workflows through pilot.pyz, on the local pool and CouchDB: dependencies (`after`), tasks that add
+tokens, and the bad input both refuse. Every pilot is the built zipapp run as a subprocess; the tasks
+(tests/tasks/step.py) record when they started and ended."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from conftest import REPO, Site, local_config, pool_rows, wait_for
+from servers.pouchdb import PouchDBServer
+
+from pools.conftest import couch_config
+
+STEP = [sys.executable, str(REPO / "tests" / "tasks" / "step.py")]
+#: short leases: idle pilots look at the pool every lease / 2, a dead pilot's token is back after one
+QUICK = {"server": {"lease": "4s"}, "pilot": {"slots": 1, "idle_timeout": "60s"}}
+
+Configure = Callable[..., None]
+
+
+@pytest.fixture(params=["local", "couchdb"])
+def backend(request: pytest.FixtureRequest, site: Site) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def configure(request: pytest.FixtureRequest, site: Site, backend: str) -> Configure:
+    """Writes site.toml for the backend (and runs init): configure(command, **overrides)."""
+
+    def write(command: list[str], **overrides: dict[str, Any]) -> None:
+        sections = {name: {**QUICK.get(name, {}), **overrides.get(name, {})} for name in {*QUICK, *overrides}}
+        if backend == "local":
+            site.write(local_config(site.folder, command, **sections))
+        else:
+            server: PouchDBServer = request.getfixturevalue("pouchdb")
+            site.write(
+                couch_config(site.folder, server, request.getfixturevalue("couch_db"), command, **sections)
+            )
+        assert site.run("init").returncode == 0
+
+    return write
+
+
+def runs(log: Path) -> dict[str, list[tuple[float, float]]]:
+    found: dict[str, list[tuple[float, float]]] = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        token_id, start, end = line.split()
+        found.setdefault(token_id, []).append((float(start), float(end)))
+    return found
+
+
+def run_pilots(site: Site, reaper: list, count: int, timeout: float = 300) -> None:
+    pilots = [site.start(log_name=f"pilot-{i}.log") for i in range(count)]
+    reaper.extend(pilots)
+    codes = [pilot.wait(timeout=timeout) for pilot in pilots]
+    logs = [(site.folder / f"pilot-{i}.log").read_text()[-3000:] for i in range(count)]
+    assert codes == [0] * count, logs
+
+
+def one_line(result: Any, code: int) -> str:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, lines
+    return lines[0]
+
+
+def diamond(middle: int, **fields: dict[str, Any]) -> list[dict[str, Any]]:
+    ids = [f"m{i}" for i in range(middle)]
+    return [
+        {"id": "split", **fields.get("split", {})},
+        *({"id": i, "after": ["split"], **fields.get(i, {})} for i in ids),
+        {"id": "merge", "after": ids},
+    ]
+
+
+def test_a_diamond_runs_each_token_once_after_what_it_waits_on(
+    site: Site, configure: Configure, reaper: list
+) -> None:
+    log = site.folder / "ran.log"
+    configure([*STEP, str(log), "{id}"])
+    site.add_tokens(diamond(100))
+    assert site.status() == {"todo": 1, "locked": 0, "done": 0, "error": 0, "waiting": 101, "total": 102}
+    run_pilots(site, reaper, 4)
+    ran = runs(log)
+    assert sorted(ran) == sorted(["split", "merge", *(f"m{i}" for i in range(100))])
+    assert all(len(times) == 1 for times in ran.values())  # each once
+    split_end = ran["split"][0][1]
+    assert all(ran[f"m{i}"][0][0] >= split_end for i in range(100))
+    assert ran["merge"][0][0] >= max(ran[f"m{i}"][0][1] for i in range(100))
+    assert site.status()["done"] == 102
+
+
+def test_a_failure_in_the_middle_fails_the_merge_and_the_pilots_end(
+    site: Site, configure: Configure, backend: str, reaper: list
+) -> None:
+    log = site.folder / "ran.log"
+    configure([*STEP, str(log), "{id}"], task={"max_attempts": 1})
+    site.add_tokens(diamond(10, m3={"fail": "yes"}))
+    run_pilots(site, reaper, 2, timeout=120)
+    assert site.status() == {"todo": 0, "locked": 0, "done": 10, "error": 2, "waiting": 0, "total": 12}
+    assert "merge" not in runs(log)
+    merge = site.token("merge")
+    assert merge["state"] == "error"
+    assert merge["reason"] == "dependency m3 failed"
+
+
+def test_a_killed_task_that_wrote_children_adds_them_once_on_the_rerun(
+    site: Site, configure: Configure, reaper: list
+) -> None:
+    log = site.folder / "ran.log"
+    configure([*STEP, str(log), "{id}"])
+    hold = site.folder / "held"
+    site.add_tokens([{"id": "parent", "children": 10, "hold": str(hold)}])
+    first = site.start(log_name="first.log")
+    reaper.append(first)
+    wait_for(hold.exists, 60, what="the first run to write its children")
+    task = next((site.folder / "work").glob("*/parent.1/pid"))
+    os.kill(first.pid, signal.SIGKILL)
+    os.killpg(int(task.read_text()), signal.SIGKILL)
+    first.wait(timeout=10)
+    assert site.status()["total"] == 1  # the children wait for the report
+    run_pilots(site, reaper, 1)
+    assert sorted(runs(log)) == sorted(["parent", *(f"parent.{i}" for i in range(1, 11))])
+    assert site.status() == {"todo": 0, "locked": 0, "done": 11, "error": 0, "waiting": 0, "total": 11}
+
+
+def test_children_may_wait_on_each_other_map_reduce(site: Site, configure: Configure, reaper: list) -> None:
+    log = site.folder / "ran.log"
+    configure([*STEP, str(log), "{id}"])
+    reduce_line = json.dumps({"id": "reduce", "after": [f"map.{i}" for i in range(1, 6)]})
+    site.add_tokens(
+        [{"id": "map", "children": 5}, {"id": "reducer-maker", "after": ["map"], "children": reduce_line}]
+    )
+    run_pilots(site, reaper, 2)
+    ran = runs(log)
+    assert ran["reduce"][0][0] >= max(ran[f"map.{i}"][0][1] for i in range(1, 6))
+    assert site.status()["done"] == 8
+
+
+def test_a_malformed_children_file_fails_the_attempt_and_adds_nothing(
+    site: Site, configure: Configure, reaper: list
+) -> None:
+    configure([*STEP, str(site.folder / "ran.log"), "{id}"], task={"max_attempts": 1})
+    site.add_tokens(
+        [{"id": "bad", "children": '{"input": 1'}, {"id": "ghost", "children": '{"after": ["nowhere"]}'}]
+    )
+    run_pilots(site, reaper, 1)
+    assert site.status() == {"todo": 0, "locked": 0, "done": 0, "error": 2, "waiting": 0, "total": 2}
+    bad = site.token("bad")["attempts"][-1]
+    assert bad["outcome"] == "failed"
+    assert "new-tokens.jsonl:1: not valid JSON" in bad["reason"] and "no tokens were added" in bad["reason"]
+    ghost = site.token("ghost")["attempts"][-1]
+    assert "`after` names tokens in neither the pool nor the input: nowhere" in ghost["reason"]
+
+
+def test_tokens_add_refuses_a_cycle_and_an_unknown_dependency_with_one_line(
+    site: Site, configure: Configure
+) -> None:
+    configure(["true"])
+    for tokens, expected in (
+        ([{"id": "a", "after": ["b"]}, {"id": "b", "after": ["a"]}], "`after` makes a cycle: a -> b -> a"),
+        (
+            [{"id": "a"}, {"id": "b", "after": ["a", "zz"]}],
+            "`after` names tokens in neither the pool nor the input: zz",
+        ),
+    ):
+        (site.folder / "t.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tokens))
+        line = one_line(site.run("tokens", "add", "--jsonl", "t.jsonl"), 2)
+        assert line == f"pilot: error: {expected}; nothing was added"
+        assert site.status()["total"] == 0
+
+
+def test_a_token_added_after_its_dependency_failed_fails_at_once(site: Site) -> None:
+    site.write(local_config(site.folder, ["false"], task={"max_attempts": 1}))
+    site.add_tokens([{"id": "x"}])
+    assert site.run().returncode == 0
+    site.add_tokens([{"id": "y", "after": ["x"]}])
+    rows = {row["id"]: row for row in pool_rows(site.folder / "pool.db")}
+    assert (rows["y"]["state"], rows["y"]["reason"]) == ("error", "dependency x failed")
