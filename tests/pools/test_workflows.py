@@ -183,3 +183,30 @@ def test_a_token_added_after_its_dependency_failed_fails_at_once(site: Site) -> 
     site.add_tokens([{"id": "y", "after": ["x"]}])
     rows = {row["id"]: row for row in pool_rows(site.folder / "pool.db")}
     assert (rows["y"]["state"], rows["y"]["reason"]) == ("error", "dependency x failed")
+
+
+def test_a_report_replayed_from_journals_adds_its_children_once(
+    site: Site, own_server: PouchDBServer, reaper: list
+) -> None:
+    """The report of a task that wrote 10 children waits in the journal while the server is away; the
+    journal is found twice on the node (as if a pilot died after sending it): the children come once."""
+    log, gate = site.folder / "ran.log", site.folder / "gate"
+    keys = {"server": {"timeout": "1s", "max_outage": "3s"}, "pilot": {"slots": 1}}
+    site.write(
+        couch_config(site.folder, own_server, own_server.create_database(), [*STEP, str(log), "{id}"], **keys)
+    )
+    assert site.run("init").returncode == 0
+    site.add_tokens([{"id": "parent", "children": 10, "gate": str(gate)}])
+    first = site.start(log_name="first.log")
+    reaper.append(first)
+    wait_for(lambda: list((site.folder / "work").glob("*/parent.1/pid")), 60, what="the task to start")
+    own_server.stop()
+    gate.write_text("go")
+    assert first.wait(timeout=60) == 4, (site.folder / "first.log").read_text()[-3000:]
+    (journal,) = (site.folder / "work" / "journal").glob("*.jsonl")
+    assert len(json.loads(journal.read_text())["children"]) == 10
+    (journal.parent / "copy.jsonl").write_text(journal.read_text())
+    own_server.start()
+    run_pilots(site, reaper, 1)
+    assert sorted(runs(log)) == sorted(["parent", *(f"parent.{i}" for i in range(1, 11))])
+    assert site.status() == {"todo": 0, "locked": 0, "done": 11, "error": 0, "waiting": 0, "total": 11}

@@ -4,7 +4,7 @@ write when it ends, so tests can check that no token started before the tokens i
 argv: LOG TOKEN_ID. The token's fields steer it, through the environment the pilot gives every task:
 ``fail`` (exit 1), ``children`` (write that many new tokens to $PILOT_NEW_TOKENS, or the line itself
 when it is a string), ``hold`` (a file: on the first run only, after writing the children, wait until
-the test kills the pilot; the file marks that first run).
+the test kills the pilot; the file marks that first run), ``gate`` (a file: wait until it exists).
 """
 
 import json
@@ -23,6 +23,9 @@ if children is not None:
             file.writelines(json.dumps({"input": i}) + "\n" for i in range(int(children)))
         else:
             file.write(children + "\n")
+gate = os.environ.get("PILOT_TOKEN_GATE")
+while gate is not None and not Path(gate).exists():
+    time.sleep(0.05)
 hold = os.environ.get("PILOT_TOKEN_HOLD")
 if hold is not None and not Path(hold).exists():
     Path(hold).write_text("first run")
