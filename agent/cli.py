@@ -329,6 +329,25 @@ def tokens_show(ctx: Context, token_id: str) -> None:
     click.echo(json.dumps(shown, indent=2, ensure_ascii=False, default=str))
 
 
+@tokens.command("cancel")
+@click.argument("token_ids", nargs=-1)
+@click.option("--all-todo", is_flag=True, help="Cancel every token that is todo or waiting.")
+@common
+def tokens_cancel(ctx: Context, token_ids: tuple[str, ...], all_todo: bool) -> None:
+    """Move tokens to error with the reason `cancelled`; running ones are stopped by their pilots.
+
+    \b
+    Examples:
+        ./pilot.pyz tokens cancel --config site.toml genomes-17 genomes-18
+        ./pilot.pyz tokens cancel --config site.toml --all-todo
+    """
+    from agent.cancel import cancel
+
+    config = ctx.config()
+    with ctx.pool(config) as pool:
+        click.echo(cancel(pool, token_ids, all_todo=all_todo, lease=config.server.lease))
+
+
 @cli.command()
 @click.option(
     "--json", "as_json", is_flag=True, help="Print a JSON object with todo, locked, done, error, total."

@@ -66,9 +66,11 @@ class Tally:
     failed: int = 0
     given_back: int = 0
     conflicts: int = 0
+    cancelled: int = 0
 
     def __str__(self) -> str:
         text = f"{self.done} done, {self.failed} failed, {self.given_back} given back"
+        text += f", {self.cancelled} cancelled" if self.cancelled else ""
         return text + (f", {self.conflicts} conflicts" if self.conflicts else "")
 
 
@@ -437,6 +439,9 @@ class Pilot:
             self.tally.done += 1
             if log.isEnabledFor(logging.INFO):
                 log.info("done%s", _took(result), extra=extra)
+        elif result.outcome is Outcome.CANCELLED:
+            self.tally.cancelled += 1
+            log.warning("cancelled: the token is in error until `pilot.pyz reset --errors`", extra=extra)
         elif result.outcome.charged:
             self.tally.failed += 1
             where = "error" if report.state is State.ERROR else "todo for another attempt"
@@ -482,6 +487,20 @@ class Pilot:
             self.running[lease.token.id].payload.terminate(
                 Stop(Outcome.LEASE_LOST, "lease lost: the token was reset or is held by another pilot")
             )
+        for lease in renewal.cancelled:
+            self._cancelled(lease)
+
+    def _cancelled(self, lease: Lease) -> None:
+        """`tokens cancel` took a token we hold: stop its task (TERM, grace, KILL) and report the attempt
+        as cancelled; a failure held back for the breaker is reported as it is (the token is in error)."""
+        extra = {"token": lease.token.id}
+        suspect = self.suspects.pop(lease.token.id, None)
+        if suspect is not None:
+            cancelled = replace(suspect.result, outcome=Outcome.CANCELLED, reason=Outcome.CANCELLED.value)
+            self._deliver(suspect.lease, cancelled, suspect.folder)
+            return
+        log.warning("cancelled by `pilot.pyz tokens cancel`: stopping its task", extra=extra)
+        self.running[lease.token.id].payload.terminate(Stop(Outcome.CANCELLED, Outcome.CANCELLED.value))
 
     # -- stopping ----------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ class Outcome(str, enum.Enum):
     LEASE_EXPIRED = "lease-expired"  # the pilot went away without a word; written by the next claimer
     UNHEALTHY = "node-unhealthy"  # given back uncharged because the node looks broken
     RESET = "reset"  # put back by `pilot reset --locked`
+    CANCELLED = "cancelled"  # stopped by `pilot.pyz tokens cancel`: to error, not charged
 
     @property
     def charged(self) -> bool:
@@ -131,6 +132,8 @@ def next_state(outcome: Outcome, failures: int, max_attempts: int) -> tuple[Stat
     """
     if outcome is Outcome.DONE:
         return State.DONE, failures
+    if outcome is Outcome.CANCELLED:
+        return State.ERROR, failures
     if outcome.charged:
         failures += 1
         return (State.ERROR if failures >= max_attempts else State.TODO), failures

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from agent.errors import ServerUnreachable
+from agent.errors import PoolError, ServerUnreachable
 from agent.identity import Identity
 from agent.token import Attempt, NewToken, Report, Token
 
@@ -58,6 +58,7 @@ class Saved(enum.Enum):
 class Renewal:
     renewed: list[Lease]
     lost: list[Lease]  # another pilot holds these now, or they were reset: stop their tasks
+    cancelled: list[Lease] = field(default_factory=list)  # `tokens cancel`: stop their tasks, report them
 
 
 class Pool(abc.ABC):
@@ -123,6 +124,12 @@ class Pool(abc.ABC):
     @abc.abstractmethod
     def reset(self, *, locked: bool, errors: bool) -> int:
         """Put locked and/or error tokens back to todo; errors get a fresh attempt budget."""
+
+    def cancel(self, token_ids: Sequence[str], *, all_todo: bool) -> int:
+        """Move these tokens (or every todo and waiting one) to error with the reason ``cancelled``; a
+        running one keeps its lease, so its pilot learns at its next renewal and stops the task.
+        Returns how many were cancelled; tokens that had ended already are left as they are."""
+        raise PoolError(self.where, "this pool cannot cancel tokens")
 
     @abc.abstractmethod
     def get(self, token_id: str) -> Token:

@@ -500,6 +500,7 @@ class CouchDBPool(Pool):
         pending = [(lease, lease.handle) for lease in leases]
         renewed: list[Lease] = []
         lost: list[Lease] = []
+        cancelled: list[Lease] = []
         for _ in range(WRITE_ROUNDS):
             if not pending:
                 break
@@ -518,13 +519,44 @@ class CouchDBPool(Pool):
             current = self._fetch([lease.token.id for lease in conflicted])
             for lease in conflicted:
                 doc = current.get(lease.token.id)
-                if doc is not None and picas.lease_id_of(doc) == lease.lease_id:
+                ours = doc is not None and picas.lease_id_of(doc) == lease.lease_id
+                if ours and picas.is_cancelled(doc):
+                    cancelled.append(lease)
+                elif ours:
                     pending.append((lease, doc))  # changed by someone else, but still ours: again
                 else:
                     lost.append(lease)
         # Still conflicting after every round: keep them as they are; the lease has not run out yet.
         renewed += [lease for lease, _ in pending]
-        return Renewal(renewed, lost)
+        return Renewal(renewed, lost, cancelled)
+
+    def cancel(self, token_ids: Sequence[str], *, all_todo: bool) -> int:
+        now = self.clock()
+        if not all_todo:
+            known = self._states(token_ids)
+            missing = [token_id for token_id in token_ids if token_id not in known]
+            if missing:
+                raise TokenError(missing[0], f"not in the pool {self.where}; nothing was cancelled")
+            return self._cancel(token_ids, now)
+        token_ids = []
+        for design, view in ((self.design, "todo"), (picas.WAITING_DESIGN, "waiting")):
+            params = {} if view == "todo" else {"reduce": False}
+            try:
+                rows = self._rows(design, view, **params).get("rows", [])
+            except PoolError:
+                if view == "waiting":
+                    break  # a pool made before dependencies: nothing waits in it
+                raise
+            token_ids += [row["id"] for row in rows if isinstance(row.get("id"), str)]
+        return self._cancel(token_ids, now)
+
+    def _cancel(self, token_ids: Sequence[str], now: float) -> int:
+        written = []
+        for chunk in _chunks(list(token_ids), BATCH):
+            written += self._update(chunk, lambda doc: picas.cancelled(doc, now), "cancelling tokens")
+        for doc in written:  # after all of them: a named token is cancelled, not failed
+            self._settle_dependents(doc, State.ERROR)
+        return len(written)
 
     def report_and_claim(self, lease: Lease, report: Report, n: int) -> tuple[Saved, list[Lease]]:
         """The report and the claims in one ``_bulk_docs`` request. On pouchdb-server a request costs

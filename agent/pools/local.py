@@ -26,6 +26,7 @@ from agent.token import Attempt, Outcome, Report, State, Token, close_attempt
 CHECK_PATH = "check that server.path names a pool file"  # what to do about a file that is not one
 
 SCHEMA_VERSION = 2
+CANCELLED = Outcome.CANCELLED.value  # the reason of a cancelled token
 EXPIRY_SCAN = 5.0  # seconds between looks for expired leases while there is todo work
 BUSY_TIMEOUT_MS = 60_000  # many pilots on one node queue for the write lock; a claim takes microseconds
 
@@ -307,7 +308,7 @@ class LocalPool(Pool):
 
     def renew(self, leases: Sequence[Lease]) -> Renewal:
         now = self.clock()
-        renewed, lost = [], []
+        renewed, lost, cancelled = [], [], []
         with self._write() as db:
             for lease in leases:
                 expires = now + self.lease_seconds
@@ -317,9 +318,40 @@ class LocalPool(Pool):
                 )
                 if cursor.rowcount == 1:
                     renewed.append(Lease(lease.token, lease.lease_id, expires, lease.attempt, lease.handle))
+                elif self._cancelled(db, lease):
+                    cancelled.append(lease)
                 else:
                     lost.append(lease)
-        return Renewal(renewed, lost)
+        return Renewal(renewed, lost, cancelled)
+
+    def _cancelled(self, db: sqlite3.Connection, lease: Lease) -> bool:
+        row = db.execute(
+            "SELECT 1 FROM tokens WHERE id = ? AND lease_id = ? AND state = 'error' AND reason = ?",
+            (lease.token.id, lease.lease_id, CANCELLED),
+        ).fetchone()
+        return row is not None
+
+    def cancel(self, token_ids: Sequence[str], *, all_todo: bool) -> int:
+        now = self.clock()
+        changed: list[str] = []
+        with self._write() as db:
+            if all_todo:
+                token_ids = [row[0] for row in db.execute("SELECT id FROM tokens WHERE state = 'todo'")]
+            for token_id in token_ids:
+                row = db.execute("SELECT state FROM tokens WHERE id = ?", (token_id,)).fetchone()
+                if row is None:
+                    raise TokenError(token_id, f"not in the pool {self.where}; nothing was cancelled")
+                if row[0] not in (State.TODO.value, State.LOCKED.value):
+                    continue  # ended already
+                # A running token keeps its lease id: its pilot's renewal tells cancelled from lost.
+                db.execute(
+                    "UPDATE tokens SET state = 'error', reason = ?, updated = ? WHERE id = ?",
+                    (CANCELLED, now, token_id),
+                )
+                changed.append(token_id)
+            for token_id in changed:  # after all of them: a named token is cancelled, not failed
+                self._fail_dependents(db, token_id)
+        return len(changed)
 
     def report(self, lease: Lease, report: Report) -> Saved:
         with self._write() as db:

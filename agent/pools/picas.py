@@ -262,9 +262,29 @@ def new_token(
 
 
 def _failed(doc: Mapping[str, Any], dependency: str, now: float) -> dict[str, Any]:
+    return _in_error(doc, failure_reason(dependency), now)
+
+
+def _in_error(doc: Mapping[str, Any], reason: str, now: float) -> dict[str, Any]:
+    """The fields that put a token in the PiCaS error view, with ``reason`` in its ``error`` list."""
     errors = doc.get("error") if isinstance(doc.get("error"), list) else []
-    message = {"time": _epoch(now), "message": failure_reason(dependency)}
-    return {"lock": _epoch(now), "done": _epoch(now), "exit_code": 1, "error": [*errors, message]}
+    message = {"time": _epoch(now), "message": reason}
+    lock = _epoch(now) if _number(doc.get("lock")) <= 0 else doc["lock"]
+    return {"lock": lock, "done": _epoch(now), "exit_code": 1, "error": [*errors, message]}
+
+
+def cancelled(doc: Mapping[str, Any], now: float) -> Optional[dict[str, Any]]:
+    """The token in error as cancelled (None when it ended already). A running one keeps its lease, so
+    its pilot's renewal can tell cancelled from lost."""
+    if state_of(doc) not in (State.TODO, State.WAITING, State.LOCKED):
+        return None
+    new = _with_ours(doc, cancelled=True)
+    new.update(_in_error(doc, Outcome.CANCELLED.value, now))
+    return new
+
+
+def is_cancelled(doc: Mapping[str, Any]) -> bool:
+    return state_of(doc) is State.ERROR and ours(doc).get("cancelled") is True
 
 
 def released(doc: Mapping[str, Any], dependency: str) -> Optional[dict[str, Any]]:
@@ -427,4 +447,5 @@ def reset(doc: Mapping[str, Any], now: float, *, fresh_budget: bool) -> dict[str
     changes: dict[str, Any] = {"lease": None, "attempts": [a.to_json() for a in attempts]}
     if fresh_budget:
         changes["failures"] = 0
+        changes["cancelled"] = None
     return _scrubbed(_with_ours(doc, **changes), drop_logs=True)

@@ -145,3 +145,30 @@ def test_couchdb_tokens_written_before_dependencies_are_claimed_and_waited_on(
         pool.add([token("after-all", "t0", "t1", "t2")])
         assert finish(pool) == ["t0", "t1", "t2"]
         assert finish(pool) == ["after-all"]
+
+
+def test_cancel_moves_todo_waiting_and_running_tokens_to_error_and_the_renewal_says_so(pool: Pool) -> None:
+    pool.add([token("run")])
+    leases = {lease.token.id: lease for lease in pool.claim(1)}
+    pool.add([token("todo"), token("wait", "run"), token("left")])
+    assert pool.cancel(["run", "todo"], all_todo=False) == 2
+    assert pool.get("wait").reason == "dependency run failed"
+    renewal = pool.renew([leases["run"]])
+    assert (renewal.renewed, renewal.lost, [lease.token.id for lease in renewal.cancelled]) == (
+        [],
+        [],
+        ["run"],
+    )
+    stopped = Result(Outcome.CANCELLED, "cancelled", 1.0, 2.0, None, 15)
+    assert pool.report(leases["run"], make_report(leases["run"].token, stopped, 1)) is Saved.SAVED
+    run = pool.get("run")
+    assert (run.state, run.reason, run.attempts[-1].outcome, run.failures) == (
+        State.ERROR,
+        "cancelled",
+        "cancelled",
+        0,
+    )
+    assert [lease.token.id for lease in pool.claim(5)] == ["left"]
+    assert pool.cancel([], all_todo=True) == 0
+    assert pool.reset(locked=False, errors=True) == 3
+    assert pool.counts().as_dict() == {"todo": 2, "locked": 1, "done": 0, "error": 0, "waiting": 1}

@@ -210,3 +210,66 @@ def test_a_report_replayed_from_journals_adds_its_children_once(
     run_pilots(site, reaper, 1)
     assert sorted(runs(log)) == sorted(["parent", *(f"parent.{i}" for i in range(1, 11))])
     assert site.status() == {"todo": 0, "locked": 0, "done": 11, "error": 0, "waiting": 0, "total": 11}
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process of the process group ``pgid`` lives (zombies aside)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def test_cancel_stops_a_running_token_within_a_third_of_the_lease_and_the_pilot_goes_on(
+    site: Site, configure: Configure, reaper: list
+) -> None:
+    log = site.folder / "ran.log"
+    script = 'if [ "$1" = long ]; then echo $$ > pid; sleep 600 & sleep 600; fi; echo "$1" >> "$2"'
+    configure(["/bin/sh", "-c", script, "task", "{id}", str(log)], server={"lease": "3s"})
+    site.add_tokens(
+        [
+            {"id": "long"},
+            {"id": "queued", "after": ["long"]},
+            {"id": "next"},
+            {"id": "after-long", "after": ["long"]},
+        ]
+    )
+    pilot = site.start(log_name="pilot.log")
+    reaper.append(pilot)
+    pid_file = wait_for(lambda: next((site.folder / "work").glob("*/long.1/pid"), None), 60, what="the task")
+    pgid = int(wait_for(pid_file.read_text, 5, what="its pid"))
+    cancelled = site.run("tokens", "cancel", "long", "queued")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.startswith("2 token(s) cancelled in ")
+    # lease / 3 until the renewal, kill_grace (2s) at most for the TERM, and some slack for a busy machine
+    wait_for(lambda: not group_alive(pgid), 1 + 2 + 3, interval=0.1, what="the task's processes to end")
+    assert pilot.wait(timeout=60) == 0, (site.folder / "pilot.log").read_text()[-3000:]
+    assert log.read_text().split() == ["next"]
+    long = site.token("long")
+    assert (long["state"], long["reason"], long["attempts"][-1]["outcome"]) == (
+        "error",
+        "cancelled",
+        "cancelled",
+    )
+    queued = site.token("queued")
+    assert (queued["state"], queued["reason"], queued["attempts"]) == ("error", "cancelled", [])
+    assert site.token("after-long")["reason"] == "dependency long failed"
+    assert "1 done, 0 failed, 0 given back, 1 cancelled" in (site.folder / "pilot.log").read_text()
+    assert site.run("reset", "--errors").stdout.strip() == "3 tokens back to todo"
+    assert site.status() == {"todo": 1, "locked": 0, "done": 1, "error": 0, "waiting": 2, "total": 4}
+
+
+def test_cancel_all_todo_and_the_bad_requests(site: Site, configure: Configure) -> None:
+    configure(["true"])
+    site.add_tokens([{"id": "a"}, {"id": "b"}, {"id": "c", "after": ["a"]}])
+    assert site.run("tokens", "cancel", "--all-todo").stdout.startswith("3 token(s) cancelled")
+    assert site.status()["error"] == 3
+    line = one_line(site.run("tokens", "cancel", "nowhere"), 3)
+    assert line.startswith("pilot: error: token 'nowhere': not in the pool ")
+    assert line.endswith("; nothing was cancelled")
+    line = one_line(site.run("tokens", "cancel"), 2)
+    assert line == "pilot: error: give the ids of the tokens to cancel, or --all-todo (not both)"
