@@ -273,3 +273,32 @@ def test_cancel_all_todo_and_the_bad_requests(site: Site, configure: Configure) 
     assert line.endswith("; nothing was cancelled")
     line = one_line(site.run("tokens", "cancel"), 2)
     assert line == "pilot: error: give the ids of the tokens to cancel, or --all-todo (not both)"
+
+
+def test_two_pools_urgent_is_drained_first_and_taken_whenever_it_has_something(
+    site: Site, configure: Configure, backend: str, request: pytest.FixtureRequest
+) -> None:
+    log = site.folder / "ran.log"
+    prefix = "" if backend == "local" else request.getfixturevalue("couch_db") + "-"
+    urgent, normal = f"{prefix}urgent", f"{prefix}normal"
+    configure([*STEP, str(log), "{id}"], server={"pools": [urgent, normal]})
+    to_urgent = json.dumps({"id": "n0.child", "pool": urgent})
+    (site.folder / "n.jsonl").write_text(
+        json.dumps({"id": "n0", "children": to_urgent})
+        + "\n"
+        + "".join(json.dumps({"id": f"n{i}"}) + "\n" for i in (1, 2, 3))
+    )
+    assert site.run("tokens", "add", "--pool", normal, "--jsonl", "n.jsonl").returncode == 0
+    site.add_tokens([{"id": f"u{i}"} for i in range(4)] + [{"id": "u-last", "after": ["u0"]}])  # to the first
+    assert site.status()["todo"] == 8
+    assert json.loads(site.run("status", "--pool", normal, "--json").stdout)["todo"] == 4
+    pilot = site.run()
+    assert pilot.returncode == 0, pilot.stderr[-3000:]
+    order = [line.split()[0] for line in log.read_text().splitlines()]
+    assert sorted(order[:5]) == ["u-last", "u0", "u1", "u2", "u3"], order
+    assert order[order.index("n0") + 1] == "n0.child", order  # urgent again as soon as it has one
+    assert sorted(order[5:]) == ["n0", "n0.child", "n1", "n2", "n3"], order
+    assert site.status()["done"] == 10
+    assert json.loads(site.run("status", "--pool", urgent, "--json").stdout)["done"] == 6
+    bad = one_line(site.run("status", "--pool", "nowhere"), 2)
+    assert bad == f"pilot: error: --pool nowhere: not one of server.pools ({urgent}, {normal})"
