@@ -73,8 +73,10 @@ _COUNT_WAITING = (
     "UPDATE tokens SET waiting = (SELECT count(*) FROM deps JOIN tokens AS dep ON dep.id = deps.after "
     "WHERE deps.token = tokens.id AND dep.state != 'done') "
 )
+# The unary + keeps SQLite from walking every waiting token through tokens_ready: the few dependents
+# are found through deps_after instead (100,000 waiting tokens made each report 20 times slower).
 _RELEASE = _COUNT_WAITING + (  # noqa: S608 - constants only
-    "WHERE state = 'todo' AND waiting > 0 AND id IN (SELECT token FROM deps WHERE after = ?)"
+    "WHERE id IN (SELECT token FROM deps WHERE after = ?) AND +state = 'todo' AND +waiting > 0"
 )
 _WAIT_AGAIN = _COUNT_WAITING + "WHERE id = ?"
 
@@ -398,7 +400,7 @@ class LocalPool(Pool):
         def waiting_on(dep: str) -> list[str]:
             rows = db.execute(
                 "SELECT deps.token FROM deps JOIN tokens ON tokens.id = deps.token "
-                "WHERE deps.after = ? AND tokens.state = 'todo' AND tokens.waiting > 0",
+                "WHERE deps.after = ? AND +tokens.state = 'todo' AND +tokens.waiting > 0",
                 (dep,),
             )
             return [row[0] for row in rows]
