@@ -400,8 +400,9 @@ def test_a_claim_whose_answer_was_lost_keeps_the_tokens_it_locked(
 
 def test_a_report_sent_again_after_a_lost_answer_is_saved_once(pouchdb: PouchDBServer, couch_db: str) -> None:
     ready_pool(pouchdb, couch_db, 1)
-    pool = make_pool(pouchdb, couch_db, "pilot-b", http=LosesAnswers("PUT", "/tok-000"))
+    pool = make_pool(pouchdb, couch_db, "pilot-b", http=LosesAnswers("POST", "/_bulk_docs", times=0))
     (lease,) = pool.claim(1)
+    pool.http.times = 1  # the report's _bulk_docs (with the children a task added, if any) is lost
     report = make_report(lease.token, result(), 1)
     with pytest.raises(ServerUnreachable):
         pool.report(lease, report)
