@@ -492,7 +492,7 @@ class Pilot:
 
     def _cancelled(self, lease: Lease) -> None:
         """`tokens cancel` took a token we hold: stop its task (TERM, grace, KILL) and report the attempt
-        as cancelled; a failure held back for the breaker is reported as it is (the token is in error)."""
+        as cancelled. A failure held back for the breaker is reported as cancelled at once."""
         extra = {"token": lease.token.id}
         suspect = self.suspects.pop(lease.token.id, None)
         if suspect is not None:
