@@ -713,12 +713,16 @@ class CouchDBPool(Pool):
         if now < self.next_waiting_sweep:
             return False
         self.next_waiting_sweep = now + lease_scan_interval(self.lease_seconds)
-        query = urlencode({"reduce": "false", "include_docs": "true", "limit": BATCH})
-        response = self._request("GET", f"/_design/{picas.WAITING_DESIGN}/_view/waiting?{query}")
-        if response.status == 404:
-            return False  # a pool made before dependencies: nothing can be waiting in it
-        rows = self._json(response, "reading the waiting tokens").get("rows", [])
-        docs = {row["id"]: row["doc"] for row in rows if isinstance(row.get("doc"), dict)}
+        if self._plan().find:  # our todo index holds the waiting tokens too (lock -1): no index to update
+            found = self._find(picas.waiting_selector(), picas.TODO_INDEX, BATCH)
+        else:
+            query = urlencode({"reduce": "false", "include_docs": "true", "limit": BATCH})
+            response = self._request("GET", f"/_design/{picas.WAITING_DESIGN}/_view/waiting?{query}")
+            if response.status == 404:
+                return False  # a pool made before dependencies: nothing can be waiting in it
+            rows = self._json(response, "reading the waiting tokens").get("rows", [])
+            found = [row["doc"] for row in rows if isinstance(row.get("doc"), dict)]
+        docs = {doc["_id"]: doc for doc in found if picas.state_of(doc) is State.WAITING}
         states = self._states(sorted({dep for doc in docs.values() for dep in picas.waiting_on(doc)}))
         released = False
         for doc in docs.values():

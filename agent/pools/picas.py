@@ -109,6 +109,11 @@ def todo_selector(from_id: str) -> dict[str, Any]:
     return {"type": "token", "done": 0, "lock": 0, "_id": {"$gte": from_id}}
 
 
+def waiting_selector() -> dict[str, Any]:
+    """Waiting tokens (``lock`` -1), through the same index as todo ones."""
+    return {"type": "token", "done": 0, "lock": WAITING_LOCK, "_id": {"$gte": ""}}
+
+
 def expired_selector(now: float) -> dict[str, Any]:
     return {"pilot.lease.expires": {"$lt": now}}
 

@@ -172,3 +172,20 @@ def test_cancel_moves_todo_waiting_and_running_tokens_to_error_and_the_renewal_s
     assert pool.cancel([], all_todo=True) == 0
     assert pool.reset(locked=False, errors=True) == 3
     assert pool.counts().as_dict() == {"todo": 2, "locked": 1, "done": 0, "error": 0, "waiting": 1}
+
+
+def test_couchdb_claims_release_what_a_pilot_that_died_after_its_report_left_waiting(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    """The report saved, the release never sent (the pilot died in between, or a picas pilot did the
+    task): a claim that finds nothing else looks the waiting tokens over."""
+    with make_pool(pouchdb, couch_db, clock=Clock()) as pool:
+        pool.init()
+        pool.add([token("x"), token("y", "x"), token("z", "x", "y")])
+        (lease,) = pool.claim(1)
+        doc = pouchdb.request("GET", f"/{couch_db}/x").body
+        doc.update({"done": doc["lock"], "exit_code": 0, "pilot": {**doc["pilot"], "lease": None}})
+        assert pouchdb.request("PUT", f"/{couch_db}/x", doc).status == 201  # done, as picas reports it
+        assert pool.get("y").state is State.WAITING
+        assert [lease.token.id for lease in pool.claim(2)] == ["y"]
+        assert pool.get("z").state is State.WAITING  # still waits on y
