@@ -63,10 +63,15 @@ class Context:
             raise UsageError("no configuration: pass --config site.toml (or set PILOT_CONFIG)")
         return load(self.config_path, os.environ, walltime_override=walltime)
 
-    def pool(self, config: Config, *, create: bool = False) -> Pool:
+    def pool(self, config: Config, *, create: bool = False, only: Optional[str] = None) -> Pool:
         from agent.pools import open_pool
 
-        return open_pool(config.server, self.identity, create=create)
+        return open_pool(config.server, self.identity, create=create, only=only)
+
+
+def pool_option(command: F) -> F:
+    """--pool NAME: one of server.pools (default: all of them; `tokens add`: the first)."""
+    return click.option("--pool", "only", help="One of server.pools (default: all, in order).")(command)
 
 
 def _duration(value: Optional[str]) -> Optional[float]:
@@ -205,13 +210,16 @@ def tokens() -> None:
 )
 @click.option("--range", "count", type=click.IntRange(min=1), help="N tokens with `input` 0 to N-1.")
 @click.option("--prefix", help="Start of generated ids (default: the file's name, or `range`).")
+@pool_option
 @common
 def tokens_add(
     ctx: Context,
+    *,
     lines_file: Optional[Path],
     jsonl_file: Optional[Path],
     count: Optional[int],
     prefix: Optional[str],
+    only: Optional[str],
 ) -> None:
     """Add tokens to the pool (created if missing). Ids are <prefix>-<line number> unless given, so adding
     the same file twice is refused instead of doubling the work.
@@ -239,7 +247,7 @@ def tokens_add(
         prefix, hint = prefix or _stem(jsonl_file), IDS_FROM_FILE
         new = list(_from_jsonl(jsonl_file, prefix))
     config = ctx.config()
-    with ctx.pool(config, create=True) as pool:
+    with ctx.pool(config, create=True, only=only) as pool:
         try:
             added = pool.add(new)
         except DuplicateToken as err:
@@ -403,12 +411,32 @@ def tokens_delete(ctx: Context, token_ids: tuple[str, ...], state: Optional[str]
         click.echo(views.delete(pool, token_ids, wanted, lambda question: yes or click.confirm(question)))
 
 
+@tokens.command("cancel")
+@click.argument("token_ids", nargs=-1)
+@click.option("--all-todo", is_flag=True, help="Cancel every token that is todo or waiting.")
+@common
+def tokens_cancel(ctx: Context, token_ids: tuple[str, ...], all_todo: bool) -> None:
+    """Move tokens to error with the reason `cancelled`; running ones are stopped by their pilots.
+
+    \b
+    Examples:
+        ./pilot.pyz tokens cancel --config site.toml genomes-17 genomes-18
+        ./pilot.pyz tokens cancel --config site.toml --all-todo
+    """
+    from agent.cancel import cancel
+
+    config = ctx.config()
+    with ctx.pool(config) as pool:
+        click.echo(cancel(pool, token_ids, all_todo=all_todo, lease=config.server.lease))
+
+
 @cli.command()
 @click.option(
     "--json", "as_json", is_flag=True, help="Print a JSON object: todo, locked, done, error, total and more."
 )
+@pool_option
 @common
-def status(ctx: Context, as_json: bool) -> None:
+def status(ctx: Context, as_json: bool, only: Optional[str]) -> None:
     """Counts per state, tasks running per host, done per minute over 5 and 60 minutes, the ETA, median
     and 90th-percentile durations, the commonest failure reasons and the hosts with most failures.
 
@@ -423,7 +451,7 @@ def status(ctx: Context, as_json: bool) -> None:
     from agent.views import status as views
 
     config = ctx.config()
-    with ctx.pool(config) as pool:
+    with ctx.pool(config, only=only) as pool:
         figures = stats.figures(views.observe(pool, time.time()))
     if as_json:
         click.echo(views.as_json(figures))
@@ -505,8 +533,9 @@ def report(ctx: Context, html_file: Optional[Path], json_file: Optional[Path]) -
 @cli.command()
 @click.option("--locked", is_flag=True, help="Put locked tokens back to todo (their pilots are gone).")
 @click.option("--errors", is_flag=True, help="Put error tokens back to todo with a fresh attempt budget.")
+@pool_option
 @common
-def reset(ctx: Context, locked: bool, errors: bool) -> None:
+def reset(ctx: Context, locked: bool, errors: bool, only: Optional[str]) -> None:
     """Put tokens back to todo. Their attempt history stays on them.
 
     \b
@@ -517,7 +546,7 @@ def reset(ctx: Context, locked: bool, errors: bool) -> None:
     if not (locked or errors):
         raise UsageError("say what to reset: --locked, --errors, or both")
     config = ctx.config()
-    with ctx.pool(config) as pool:
+    with ctx.pool(config, only=only) as pool:
         changed = pool.reset(locked=locked, errors=errors)
     click.echo(f"{changed} tokens back to todo")
 

@@ -31,6 +31,7 @@ _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|([A-Za-z_][A
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 PILOT_FIELDS = ("pilot.config_dir", "pilot.task_dir")  # placeholders the pilot fills in itself
 _CACHE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+_POOL_NAME = re.compile(r"[a-z][a-z0-9_\-]*")  # a CouchDB database name, and a file name
 
 T = TypeVar("T")
 
@@ -82,6 +83,7 @@ class ServerConfig:
     timeout: float  # seconds for one HTTP request
     local: Optional[LocalServer] = None
     couchdb: Optional[CouchDBServer] = None
+    pools: tuple[str, ...] = ()  # pools in order of priority (see agent/pools/ordered.py); () for one
 
 
 @dataclass(frozen=True)
@@ -307,16 +309,28 @@ def _server(table: _Table, base: Path, environ: Mapping[str, str]) -> ServerConf
     }
     if common["lease"] < 1:
         raise table.error("lease", "expected at least 1s")
+    pools = _pools(table)
     if backend == "local":
         local = LocalServer(path=table.path("path", base, environ, "pool.db"))
         table.finish()
-        return ServerConfig(backend=backend, local=local, **common)
-    couchdb = _couchdb(table, base, environ)
+        return ServerConfig(backend=backend, local=local, pools=pools, **common)
+    couchdb = _couchdb(table, base, environ, pools)
     table.finish()
-    return ServerConfig(backend=backend, couchdb=couchdb, **common)
+    return ServerConfig(backend=backend, couchdb=couchdb, pools=pools, **common)
 
 
-def _couchdb(table: _Table, base: Path, environ: Mapping[str, str]) -> CouchDBServer:
+def _pools(table: _Table) -> tuple[str, ...]:
+    """server.pools: names, each once, that can be a file name (local) and a database name (CouchDB)."""
+    names = table.raw("pools", [], list, "a list of pool names")
+    for name in names:
+        if not isinstance(name, str) or not _POOL_NAME.fullmatch(name):
+            raise table.error("pools", f"expected names of lower-case letters, digits, _ and -, got {name!r}")
+    if len(set(names)) != len(names):
+        raise table.error("pools", "a pool is named twice")
+    return tuple(names)
+
+
+def _couchdb(table: _Table, base: Path, environ: Mapping[str, str], pools: tuple[str, ...]) -> CouchDBServer:
     url = table.string("url").rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise table.error("url", f"expected an http:// or https:// URL, got {url!r}")
@@ -331,7 +345,7 @@ def _couchdb(table: _Table, base: Path, environ: Mapping[str, str]) -> CouchDBSe
         raise table.error("ca_bundle", f"no such file: {ca_bundle}")
     return CouchDBServer(
         url=url,
-        database=table.string("database"),
+        database=table.string("database", pools[0] if pools else REQUIRED),
         username=table.string("username", None),
         password=password,
         design_doc=table.string("design_doc", "Monitor"),

@@ -73,6 +73,25 @@ class TokenError(PilotError):
         super().__init__(f"token {token_id!r}: {problem}")
 
 
+class DependencyError(UsageError):
+    """New tokens whose ``after`` lists cannot be met: ids that exist nowhere, or a cycle."""
+
+    def __init__(self, problem: str, token_ids: list[str]) -> None:
+        self.problem = problem
+        self.token_ids = token_ids
+        super().__init__(f"{problem}: {', '.join(token_ids)}; nothing was added")
+
+
+class ChildrenError(UsageError):
+    """A line of a task's new-tokens file (``$PILOT_NEW_TOKENS``) that cannot be a token."""
+
+    def __init__(self, path: Path, line: int, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.problem = problem
+        super().__init__(f"{path}:{line}: {problem}; no tokens were added")
+
+
 # Transport problems that waiting does not cure, as ServerUnreachable names them (see Outage.hopeless).
 CERTIFICATE_FAILED = "TLS certificate verification failed"
 HOST_NOT_FOUND = "host name not found"

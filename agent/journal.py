@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from agent.locks import file_lock, try_acquire
 from agent.pools import Lease
-from agent.token import Attempt, Outcome, Report, Result, State, Token
+from agent.token import Attempt, NewToken, Outcome, Report, Result, State, Token
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ def entry_to_json(entry: Entry) -> dict[str, Any]:
         "handle": lease.handle,
         "state": report.state.value,
         "failures": report.failures,
+        "children": [{"id": child.id, "fields": child.fields} for child in report.children],
         "result": {
             "outcome": result.outcome.value,
             "reason": result.reason,
@@ -174,4 +175,6 @@ def entry_from_json(data: dict[str, Any]) -> Entry:
         stdout_tail=base64.b64decode(r["stdout_tail"]),
         stderr_tail=base64.b64decode(r["stderr_tail"]),
     )
-    return Entry(lease, Report(result=result, state=State(data["state"]), failures=data["failures"]))
+    children = tuple(NewToken(c["id"], c["fields"]) for c in data.get("children", ()))  # none before 16
+    report = Report(result=result, state=State(data["state"]), failures=data["failures"], children=children)
+    return Entry(lease, report)

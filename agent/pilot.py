@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
-from agent import runner, template
+from agent import children, runner, template
 from agent.breaker import Breaker
 from agent.config import Config
-from agent.errors import CERTIFICATE_FAILED, ExitCode, ServerUnreachable
+from agent.errors import CERTIFICATE_FAILED, ExitCode, PilotError, ServerUnreachable
 from agent.guard import Guard
 from agent.identity import Identity
 from agent.journal import Journal
@@ -26,12 +26,13 @@ from agent.reporter import Reporter
 from agent.runner import Payload, Stop
 from agent.signals import Signals
 from agent.sweep import sweep_leftovers
-from agent.token import Outcome, Report, Result, State, make_report
+from agent.token import NewToken, Outcome, Report, Result, State, make_report
 from agent.units import format_duration
 from agent.walltime import TOKEN_ESTIMATE, Walltime, token_estimate
 
 log = logging.getLogger(__name__)
 
+Children = tuple[NewToken, ...]  # tokens a task added, sent with its report
 EMPTY_POLL = 10.0  # at most this many seconds between looks at a pool that had nothing to claim
 MAX_SLEEP = 60.0
 
@@ -65,9 +66,11 @@ class Tally:
     failed: int = 0
     given_back: int = 0
     conflicts: int = 0
+    cancelled: int = 0
 
     def __str__(self) -> str:
         text = f"{self.done} done, {self.failed} failed, {self.given_back} given back"
+        text += f", {self.cancelled} cancelled" if self.cancelled else ""
         return text + (f", {self.conflicts} conflicts" if self.conflicts else "")
 
 
@@ -111,7 +114,7 @@ class Pilot:
         self.sweep_due: Optional[float] = None  # when their detached leftovers are killed
         self.outage = Outage(config.server.max_outage)
         self.journal = Journal(config.pilot.workdir / "journal", identity.pilot_id)
-        self.reporter = Reporter(pool, self.journal, self.outage, clock)
+        self.reporter = Reporter(pool, self.journal, self.outage, clock, self._children_refused)
         self.breaker = Breaker(config.pilot.black_hole_failures, config.pilot.black_hole_window)
         self.suspects: dict[str, Suspect] = {}
         self.black_hole = ""  # why the breaker tripped, once it has
@@ -276,6 +279,7 @@ class Pilot:
             **self.base_env,
             **template.task_environment(token.id, token.fields, self.cache_paths),
             "PILOT_TASK_DIR": folder,
+            children.ENV: str(children.path_in(folder)),
         }
         if self.guard is not None:
             self.guard.start()  # once, before the first task: a pilot with nothing to do never needs one
@@ -321,10 +325,13 @@ class Pilot:
     # -- report ------------------------------------------------------------------------------------
 
     def _report(self, running: Running, result: Result) -> None:
-        """A task ended: report it, and claim its successor in the same round trip."""
-        self._report_now(running.lease, result, running.payload.folder, claim=True)
+        """A task ended: report it with the tokens it added; claim its successor in the same round trip."""
+        result, new = children.collect(result, running.payload.folder, running.lease.token)
+        self._report_now(running.lease, result, running.payload.folder, claim=True, new=new)
 
-    def _report_now(self, lease: Lease, result: Result, folder: str, *, claim: bool = False) -> None:
+    def _report_now(
+        self, lease: Lease, result: Result, folder: str, *, claim: bool = False, new: Children = ()
+    ) -> None:
         """Report, except a failure while the black-hole breaker cannot yet tell whether the token or the
         node is at fault: that one is held (its lease kept) until a success or the window says token."""
         # A token that already failed (charged) where tasks worked is at fault itself, not this node: its
@@ -339,12 +346,16 @@ class Pilot:
             result = self._absolved(result)
         elif result.outcome is Outcome.DONE:
             self._release_suspects(self.breaker.success())
-        self._deliver(lease, result, folder, claim=claim)
+        self._deliver(lease, result, folder, claim=claim, new=new)
 
-    def _deliver(self, lease: Lease, result: Result, folder: str, *, claim: bool = False) -> None:
-        report = make_report(lease.token, result, self.config.task.max_attempts)
+    def _deliver(
+        self, lease: Lease, result: Result, folder: str, *, claim: bool = False, new: Children = ()
+    ) -> None:
+        report = replace(make_report(lease.token, result, self.config.task.max_attempts), children=new)
         wanted = self._claims_wanted() if claim else 0
-        saved, leases = self.reporter.send(lease, report, wanted)
+        report, (saved, leases) = self.reporter.refusing(
+            lease, report, lambda sent: self.reporter.send(lease, sent, wanted)
+        )
         if saved is not None:
             self._count(lease, report, saved)
         if wanted and saved is not None:
@@ -353,6 +364,9 @@ class Pilot:
         if result.outcome in (Outcome.DONE, Outcome.FAILED) and result.duration is not None:
             self.walltime.estimator.record(result.duration)
         self._tidy_task_folder(folder, report)
+
+    def _children_refused(self, lease: Lease, report: Report, err: PilotError) -> Report:
+        return children.refused(lease.token, report, err, self.config.task.max_attempts)
 
     # -- black holes -------------------------------------------------------------------------------
 
@@ -425,6 +439,9 @@ class Pilot:
             self.tally.done += 1
             if log.isEnabledFor(logging.INFO):
                 log.info("done%s", _took(result), extra=extra)
+        elif result.outcome is Outcome.CANCELLED:
+            self.tally.cancelled += 1
+            log.warning("cancelled: the token is in error until `pilot.pyz reset --errors`", extra=extra)
         elif result.outcome.charged:
             self.tally.failed += 1
             where = "error" if report.state is State.ERROR else "todo for another attempt"
@@ -470,6 +487,20 @@ class Pilot:
             self.running[lease.token.id].payload.terminate(
                 Stop(Outcome.LEASE_LOST, "lease lost: the token was reset or is held by another pilot")
             )
+        for lease in renewal.cancelled:
+            self._cancelled(lease)
+
+    def _cancelled(self, lease: Lease) -> None:
+        """`tokens cancel` took a token we hold: stop its task (TERM, grace, KILL) and report the attempt
+        as cancelled. A failure held back for the breaker is reported as cancelled at once."""
+        extra = {"token": lease.token.id}
+        suspect = self.suspects.pop(lease.token.id, None)
+        if suspect is not None:
+            cancelled = replace(suspect.result, outcome=Outcome.CANCELLED, reason=Outcome.CANCELLED.value)
+            self._deliver(suspect.lease, cancelled, suspect.folder)
+            return
+        log.warning("cancelled by `pilot.pyz tokens cancel`: stopping its task", extra=extra)
+        self.running[lease.token.id].payload.terminate(Stop(Outcome.CANCELLED, Outcome.CANCELLED.value))
 
     # -- stopping ----------------------------------------------------------------------------------
 

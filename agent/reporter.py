@@ -7,28 +7,40 @@ over the newer attempt.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
-from typing import Optional
+from typing import Optional, TypeVar
 
-from agent.errors import ServerUnreachable
+from agent.errors import DependencyError, PilotError, ServerUnreachable, TokenError
 from agent.journal import Journal, orphans
 from agent.outage import Outage
 from agent.pools import Lease, Pool, Saved
 from agent.token import Report
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Called for every report the server took: the lease, the report and whether it was saved.
 Delivered = Callable[[Lease, Report, Saved], None]
+#: The report to send instead of one whose children (tokens the task added) the pool refused.
+Refused = Callable[[Lease, Report, PilotError], Report]
 
 
 class Reporter:
-    def __init__(self, pool: Pool, journal: Journal, outage: Outage, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        journal: Journal,
+        outage: Outage,
+        clock: Callable[[], float],
+        refused: Optional[Refused] = None,
+    ) -> None:
         self.pool = pool
         self.journal = journal
         self.outage = outage
         self.clock = clock
+        self.refused = refused
 
     def send(self, lease: Lease, report: Report, claim: int = 0) -> tuple[Optional[Saved], list[Lease]]:
         """Report now, and claim up to ``claim`` tokens in the same round trip. When the server is away,
@@ -48,6 +60,19 @@ class Reporter:
         self.reachable()
         return saved, leases
 
+    def refusing(self, lease: Lease, report: Report, send: Callable[[Report], T]) -> tuple[Report, T]:
+        """``send(report)``, or, when the pool refuses the tokens the task added (an id it has already,
+        an `after` naming a token that exists nowhere; nothing was written), ``send`` of the report
+        ``refused`` makes instead: a failed attempt. Returns the report sent and what ``send`` gave."""
+        try:
+            return report, send(report)
+        except (DependencyError, TokenError) as err:
+            if not report.children or self.refused is None:
+                raise
+            log.warning("%s", err, extra={"token": lease.token.id})
+            report = self.refused(lease, report, err)
+            return report, send(report)
+
     def flush(self, delivered: Delivered) -> int:
         """Send what the journal holds, oldest first, when the backoff allows; returns how many left."""
         if not len(self.journal) or not self.outage.may_try(self.clock()):
@@ -55,8 +80,9 @@ class Reporter:
         sent = 0
         try:
             for entry in self.journal.entries:
-                saved = self.pool.report(entry.lease, entry.report)
-                delivered(entry.lease, entry.report, saved)
+                lease = entry.lease
+                report, saved = self.refusing(lease, entry.report, functools.partial(self.pool.report, lease))
+                delivered(lease, report, saved)
                 sent += 1
         except ServerUnreachable as err:
             self.unreachable(err)
@@ -78,9 +104,11 @@ class Reporter:
             for path, entries in found:
                 log.info("found %d unsent report(s) from an earlier pilot in %s", len(entries), path)
                 for entry in entries:
-                    saved, _ = self.send(entry.lease, entry.report)
+                    lease = entry.lease
+                    send = functools.partial(self.send, lease)
+                    report, (saved, _) = self.refusing(lease, entry.report, send)
                     if saved is not None:
-                        delivered(entry.lease, entry.report, saved)
+                        delivered(lease, report, saved)
                     adopted += 1
                 path.unlink(missing_ok=True)
         return adopted

@@ -147,11 +147,12 @@ class Status:
 
     @property
     def remaining(self) -> int:
-        return self.observed.counts.todo + self.observed.counts.locked
+        counts = self.observed.counts
+        return counts.todo + counts.locked + counts.waiting  # waiting tokens run later, still to do
 
     @property
     def finished(self) -> bool:
-        """Nothing left to run: no todo, nothing locked."""
+        """Nothing left to run: no todo, nothing locked, nothing waiting."""
         return self.remaining == 0
 
 
@@ -159,7 +160,8 @@ def figures(observed: Observed) -> Status:
     short, long = observed.short, observed.long
     finish_short = per_minute(short.done + short.error, SHORT)
     finish_long = per_minute(long.done + long.error, LONG)
-    remaining = observed.counts.todo + observed.counts.locked
+    counts = observed.counts
+    remaining = counts.todo + counts.locked + counts.waiting
     basis: Optional[str] = None
     if finish_short > 0:
         rate, basis = finish_short, "5m"

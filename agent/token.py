@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 class State(str, enum.Enum):
     TODO = "todo"
+    WAITING = "waiting"  # todo, but some token it comes after (``after``) is not done yet
     LOCKED = "locked"
     DONE = "done"
     ERROR = "error"
@@ -31,6 +32,7 @@ class Outcome(str, enum.Enum):
     LEASE_EXPIRED = "lease-expired"  # the pilot went away without a word; written by the next claimer
     UNHEALTHY = "node-unhealthy"  # given back uncharged because the node looks broken
     RESET = "reset"  # put back by `pilot reset --locked`
+    CANCELLED = "cancelled"  # stopped by `pilot.pyz tokens cancel`: to error, not charged
 
     @property
     def charged(self) -> bool:
@@ -79,6 +81,15 @@ class Token:
     state: State = State.TODO
     attempts: tuple[Attempt, ...] = ()
     failures: int = 0  # charged failures since the token was added or last reset
+    reason: str = ""  # why it is in error: its last attempt's reason, or "dependency <id> failed"
+
+
+@dataclass(frozen=True)
+class NewToken:
+    """A token to add: by ``tokens add``, or as a child a task wrote (``$PILOT_NEW_TOKENS``)."""
+
+    id: str
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,7 @@ class Report:
     state: State
     failures: int  # the token's charged failures after this attempt
     extra: Mapping[str, Any] = field(default_factory=dict)
+    children: tuple[NewToken, ...] = ()  # added with the report when it is saved (state done only)
 
 
 def next_state(outcome: Outcome, failures: int, max_attempts: int) -> tuple[State, int]:
@@ -120,6 +132,8 @@ def next_state(outcome: Outcome, failures: int, max_attempts: int) -> tuple[Stat
     """
     if outcome is Outcome.DONE:
         return State.DONE, failures
+    if outcome is Outcome.CANCELLED:
+        return State.ERROR, failures
     if outcome.charged:
         failures += 1
         return (State.ERROR if failures >= max_attempts else State.TODO), failures

@@ -120,11 +120,11 @@ class Site:
         assert added.returncode == 0, added.stderr
 
     def status(self) -> dict[str, int]:
-        """The counts of `status --json` (todo, locked, done, error, total), without its other figures."""
+        """The counts of `status --json` (todo, locked, done, error, waiting, total), without its other figures."""
         result = self.run("status", "--json")
         assert result.returncode == 0, result.stderr
         shown = json.loads(result.stdout)
-        return {key: shown[key] for key in ("todo", "locked", "done", "error", "total")}
+        return {key: shown[key] for key in ("todo", "locked", "done", "error", "waiting", "total")}
 
     def token(self, token_id: str) -> dict[str, Any]:
         result = self.run("tokens", "show", token_id)

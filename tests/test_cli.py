@@ -135,11 +135,12 @@ def test_no_config_is_a_usage_error(site: Site) -> None:
 def test_status_json_has_the_counts(site: Site, pool_with_tokens: Path) -> None:
     result = site.run("status", "--json")
     shown = json.loads(result.stdout)
-    assert {key: shown[key] for key in ("todo", "locked", "done", "error", "total")} == {
+    assert {key: shown[key] for key in ("todo", "locked", "done", "error", "waiting", "total")} == {
         "todo": 5,
         "locked": 0,
         "done": 0,
         "error": 0,
+        "waiting": 0,
         "total": 5,
     }
     text = site.run("status").stdout

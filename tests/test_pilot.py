@@ -24,7 +24,7 @@ def test_two_pilots_with_two_slots_run_every_token_exactly_once(site: Site, reap
     assert [pilot.wait(timeout=180) for pilot in pilots] == [0, 0]
     executed = ran.read_text().split()
     assert len(executed) == 60 and set(executed) == {f"range-{i}" for i in range(60)}
-    assert site.status() == {"todo": 0, "locked": 0, "done": 60, "error": 0, "total": 60}
+    assert site.status() == {"todo": 0, "locked": 0, "done": 60, "error": 0, "waiting": 0, "total": 60}
     for n in range(2):
         log = (site.folder / f"pilot{n}.log").read_text()
         assert " INFO done in " in log, "both pilots should have run tasks"
@@ -194,7 +194,7 @@ def test_max_tasks_stops_claiming_and_leaves_the_rest(site: Site) -> None:
     result = site.run()
     assert result.returncode == 0
     assert "max_tasks (3) reached" in result.stderr
-    assert site.status() == {"todo": 7, "locked": 0, "done": 3, "error": 0, "total": 10}
+    assert site.status() == {"todo": 7, "locked": 0, "done": 3, "error": 0, "waiting": 0, "total": 10}
 
 
 def test_task_folders_are_kept_only_for_failures_by_default(site: Site) -> None:

@@ -15,7 +15,7 @@ import views_history
 from conftest import Site, local_config
 
 from agent.identity import Identity
-from agent.pools.local import LocalPool
+from agent.pools.local import SCHEMA_VERSION, LocalPool
 
 
 def local_history(site: Site) -> Path:
@@ -190,8 +190,9 @@ def test_a_pool_made_before_the_views_gets_their_index_in_place(site: Site) -> N
     assert shown["duration"]["median"] == pytest.approx(5.0)
     with sqlite3.connect(path) as db:
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1  # older pilots still open it
-    assert indexes == {"tokens_state", "tokens_updated", "tokens_errors", "sqlite_autoindex_tokens_1"}
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    assert version == SCHEMA_VERSION  # migrated in place: the dependencies' schema, the views' indexes
+    assert {"tokens_ready", "tokens_updated", "tokens_errors"} <= indexes
     ran = site.run()
     assert ran.returncode == 0, ran.stderr
     assert site.status()["done"] == 2

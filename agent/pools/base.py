@@ -13,9 +13,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from agent.errors import NotSupported, ServerUnreachable, TokenError
+from agent.errors import NotSupported, PoolError, ServerUnreachable, TokenError
 from agent.identity import Identity
-from agent.token import Attempt, Report, State, Token
+from agent.token import Attempt, NewToken, Report, State, Token
 
 
 @dataclass(frozen=True)
@@ -29,17 +29,24 @@ class Lease:
 
 @dataclass(frozen=True)
 class Counts:
-    todo: int = 0
+    todo: int = 0  # claimable now
     locked: int = 0
     done: int = 0
     error: int = 0
+    waiting: int = 0  # todo once the tokens they come after are done
 
     def as_dict(self) -> dict[str, int]:
-        return {"todo": self.todo, "locked": self.locked, "done": self.done, "error": self.error}
+        return {
+            "todo": self.todo,
+            "locked": self.locked,
+            "done": self.done,
+            "error": self.error,
+            "waiting": self.waiting,
+        }
 
     @property
     def total(self) -> int:
-        return self.todo + self.locked + self.done + self.error
+        return self.todo + self.locked + self.done + self.error + self.waiting
 
 
 class Saved(enum.Enum):
@@ -51,12 +58,7 @@ class Saved(enum.Enum):
 class Renewal:
     renewed: list[Lease]
     lost: list[Lease]  # another pilot holds these now, or they were reset: stop their tasks
-
-
-@dataclass(frozen=True)
-class NewToken:
-    id: str
-    fields: dict[str, Any]
+    cancelled: list[Lease] = field(default_factory=list)  # `tokens cancel`: stop their tasks, report them
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,12 @@ class Pool(abc.ABC):
     @abc.abstractmethod
     def reset(self, *, locked: bool, errors: bool) -> int:
         """Put locked and/or error tokens back to todo; errors get a fresh attempt budget."""
+
+    def cancel(self, token_ids: Sequence[str], *, all_todo: bool) -> int:
+        """Move these tokens (or every todo and waiting one) to error with the reason ``cancelled``; a
+        running one keeps its lease, so its pilot learns at its next renewal and stops the task.
+        Returns how many were cancelled; tokens that had ended already are left as they are."""
+        raise PoolError(self.where, "this pool cannot cancel tokens")
 
     @abc.abstractmethod
     def get(self, token_id: str) -> Token:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -28,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 from urllib.parse import quote, urlencode
 
+from agent import dependencies
 from agent.config import ServerConfig
 from agent.errors import DuplicateToken, PoolError, ServerUnreachable, TokenError
 from agent.http import HttpClient, Response
@@ -138,6 +140,7 @@ class CouchDBPool(Pool):
         self.next_lease_scan = clock() + lease_scan_interval(self.lease_seconds)
         self.uncertain: list[_Claim] = []  # claims whose answer was lost while the server was away
         self.stats_ready: Optional[bool] = None  # our pilot-stats views are there (None: not looked yet)
+        self.next_waiting_sweep = 0.0  # when claims that find nothing may look over the waiting tokens
 
     # -- HTTP --------------------------------------------------------------------------------------
 
@@ -256,6 +259,8 @@ class CouchDBPool(Pool):
         conflict_rounds = 0
         while len(leases) < n:
             docs = self._candidates(n - len(leases))
+            if not docs and not leases and self._sweep_waiting():
+                docs = self._candidates(n - len(leases))
             if not docs:
                 if not scanned and self._plan().scans:  # todo is empty: dead pilots' tokens are left
                     leases += self._claim_expired(n - len(leases), self.clock())
@@ -493,6 +498,7 @@ class CouchDBPool(Pool):
         pending = [(lease, lease.handle) for lease in leases]
         renewed: list[Lease] = []
         lost: list[Lease] = []
+        cancelled: list[Lease] = []
         for _ in range(WRITE_ROUNDS):
             if not pending:
                 break
@@ -511,13 +517,44 @@ class CouchDBPool(Pool):
             current = self._fetch([lease.token.id for lease in conflicted])
             for lease in conflicted:
                 doc = current.get(lease.token.id)
-                if doc is not None and picas.lease_id_of(doc) == lease.lease_id:
+                ours = doc is not None and picas.lease_id_of(doc) == lease.lease_id
+                if ours and picas.is_cancelled(doc):
+                    cancelled.append(lease)
+                elif ours:
                     pending.append((lease, doc))  # changed by someone else, but still ours: again
                 else:
                     lost.append(lease)
         # Still conflicting after every round: keep them as they are; the lease has not run out yet.
         renewed += [lease for lease, _ in pending]
-        return Renewal(renewed, lost)
+        return Renewal(renewed, lost, cancelled)
+
+    def cancel(self, token_ids: Sequence[str], *, all_todo: bool) -> int:
+        now = self.clock()
+        if not all_todo:
+            known = self._states(token_ids)
+            missing = [token_id for token_id in token_ids if token_id not in known]
+            if missing:
+                raise TokenError(missing[0], f"not in the pool {self.where}; nothing was cancelled")
+            return self._cancel(token_ids, now)
+        token_ids = []
+        for design, view in ((self.design, "todo"), (picas.WAITING_DESIGN, "waiting")):
+            params = {} if view == "todo" else {"reduce": False}
+            try:
+                rows = self._rows(design, view, **params).get("rows", [])
+            except PoolError:
+                if view == "waiting":
+                    break  # a pool made before dependencies: nothing waits in it
+                raise
+            token_ids += [row["id"] for row in rows if isinstance(row.get("id"), str)]
+        return self._cancel(token_ids, now)
+
+    def _cancel(self, token_ids: Sequence[str], now: float) -> int:
+        written = []
+        for chunk in _chunks(list(token_ids), BATCH):
+            written += self._update(chunk, lambda doc: picas.cancelled(doc, now), "cancelling tokens")
+        for doc in written:  # after all of them: a named token is cancelled, not failed
+            self._settle_dependents(doc, State.ERROR)
+        return len(written)
 
     def report_and_claim(self, lease: Lease, report: Report, n: int) -> tuple[Saved, list[Lease]]:
         """The report and the claims in one ``_bulk_docs`` request. On pouchdb-server a request costs
@@ -529,19 +566,23 @@ class CouchDBPool(Pool):
         if not docs:
             return super().report_and_claim(lease, report, n)
         reported = picas.reported(lease.handle, lease.lease_id, len(lease.token.attempts) - 1, report, now)
+        children = self._children(report, now)
         pending = self._claims(docs, now)
+        written = [reported, *children, *(new for new, _, _, _ in pending)]
         try:
-            results = self._bulk(
-                [reported] + [new for new, _, _, _ in pending], "reporting and claiming", retry=False
-            )
+            results = self._bulk(written, "reporting and claiming", retry=False)
         except ServerUnreachable:
             # Like a lost claim, the whole request may have been saved. Find out what is ours; if the
             # server is really away, this raises again and the report goes to the journal.
-            results = [{}, *self._after_lost_answer(pending)]
+            results = [{}, *children, *self._after_lost_answer(pending)]
             saved = self.report(lease, report)  # a report that did land is recognised as ours
         else:
-            saved = Saved.SAVED if "rev" in results[0] else self.report(lease, report)
-        leases, conflicts = self._leases(pending, results[1:], now)
+            if "rev" in results[0]:
+                saved = Saved.SAVED
+                self._settle_dependents(reported, report.state)
+            else:
+                saved = self.report(lease, report)
+        leases, conflicts = self._leases(pending, results[1 + len(children) :], now)
         self._tally(len(leases), conflicts)
         if len(leases) < n:  # others took them first: go on as claim() does, past conflicts
             # If the server went away just now, the report is in; the pilot's next claim finds out.
@@ -550,41 +591,168 @@ class CouchDBPool(Pool):
         return saved, leases
 
     def report(self, lease: Lease, report: Report) -> Saved:
+        """The report, with the children a task wrote in the same ``_bulk_docs`` (a child that is there
+        already is ours: the ids are fixed, so a report sent again adds none twice)."""
         token_id = lease.token.id
         index = len(lease.token.attempts) - 1
         doc = lease.handle
+        children = self._children(report, self.clock())
         for _ in range(WRITE_ROUNDS):
             new = picas.reported(doc, lease.lease_id, index, report, self.clock())
-            response = self._request("PUT", self._doc_path(token_id), body=new)
-            if response.status in (200, 201, 202):
+            results = self._bulk([new, *children], f"reporting token {token_id!r}", retry=True)
+            if "rev" in results[0]:
+                self._settle_dependents(new, report.state)
                 return Saved.SAVED
-            if response.status != 409:
-                raise self._error(response, f"reporting token {token_id!r}")
             current = self._get_doc(token_id)
             if current is None:
                 return Saved.CONFLICT
             if picas.ours(current).get("reported") == lease.lease_id:
-                return Saved.SAVED  # an earlier try of this PUT was saved; its answer was lost
+                # An earlier try was saved and its answer lost (or this is a replay from the journal):
+                # the release of its dependents may not have happened yet; it does no harm twice.
+                self._settle_dependents(current, report.state)
+                return Saved.SAVED
             if picas.lease_id_of(current) != lease.lease_id:
                 return Saved.CONFLICT
             doc = current  # someone edited the token while it was ours: merge our result and save again
         raise TokenError(token_id, f"the report kept meeting conflicting writes in {self.where}")
 
+    # -- dependencies ------------------------------------------------------------------------------
+
+    def _children(self, report: Report, now: float) -> list[dict[str, Any]]:
+        """The documents of the children a successful task wrote, linked to what they wait on."""
+        if report.state is not State.DONE or not report.children:
+            return []
+        return self._new_docs(list(report.children), now)
+
+    def _new_docs(self, tokens: list[NewToken], now: float) -> list[dict[str, Any]]:
+        """New tokens as documents, waiting on what they come after. Tokens already in the pool that
+        they wait on are told first (``pilot.dependents``), so their report releases them."""
+        plan = dependencies.plan(tokens, self._states)
+        new_ids = {token.id for token in tokens}
+        outside = {dep: ids for dep, ids in plan.dependents.items() if dep not in new_ids}
+        pending = [dep for dep in outside if any(dep in plan.waiting_on[i] for i in outside[dep])]
+        if pending:
+            self._update(pending, lambda doc: picas.with_dependents(doc, outside[doc["_id"]]), "linking")
+            # A dependency may have been reported between the look-up and the link: look again.
+            late = {dep for dep, state in self._states(pending).items() if state in (State.DONE, State.ERROR)}
+            if late:
+                plan = dependencies.plan(tokens, self._states)
+        return [
+            picas.new_token(
+                token.id,
+                token.fields,
+                waiting_on=plan.waiting_on[token.id],
+                dependents=plan.dependents.get(token.id, ()),
+                failed=plan.failed.get(token.id),
+                now=now,
+            )
+            for token in tokens
+        ]
+
+    def _states(self, ids: Sequence[str]) -> dict[str, State]:
+        return {
+            token_id: picas.state_of(doc) or State.ERROR
+            for token_id, doc in self._fetch(ids).items()
+            if doc.get("type") == "token"
+        }
+
+    def _settle_dependents(self, doc: Mapping[str, Any], state: State) -> None:
+        """After a saved report: the tokens waiting on this one lose it from their list (done) or go to
+        error, and so on down the graph (error). A request of its own after the report, not in it: the
+        report may conflict (the lease moved on), and _bulk_docs is no transaction. A pilot that dies in
+        between leaves them waiting until a claim that finds nothing else looks them over."""
+        dependents = picas.dependents_of(doc)
+        if not dependents or state not in (State.DONE, State.ERROR):
+            return
+        token_id = doc["_id"]
+        if state is State.DONE:
+            self._update(dependents, lambda d: picas.released(d, token_id), "releasing dependents")
+            return
+        now = self.clock()
+        queue = [(token_id, dependents)]
+        while queue:
+            failed, ids = queue.pop(0)
+            written = self._update(
+                ids, lambda d, dep=failed: picas.dependency_failed(d, dep, now), "failing dependents"
+            )
+            queue += [(d["_id"], picas.dependents_of(d)) for d in written if picas.dependents_of(d)]
+
+    def _update(
+        self, ids: Sequence[str], change: Callable[[dict[str, Any]], Optional[dict[str, Any]]], what: str
+    ) -> list[dict[str, Any]]:
+        """Apply ``change`` to the current documents of ``ids`` (None: nothing to change), each write
+        conditional on the revision read; read again and apply again where another write came first.
+        Returns the documents written."""
+        written: list[dict[str, Any]] = []
+        pending = list(dict.fromkeys(ids))
+        for _ in range(WRITE_ROUNDS * 4):  # many pilots release the same merge token at once
+            current = self._fetch(pending)
+            docs = [new for new in (change(current[i]) for i in pending if i in current) if new is not None]
+            if not docs:
+                return written
+            pending = []
+            for doc, result in zip(docs, self._bulk(docs, what, retry=True)):
+                if "rev" in result:
+                    doc["_rev"] = result["rev"]
+                    written.append(doc)
+                else:
+                    pending.append(doc["_id"])
+            if not pending:
+                return written
+            self.sleep(conflict_backoff(1, self.rng))
+        log.warning("%s: %d token(s) kept meeting conflicts; claims look at them later", what, len(pending))
+        return written
+
+    def _sweep_waiting(self) -> bool:
+        """Waiting tokens whose dependencies all ended, left behind by a pilot that died between a report
+        and the release (or by a picas pilot, which knows nothing of them): release or fail them. At most
+        every lease / 4; True when some became claimable."""
+        now = self.clock()
+        if now < self.next_waiting_sweep:
+            return False
+        self.next_waiting_sweep = now + lease_scan_interval(self.lease_seconds)
+        if self._plan().find:  # our todo index holds the waiting tokens too (lock -1): no index to update
+            found = self._find(picas.waiting_selector(), picas.TODO_INDEX, BATCH)
+        else:
+            query = urlencode({"reduce": "false", "include_docs": "true", "limit": BATCH})
+            response = self._request("GET", f"/_design/{picas.WAITING_DESIGN}/_view/waiting?{query}")
+            if response.status == 404:
+                return False  # a pool made before dependencies: nothing can be waiting in it
+            rows = self._json(response, "reading the waiting tokens").get("rows", [])
+            found = [row["doc"] for row in rows if isinstance(row.get("doc"), dict)]
+        docs = {doc["_id"]: doc for doc in found if picas.state_of(doc) is State.WAITING}
+        states = self._states(sorted({dep for doc in docs.values() for dep in picas.waiting_on(doc)}))
+        released = False
+        for doc in docs.values():
+            ended = [dep for dep in picas.waiting_on(doc) if states.get(dep) in (State.DONE, State.ERROR)]
+            failed = next((dep for dep in ended if states[dep] is State.ERROR), None)
+            if failed is not None:
+                fail = functools.partial(picas.dependency_failed, dependency=failed, now=now)
+                for written in self._update([doc["_id"]], fail, "failing dependents"):
+                    self._settle_dependents(written, State.ERROR)
+            elif ended:
+                for dep in ended:
+                    self._update([doc["_id"]], lambda d, dep=dep: picas.released(d, dep), "releasing")
+                released = released or len(ended) == len(picas.waiting_on(doc))
+        if released:
+            self.candidates, self.walk_from = [], None
+        return released
+
     # -- tokens ------------------------------------------------------------------------------------
 
     def add(self, tokens: Iterable[NewToken]) -> int:
-        docs = []
+        tokens = list(tokens)
         for token in tokens:
             taken = sorted(name for name in token.fields if name in picas.RESERVED or name.startswith("_"))
             if taken:
                 raise TokenError(
                     token.id, f"field {taken[0]!r} is kept for PiCaS and pilot bookkeeping; rename it"
                 )
-            docs.append(picas.new_token(token.id, token.fields))
-        existing = self._fetch([doc["_id"] for doc in docs])
+        existing = self._fetch([token.id for token in tokens])
         if existing:
-            first = next(doc["_id"] for doc in docs if doc["_id"] in existing)
+            first = next(token.id for token in tokens if token.id in existing)
             raise DuplicateToken(first, self.where)
+        docs = self._new_docs(tokens, self.clock())
         added = 0
         for chunk in _chunks(docs, BATCH):
             results = self._bulk(chunk, "adding tokens", retry=True)
@@ -629,7 +797,12 @@ class CouchDBPool(Pool):
     def counts(self) -> Counts:
         body = self._rows(self.design, "overview_total", group=True)
         found = {row.get("key"): row.get("value") for row in body.get("rows", [])}
-        return Counts(**{state: int(found.get(state) or 0) for state in ("todo", "locked", "done", "error")})
+        counts = {state: int(found.get(state) or 0) for state in ("todo", "locked", "done", "error")}
+        response = self._request("GET", f"/_design/{picas.WAITING_DESIGN}/_view/waiting")
+        if response.status != 404:  # a pool made before dependencies has nothing waiting
+            rows = self._json(response, "counting the waiting tokens").get("rows", [])
+            counts["waiting"] = int(rows[0].get("value") or 0) if rows else 0
+        return Counts(**counts)
 
     def reset(self, *, locked: bool, errors: bool) -> int:
         changed = 0
@@ -647,7 +820,7 @@ class CouchDBPool(Pool):
             if not docs:
                 break
             now = self.clock()
-            new = [picas.reset(doc, now, fresh_budget=view == "error") for doc in docs]
+            new = self._wait_again([picas.reset(doc, now, fresh_budget=view == "error") for doc in docs])
             results = self._bulk(new, f"resetting {view} tokens", retry=True)
             saved = sum(1 for result in results if "rev" in result)
             changed += saved
@@ -668,6 +841,8 @@ class CouchDBPool(Pool):
             params.update(startkey=json.dumps(cursor), skip=1)
         if state is None:
             body = self._json(self._request("GET", f"/_all_docs?{_query(params)}"), "listing tokens")
+        elif state is State.WAITING:  # not a PiCaS state: our own view, by id
+            body = self._rows(picas.WAITING_DESIGN, "waiting", reduce=False, **params)
         else:
             body = self._rows(self.design, state.value, **params)
         rows = body.get("rows", [])
@@ -792,11 +967,24 @@ class CouchDBPool(Pool):
             pending = {i: doc["_rev"] for i, doc in current.items()}
         return deleted
 
+    def _wait_again(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Tokens put back to todo wait again on what they come after and is not done."""
+        after = {doc["_id"]: dependencies.after_of(doc["_id"], doc) for doc in docs if doc.get("after")}
+        if not after:
+            return docs
+        states = self._states(sorted({dep for deps in after.values() for dep in deps}))
+        waiting = []
+        for doc in docs:
+            not_done = [dep for dep in after.get(doc["_id"], ()) if states.get(dep) is not State.DONE]
+            waiting.append(picas.waiting_again(doc, not_done) if not_done else doc)
+        return waiting
+
     # -- init and check ----------------------------------------------------------------------------
 
     def init(self) -> list[str]:
         lines = [self._ensure_database()]
         lines += self._ensure_design(self.design, picas.monitor_views())
+        lines += self._ensure_design(picas.WAITING_DESIGN, picas.waiting_views())
         lines += [self._ensure_index(index) for index in picas.INDEXES]
         lines.append(self._ensure_stats())
         self.stats_ready = True

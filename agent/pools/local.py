@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from agent import dependencies
 from agent.errors import DuplicateToken, PoolError, TokenError
 from agent.identity import Identity, unique_ids
 from agent.pools.base import (
@@ -35,7 +36,8 @@ from agent.token import Attempt, Outcome, Report, State, Token, close_attempt
 
 CHECK_PATH = "check that server.path names a pool file"  # what to do about a file that is not one
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+CANCELLED = Outcome.CANCELLED.value  # the reason of a cancelled token
 EXPIRY_SCAN = 5.0  # seconds between looks for expired leases while there is todo work
 BUSY_TIMEOUT_MS = 60_000  # many pilots on one node queue for the write lock; a claim takes microseconds
 
@@ -69,12 +71,46 @@ VIEW_INDEXES = {
     "tokens_errors": "CREATE INDEX IF NOT EXISTS tokens_errors ON tokens (reason, id) WHERE state = 'error'",
 }
 # The columns _token reads, and the views' pages: seq and updated first, the tails last when asked for.
-_SELECT_TOKEN = "SELECT id, state, fields, attempts, failures, lease_id, lease_expires FROM tokens "
+_TOKEN_COLUMNS = "id, state, fields, attempts, failures, lease_id, lease_expires, waiting, reason"
+_SELECT_TOKEN = f"SELECT {_TOKEN_COLUMNS} FROM tokens "  # noqa: S608 - constants only
 _SELECT_PAGE = {
-    False: "SELECT seq, updated, id, state, fields, attempts, failures, lease_id, lease_expires FROM tokens ",
-    True: "SELECT seq, updated, id, state, fields, attempts, failures, lease_id, lease_expires, "
-    "stdout_tail, stderr_tail FROM tokens ",
+    False: f"SELECT seq, updated, {_TOKEN_COLUMNS} FROM tokens ",  # noqa: S608 - constants only
+    True: f"SELECT seq, updated, {_TOKEN_COLUMNS}, stdout_tail, stderr_tail FROM tokens ",  # noqa: S608
 }
+# A state's condition: todo and waiting share the stored state todo and differ in the waiting count.
+_STATE_WHERE = {
+    State.TODO: "state = 'todo' AND waiting = 0",
+    State.WAITING: "state = 'todo' AND waiting > 0",
+}
+# What each version adds to the one before; a pool file of an older version is brought up to date in
+# place when a newer pilot opens it, and a new pool is made as version 1 and then migrated the same way.
+_MIGRATIONS = {
+    2: """
+-- Dependencies (`after`): a token is claimable once `waiting`, the number of tokens it comes after that
+-- are not done yet, is 0. It is kept when a dependency is reported, in the report's transaction.
+ALTER TABLE tokens ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE deps (
+    token TEXT NOT NULL,  -- waits on
+    after TEXT NOT NULL,
+    PRIMARY KEY (token, after)
+) WITHOUT ROWID;
+CREATE INDEX deps_after ON deps (after);
+-- Claims read todo tokens with waiting = 0 in order, without stepping over the waiting ones.
+DROP INDEX tokens_state;
+CREATE INDEX tokens_ready ON tokens (state, waiting, seq);
+""",
+}
+# A token's waiting count counted again from the deps table: its dependencies that are not done.
+_COUNT_WAITING = (
+    "UPDATE tokens SET waiting = (SELECT count(*) FROM deps JOIN tokens AS dep ON dep.id = deps.after "
+    "WHERE deps.token = tokens.id AND dep.state != 'done') "
+)
+# The unary + keeps SQLite from walking every waiting token through tokens_ready: the few dependents
+# are found through deps_after instead (100,000 waiting tokens made each report 20 times slower).
+_RELEASE = _COUNT_WAITING + (  # noqa: S608 - constants only
+    "WHERE id IN (SELECT token FROM deps WHERE after = ?) AND +state = 'todo' AND +waiting > 0"
+)
+_WAIT_AGAIN = _COUNT_WAITING + "WHERE id = ?"
 
 
 def _dumps(value: Any) -> str:
@@ -119,10 +155,14 @@ class LocalPool(Pool):
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 self._create_schema(db, create)
-            elif version != SCHEMA_VERSION:
+            elif version > SCHEMA_VERSION:
                 raise PoolError(
-                    self.where, f"pool schema version {version}; this pilot reads {SCHEMA_VERSION}"
+                    self.where,
+                    f"pool schema version {version}, made by a newer pilot.pyz; this one reads up to "
+                    f"{SCHEMA_VERSION}: use the newer pilot.pyz",
                 )
+            elif version < SCHEMA_VERSION:
+                self._migrate(db)
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise PoolError(
@@ -147,14 +187,20 @@ class LocalPool(Pool):
             )
         if not create:
             raise PoolError(self.where, "empty file, not a pool (create it with `pilot.pyz init`)")
+        self._migrate(db)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring the schema to SCHEMA_VERSION in one transaction (version 0: a new, empty pool)."""
         db.execute("BEGIN IMMEDIATE")
         try:
-            if db.execute("PRAGMA user_version").fetchone()[0] == 0:  # another process may have won
-                for statement in _SCHEMA.split(";"):
+            version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
+            steps = [_SCHEMA] if version == 0 else []
+            steps += [_MIGRATIONS[v] for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1)]
+            for step in steps:
+                for statement in step.split(";"):
                     if statement.strip():
                         db.execute(statement)
-                for statement in VIEW_INDEXES.values():
-                    db.execute(statement)
+            if steps:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
@@ -213,19 +259,43 @@ class LocalPool(Pool):
         return [f"local pool {self.where}: ok, " + ", ".join(f"{k} {v}" for k, v in counts.as_dict().items())]
 
     def add(self, tokens: Iterable[NewToken]) -> int:
-        now = self.clock()
-        added = 0
         with self._write() as db:
-            for token in tokens:
-                try:
-                    db.execute(
-                        "INSERT INTO tokens (id, state, fields, updated) VALUES (?, ?, ?, ?)",
-                        (token.id, State.TODO.value, _dumps(token.fields), now),
-                    )
-                except sqlite3.IntegrityError:
-                    raise DuplicateToken(token.id) from None
-                added += 1
-        return added
+            return self._insert(db, list(tokens), self.clock())
+
+    def _insert(self, db: sqlite3.Connection, tokens: list[NewToken], now: float) -> int:
+        """New tokens, waiting on what they come after; DependencyError or TokenError roll it all back."""
+        plan = dependencies.plan(tokens, lambda ids: self._states(db, ids))
+        for token in tokens:
+            failed = plan.failed.get(token.id)
+            try:
+                db.execute(
+                    "INSERT INTO tokens (id, state, fields, updated, waiting, reason) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        token.id,
+                        State.TODO.value if failed is None else State.ERROR.value,
+                        _dumps(token.fields),
+                        now,
+                        len(plan.waiting_on[token.id]),
+                        None if failed is None else dependencies.failure_reason(failed),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise DuplicateToken(token.id) from None
+            if plan.after[token.id]:
+                db.executemany(
+                    "INSERT INTO deps (token, after) VALUES (?, ?)",
+                    [(token.id, dep) for dep in plan.after[token.id]],
+                )
+        return len(tokens)
+
+    def _states(self, db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, State]:
+        found: dict[str, State] = {}
+        for token_id in ids:  # by the primary key, one at a time: microseconds each
+            row = db.execute("SELECT state FROM tokens WHERE id = ?", (token_id,)).fetchone()
+            if row is not None:
+                found[token_id] = State(row[0])
+        return found
 
     def claim(self, n: int) -> list[Lease]:
         if n <= 0:
@@ -247,7 +317,7 @@ class LocalPool(Pool):
         if len(rows) < n:
             rows += db.execute(
                 "SELECT id, state, fields, attempts, failures, lease_id, lease_expires FROM tokens "
-                "WHERE state = 'todo' ORDER BY seq LIMIT ?",
+                "WHERE state = 'todo' AND waiting = 0 ORDER BY seq LIMIT ?",
                 (n - len(rows),),
             ).fetchall()
         if not rows and not scan:
@@ -290,7 +360,7 @@ class LocalPool(Pool):
 
     def renew(self, leases: Sequence[Lease]) -> Renewal:
         now = self.clock()
-        renewed, lost = [], []
+        renewed, lost, cancelled = [], [], []
         with self._write() as db:
             for lease in leases:
                 expires = now + self.lease_seconds
@@ -300,9 +370,40 @@ class LocalPool(Pool):
                 )
                 if cursor.rowcount == 1:
                     renewed.append(Lease(lease.token, lease.lease_id, expires, lease.attempt, lease.handle))
+                elif self._cancelled(db, lease):
+                    cancelled.append(lease)
                 else:
                     lost.append(lease)
-        return Renewal(renewed, lost)
+        return Renewal(renewed, lost, cancelled)
+
+    def _cancelled(self, db: sqlite3.Connection, lease: Lease) -> bool:
+        row = db.execute(
+            "SELECT 1 FROM tokens WHERE id = ? AND lease_id = ? AND state = 'error' AND reason = ?",
+            (lease.token.id, lease.lease_id, CANCELLED),
+        ).fetchone()
+        return row is not None
+
+    def cancel(self, token_ids: Sequence[str], *, all_todo: bool) -> int:
+        now = self.clock()
+        changed: list[str] = []
+        with self._write() as db:
+            if all_todo:
+                token_ids = [row[0] for row in db.execute("SELECT id FROM tokens WHERE state = 'todo'")]
+            for token_id in token_ids:
+                row = db.execute("SELECT state FROM tokens WHERE id = ?", (token_id,)).fetchone()
+                if row is None:
+                    raise TokenError(token_id, f"not in the pool {self.where}; nothing was cancelled")
+                if row[0] not in (State.TODO.value, State.LOCKED.value):
+                    continue  # ended already
+                # A running token keeps its lease id: its pilot's renewal tells cancelled from lost.
+                db.execute(
+                    "UPDATE tokens SET state = 'error', reason = ?, updated = ? WHERE id = ?",
+                    (CANCELLED, now, token_id),
+                )
+                changed.append(token_id)
+            for token_id in changed:  # after all of them: a named token is cancelled, not failed
+                self._fail_dependents(db, token_id)
+        return len(changed)
 
     def report(self, lease: Lease, report: Report) -> Saved:
         with self._write() as db:
@@ -329,11 +430,44 @@ class LocalPool(Pool):
                 lease.lease_id,
             ),
         )
-        return Saved.SAVED if cursor.rowcount == 1 else Saved.CONFLICT
+        if cursor.rowcount != 1:
+            return Saved.CONFLICT
+        if report.state is State.DONE:
+            self._release_dependents(db, lease.token.id)
+            if report.children:
+                self._insert(db, list(report.children), self.clock())
+        elif report.state is State.ERROR:
+            self._fail_dependents(db, lease.token.id)
+        return Saved.SAVED
+
+    def _release_dependents(self, db: sqlite3.Connection, token_id: str) -> None:
+        """Count again what the tokens waiting on this one (now done) wait on: those at 0 are claimable."""
+        db.execute(_RELEASE, (token_id,))
+
+    def _fail_dependents(self, db: sqlite3.Connection, token_id: str) -> None:
+        """This token failed for good: what waits on it, directly or not, goes to error too."""
+
+        def waiting_on(dep: str) -> list[str]:
+            rows = db.execute(
+                "SELECT deps.token FROM deps JOIN tokens ON tokens.id = deps.token "
+                "WHERE deps.after = ? AND +tokens.state = 'todo' AND +tokens.waiting > 0",
+                (dep,),
+            )
+            return [row[0] for row in rows]
+
+        now = self.clock()
+        for dependent, dep in dependencies.downstream_failures(token_id, waiting_on):
+            db.execute(
+                "UPDATE tokens SET state = 'error', reason = ?, updated = ? WHERE id = ?",
+                (dependencies.failure_reason(dep), now, dependent),
+            )
 
     def counts(self) -> Counts:
         try:
-            rows = self._db.execute("SELECT state, count(*) FROM tokens GROUP BY state").fetchall()
+            rows = self._db.execute(
+                "SELECT CASE WHEN state = 'todo' AND waiting > 0 THEN 'waiting' ELSE state END, count(*) "
+                "FROM tokens GROUP BY 1"
+            ).fetchall()
         except sqlite3.DatabaseError as err:
             raise PoolError(self.where, f"cannot read: {err}") from None
         return Counts(**dict(rows))
@@ -357,6 +491,9 @@ class LocalPool(Pool):
                         (_dumps([a.to_json() for a in attempts]), now, token_id),
                     )
                     changed += 1
+                if state == "error":  # with what they waited on (reset too), so they wait again
+                    for token_id, _ in rows:
+                        db.execute(_WAIT_AGAIN, (token_id,))
         return changed
 
     def get(self, token_id: str) -> Token:
@@ -395,13 +532,12 @@ class LocalPool(Pool):
         if state is None:
             rows = self._read(select + "WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
         else:
-            rows = self._read(
-                select + "WHERE state = ? AND seq > ? ORDER BY seq LIMIT ?", (state.value, after, limit)
-            )
+            where = _STATE_WHERE.get(state, f"state = '{state.value}'")
+            rows = self._read(select + f"WHERE {where} AND seq > ? ORDER BY seq LIMIT ?", (after, limit))
         listed = [
             Listed(
-                token=_token(row[2:9]),
-                tails=(row[9] or b"", row[10] or b"") if tails else None,
+                token=_token(row[2:11]),
+                tails=(row[11] or b"", row[12] or b"") if tails else None,
                 updated=row[1],
             )
             for row in rows
@@ -472,6 +608,8 @@ class LocalPool(Pool):
 
 
 def _token(row: Sequence[Any]) -> Token:
-    token_id, state, fields, attempts_json, failures, _, _ = row
+    token_id, state, fields, attempts_json, failures, _, _, waiting, reason = row
     attempts = tuple(Attempt.from_json(a) for a in json.loads(attempts_json))
-    return Token(token_id, json.loads(fields), State(state), attempts, failures)
+    shown = State.WAITING if state == State.TODO.value and waiting else State(state)
+    why = reason or "" if shown is State.ERROR else ""
+    return Token(token_id, json.loads(fields), shown, attempts, failures, why)

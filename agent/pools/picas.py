@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import base64
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
+from agent.dependencies import failure_reason
 from agent.token import Attempt, Outcome, Report, State, Token, close_attempt
 
 OURS = "pilot"  # the one key of a token document that holds what picas does not know
@@ -143,10 +144,35 @@ STATS_VIEWS = {
 }
 
 
+# A token that waits on others (``after``) has ``lock`` -1: in none of the PiCaS views, so picas pilots
+# and our todo index leave it alone, and a token without our fields (an older pool's) is claimed as ever.
+# ``pilot.waiting_on`` lists the tokens it still waits on; each, once done, takes itself off the list and
+# the last one sets ``lock`` 0. ``pilot.dependents`` on a token lists who waits on it.
+WAITING_LOCK = -1
+WAITING_DESIGN = "pilot-waiting"
+_WAITING_MAP = """function(doc) {
+  if (doc.type == "token" && doc.lock < 0 && doc.done == 0) {
+    emit(doc._id, null);
+  }
+}
+"""
+
+
+def waiting_views() -> dict[str, dict[str, str]]:
+    """Our design document's one view: waiting tokens, counted by ``status`` and looked over by claims
+    that find nothing else (a pilot that died between a report and the release leaves some behind)."""
+    return {"waiting": {"map": _WAITING_MAP, "reduce": "_count"}}
+
+
 def todo_selector(from_id: str) -> dict[str, Any]:
     """Todo tokens from ``from_id`` on, in id order. PiCaS's todo view tests ``lock == 0 && done == 0``
     in JavaScript, where "0" and "" equal 0 too; picas and pilot.pyz write the number 0, as this finds."""
     return {"type": "token", "done": 0, "lock": 0, "_id": {"$gte": from_id}}
+
+
+def waiting_selector() -> dict[str, Any]:
+    """Waiting tokens (``lock`` -1), through the same index as todo ones."""
+    return {"type": "token", "done": 0, "lock": WAITING_LOCK, "_id": {"$gte": ""}}
 
 
 def expired_selector(now: float) -> dict[str, Any]:
@@ -189,6 +215,8 @@ def state_of(doc: Mapping[str, Any]) -> Optional[State]:
     lock, done = _number(doc.get("lock")), _number(doc.get("done"))
     if lock == 0 and done == 0 and "lock" in doc and "done" in doc:
         return State.TODO
+    if lock < 0 and done == 0 and "done" in doc:
+        return State.WAITING
     if lock > 0 and done == 0 and "done" in doc:
         return State.LOCKED
     if lock > 0 and done > 0:
@@ -232,6 +260,18 @@ def tails_of(doc: Mapping[str, Any]) -> tuple[bytes, bytes]:
     return tails[0], tails[1]
 
 
+def _ids(value: Any) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+def waiting_on(doc: Mapping[str, Any]) -> list[str]:
+    return _ids(ours(doc).get("waiting_on"))
+
+
+def dependents_of(doc: Mapping[str, Any]) -> list[str]:
+    return _ids(ours(doc).get("dependents"))
+
+
 def attempts_of(doc: Mapping[str, Any]) -> list[Attempt]:
     raw = ours(doc).get("attempts")
     return (
@@ -247,21 +287,33 @@ def user_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
 def to_token(doc: Mapping[str, Any]) -> Token:
     state = state_of(doc) or State.ERROR  # in none of the views: not something a pilot may claim
     failures = ours(doc).get("failures", 0)
+    errors = doc.get("error") if isinstance(doc.get("error"), list) else []
+    last = errors[-1] if errors and isinstance(errors[-1], dict) else {}
     return Token(
         id=doc["_id"],
         fields=user_fields(doc),
         state=state,
         attempts=tuple(attempts_of(doc)),
         failures=failures if isinstance(failures, int) else 0,
+        reason=str(last.get("message", "")) if state is State.ERROR else "",
     )
 
 
 # -- writing a token -------------------------------------------------------------------------------
 
 
-def new_token(token_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    """A todo token as picas's ``create_tokens`` makes it (a ``Task`` with ``type: "token"``)."""
-    return {
+def new_token(
+    token_id: str,
+    fields: Mapping[str, Any],
+    *,
+    waiting_on: Sequence[str] = (),
+    dependents: Sequence[str] = (),
+    failed: Optional[str] = None,
+    now: float = 0.0,
+) -> dict[str, Any]:
+    """A todo token as picas's ``create_tokens`` makes it (a ``Task`` with ``type: "token"``); waiting
+    while ``waiting_on`` is not empty, failed at once when ``failed`` (a dependency) is in error."""
+    doc: dict[str, Any] = {
         "_id": token_id,
         "type": "token",
         "lock": 0,
@@ -272,6 +324,79 @@ def new_token(token_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
         "error": [],
         **fields,
     }
+    mine: dict[str, Any] = {}
+    if dependents:
+        mine["dependents"] = list(dependents)
+    if waiting_on:
+        mine["waiting_on"] = list(waiting_on)
+        doc["lock"] = WAITING_LOCK
+    if mine:
+        doc[OURS] = mine
+    if failed is not None:
+        doc.update(_failed(doc, failed, now))
+    return doc
+
+
+def _failed(doc: Mapping[str, Any], dependency: str, now: float) -> dict[str, Any]:
+    return _in_error(doc, failure_reason(dependency), now)
+
+
+def _in_error(doc: Mapping[str, Any], reason: str, now: float) -> dict[str, Any]:
+    """The fields that put a token in the PiCaS error view, with ``reason`` in its ``error`` list."""
+    errors = doc.get("error") if isinstance(doc.get("error"), list) else []
+    message = {"time": _epoch(now), "message": reason}
+    lock = _epoch(now) if _number(doc.get("lock")) <= 0 else doc["lock"]
+    return {"lock": lock, "done": _epoch(now), "exit_code": 1, "error": [*errors, message]}
+
+
+def cancelled(doc: Mapping[str, Any], now: float) -> Optional[dict[str, Any]]:
+    """The token in error as cancelled (None when it ended already). A running one keeps its lease, so
+    its pilot's renewal can tell cancelled from lost."""
+    if state_of(doc) not in (State.TODO, State.WAITING, State.LOCKED):
+        return None
+    new = _with_ours(doc, cancelled=True)
+    new.update(_in_error(doc, Outcome.CANCELLED.value, now))
+    return new
+
+
+def is_cancelled(doc: Mapping[str, Any]) -> bool:
+    return state_of(doc) is State.ERROR and ours(doc).get("cancelled") is True
+
+
+def released(doc: Mapping[str, Any], dependency: str) -> Optional[dict[str, Any]]:
+    """The waiting token with ``dependency`` (now done) off its list, todo when it was the last; None
+    when it did not wait on it (already released: a report sent twice releases once)."""
+    left = waiting_on(doc)
+    if state_of(doc) is not State.WAITING or dependency not in left:
+        return None
+    left.remove(dependency)
+    new = _with_ours(doc, waiting_on=left)
+    if not left:
+        new["lock"] = 0
+    return new
+
+
+def dependency_failed(doc: Mapping[str, Any], dependency: str, now: float) -> Optional[dict[str, Any]]:
+    """The waiting token in error because ``dependency`` is; None when it is not waiting any more."""
+    if state_of(doc) is not State.WAITING:
+        return None
+    new = copy.deepcopy(dict(doc))
+    new.update(_failed(doc, dependency, now))
+    return new
+
+
+def with_dependents(doc: Mapping[str, Any], token_ids: Sequence[str]) -> Optional[dict[str, Any]]:
+    """The token with these ids added to those that wait on it; None when they are there already."""
+    present = dependents_of(doc)
+    missing = [token_id for token_id in token_ids if token_id not in present]
+    return _with_ours(doc, dependents=present + missing) if missing else None
+
+
+def waiting_again(doc: dict[str, Any], not_done: Sequence[str]) -> dict[str, Any]:
+    """A token put back to todo (reset) that comes after tokens not done: waiting on them again."""
+    new = _with_ours(doc, waiting_on=list(not_done))
+    new["lock"] = WAITING_LOCK
+    return new
 
 
 def _epoch(seconds: float) -> int:
@@ -398,4 +523,5 @@ def reset(doc: Mapping[str, Any], now: float, *, fresh_budget: bool) -> dict[str
     changes: dict[str, Any] = {"lease": None, "attempts": [a.to_json() for a in attempts]}
     if fresh_budget:
         changes["failures"] = 0
+        changes["cancelled"] = None
     return _scrubbed(_with_ours(doc, **changes), drop_logs=True)

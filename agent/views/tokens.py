@@ -48,6 +48,8 @@ def token_json(token: Token, tails: Optional[tuple[bytes, bytes]]) -> dict[str, 
         "failures": token.failures,
         "attempts": [attempt_json(attempt) for attempt in token.attempts],
     }
+    if token.reason:
+        shown["reason"] = token.reason
     if tails is not None:
         shown.update(_tail_fields("stdout_tail", tails[0]))
         shown.update(_tail_fields("stderr_tail", tails[1]))

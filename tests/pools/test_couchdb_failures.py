@@ -115,7 +115,7 @@ def test_failures_are_retried_up_to_max_attempts_with_every_attempt_on_the_token
     result = site.run(env={"LSB_JOBID": "4242"})
     assert result.returncode == 0, result.stderr
     assert "failure 1 of at most 3" in result.stderr
-    assert site.status() == {"todo": 0, "locked": 0, "done": 1, "error": 2, "total": 3}
+    assert site.status() == {"todo": 0, "locked": 0, "done": 1, "error": 2, "waiting": 0, "total": 3}
     flaky, broken, killed = (site.token(mode) for mode in ("flaky", "broken", "killed"))
     assert (flaky["state"], outcomes(flaky)) == ("done", ["failed", "failed", "done"])
     assert [a["exit_code"] for a in flaky["attempts"]] == [1, 1, 0]
@@ -206,7 +206,7 @@ def test_a_working_node_with_some_failing_tasks_does_not_trip(
     result = site.run()
     assert result.returncode == 0, result.stderr
     assert "black hole" not in result.stderr
-    assert site.status() == {"todo": 0, "locked": 0, "done": 8, "error": 4, "total": 12}
+    assert site.status() == {"todo": 0, "locked": 0, "done": 8, "error": 4, "waiting": 0, "total": 12}
     for doc in pouchdb.docs(couch_db).values():
         expected = ["failed"] if doc["exit_code"] else ["done"]
         assert [a["outcome"] for a in doc["pilot"]["attempts"]] == expected, doc["_id"]
@@ -235,7 +235,7 @@ def test_tokens_that_failed_on_a_working_node_are_charged_not_blamed_on_the_next
     result = site.run(env=BROKEN)
     assert result.returncode == 0, result.stderr
     assert "black hole" not in result.stderr
-    assert site.status() == {"todo": 0, "locked": 0, "done": 0, "error": 5, "total": 5}
+    assert site.status() == {"todo": 0, "locked": 0, "done": 0, "error": 5, "waiting": 0, "total": 5}
 
 
 def test_a_failure_held_by_the_breaker_keeps_its_lease(
@@ -306,7 +306,7 @@ def test_a_server_outage_while_tasks_run_keeps_them_running_and_replays_their_re
     # Results first, then new work: the journal went out before the third task started.
     assert lines_with(text, "from the journal")[-1] < lines_with(text, "started (attempt")[2], text[-3000:]
     assert journal(workdir) == []
-    assert site.status() == {"todo": 0, "locked": 0, "done": 4, "error": 0, "total": 4}
+    assert site.status() == {"todo": 0, "locked": 0, "done": 4, "error": 0, "waiting": 0, "total": 4}
     assert sorted(runs(ran, "start")) == [f"t{i}" for i in range(4)]  # each ran once: nothing lost
     for token_id in runs(ran, "start"):
         assert outcomes(site.token(token_id)) == ["done"]
@@ -335,7 +335,7 @@ def test_a_server_away_past_max_outage_ends_the_pilot_with_exit_4_and_the_next_o
     adopted = lines_with(text, "found 2 unsent report(s) from an earlier pilot")
     assert adopted and adopted[0] < lines_with(text, "started (attempt")[0], text[-3000:]
     assert journal(workdir) == [] and not list((workdir / "journal").glob("*.jsonl"))
-    assert site.status() == {"todo": 0, "locked": 0, "done": 4, "error": 0, "total": 4}
+    assert site.status() == {"todo": 0, "locked": 0, "done": 4, "error": 0, "waiting": 0, "total": 4}
     assert sorted(runs(ran, "start")) == [f"t{i}" for i in range(4)]  # the journaled ones did not run again
     first_pilot = kept[0]["attempt"]["pilot"]
     for entry in kept:

@@ -50,7 +50,7 @@ def test_four_pilots_run_each_of_500_tokens_exactly_once(
     counts = executions(ran)
     assert sorted(counts) == sorted(f"range-{i}" for i in range(500))  # none missing
     assert [token for token, n in counts.items() if n > 1] == []  # none twice
-    assert site.status() == {"todo": 0, "locked": 0, "done": 500, "error": 0, "total": 500}
+    assert site.status() == {"todo": 0, "locked": 0, "done": 500, "error": 0, "waiting": 0, "total": 500}
     docs = pouchdb.docs(couch_db)
     assert all(len(doc["pilot"]["attempts"]) == 1 for doc in docs.values())
     assert len({doc["pilot"]["attempts"][0]["pilot"] for doc in docs.values()}) == 4  # all four took part
@@ -98,7 +98,7 @@ def test_a_server_stopped_mid_run_and_started_again_loses_no_result(
     server.start()
     codes = [pilot.wait(timeout=300) for pilot in pilots]
     assert codes == [0, 0], [(site.folder / f"pilot-{i}.log").read_text()[-3000:] for i in range(2)]
-    assert site.status() == {"todo": 0, "locked": 0, "done": 200, "error": 0, "total": 200}
+    assert site.status() == {"todo": 0, "locked": 0, "done": 200, "error": 0, "waiting": 0, "total": 200}
     assert sorted(executions(ran)) == sorted(f"range-{i}" for i in range(200))
 
 
@@ -121,7 +121,7 @@ def test_init_check_status_show_and_reset_through_the_zipapp(
     assert "tokens: todo 3, locked 0, done 0, error 0" in check.stdout
     run = site.run("run")
     assert run.returncode == 0, run.stderr
-    assert site.status() == {"todo": 0, "locked": 0, "done": 2, "error": 1, "total": 3}
+    assert site.status() == {"todo": 0, "locked": 0, "done": 2, "error": 1, "waiting": 0, "total": 3}
     shown = site.token("codes-3")
     assert shown["state"] == "error"
     assert shown["stdout_tail"] == "out 3\n"

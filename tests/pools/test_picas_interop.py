@@ -73,7 +73,7 @@ def test_tokens_added_by_pilot_are_run_by_a_picas_runactor(
     assert sorted(ran.read_text().split()) == sorted(f"range-{i}" for i in range(9))
     expected = {"todo": 0, "locked": 0, "done": 6, "error": 3}
     assert picas_counts(picas_python, pouchdb_auth, member_db, user=MEMBER) == expected
-    assert site.status() == {**expected, "total": 9}
+    assert site.status() == {**expected, "waiting": 0, "total": 9}
     shown = site.token("range-3")
     assert shown["state"] == "error"
     assert shown["fields"] == {"input": 3}
@@ -91,7 +91,7 @@ def test_counts_right_after_a_mixed_run_agree_through_both_clients(
     run = site.run("run")
     assert run.returncode == 0, run.stderr
     expected = {"todo": 0, "locked": 0, "done": 20, "error": 10}
-    assert site.status() == {**expected, "total": 30}
+    assert site.status() == {**expected, "waiting": 0, "total": 30}
     assert picas_counts(picas_python, pouchdb, couch_db) == expected
     assert pouchdb.view_ids(couch_db, "Monitor", "error") == sorted(f"range-{i}" for i in range(0, 30, 3))
     failed = pouchdb.docs(couch_db)["range-3"]
@@ -103,4 +103,4 @@ def test_counts_right_after_a_mixed_run_agree_through_both_clients(
     again = site.folder / "again.log"
     picas_side(picas_python, pouchdb, couch_db, "run", str(again), "--", "/bin/true")
     assert len(again.read_text().split()) == 10
-    assert site.status() == {"todo": 0, "locked": 0, "done": 30, "error": 0, "total": 30}
+    assert site.status() == {"todo": 0, "locked": 0, "done": 30, "error": 0, "waiting": 0, "total": 30}
