@@ -29,11 +29,22 @@ from typing import Any, Callable, Optional
 from urllib.parse import quote, urlencode
 
 from agent.config import ServerConfig
-from agent.errors import DuplicateToken, PoolError, ServerUnreachable, TokenError
+from agent.errors import PoolError, ServerUnreachable, TokenError
 from agent.http import HttpClient, Response
 from agent.identity import Identity
 from agent.pools import picas
-from agent.pools.base import Counts, Lease, Listed, NewToken, Pool, ReasonCount, Renewal, Saved, missing_id
+from agent.pools.base import (
+    Counts,
+    Lease,
+    Listed,
+    NewToken,
+    Pool,
+    ReasonCount,
+    Renewal,
+    Saved,
+    batches,
+    missing_id,
+)
 from agent.token import Attempt, Outcome, Report, Result, State, Token
 
 log = logging.getLogger(__name__)
@@ -50,6 +61,7 @@ BACKOFF_BASE = 0.02  # seconds; doubled per conflict round, jittered, capped
 BACKOFF_MAX = 1.0
 WRITE_ROUNDS = 4  # re-read and merge this often before a renewal or report gives up
 BATCH = 500  # documents per _bulk_docs or _all_docs request
+ADD_BATCH = 2000  # documents per _bulk_docs when adding: fewer requests, memory still flat
 
 
 def conflict_backoff(round_: int, rng: random.Random) -> float:
@@ -573,34 +585,63 @@ class CouchDBPool(Pool):
     # -- tokens ------------------------------------------------------------------------------------
 
     def add(self, tokens: Iterable[NewToken]) -> int:
-        docs = []
-        for token in tokens:
+        """Batch after batch, one ``_bulk_docs`` each: resumable, not atomic. CouchDB has no transaction
+        over many documents, so a duplicate or an outage halfway leaves the batches before it in the
+        pool, and the error says which: the input's first N tokens. A token already there with the same
+        fields is skipped, so running the same command again adds what is missing and nothing twice.
+        Returns how many were added by this call."""
+        added, given = 0, 0
+        try:
+            for batch in batches(tokens, ADD_BATCH):
+                self.vet_batch(batch)
+                added += self._add_batch(batch, given)
+                given += len(batch)
+        except ServerUnreachable as err:
+            raise ServerUnreachable(self.where, f"{err.problem}; {_added_before(given, batch)}") from None
+        return added
+
+    def _add_batch(self, batch: Sequence[NewToken], given: int) -> int:
+        """Write the batch; a token that was there already must have the same fields (else TokenError,
+        once the rest of the batch is in). Returns how many were new."""
+        docs: dict[str, dict[str, Any]] = {}
+        for token in batch:
             taken = sorted(name for name in token.fields if name in picas.RESERVED or name.startswith("_"))
             if taken:
                 raise TokenError(
-                    token.id, f"field {taken[0]!r} is kept for PiCaS and pilot bookkeeping; rename it"
+                    token.id,
+                    f"field {taken[0]!r} is kept for PiCaS and pilot bookkeeping; rename it; "
+                    + _added_before(given, batch),
                 )
-            docs.append(picas.new_token(token.id, token.fields))
-        existing = self._fetch([doc["_id"] for doc in docs])
-        if existing:
-            first = next(doc["_id"] for doc in docs if doc["_id"] in existing)
-            raise DuplicateToken(first, self.where)
-        added = 0
-        for chunk in _chunks(docs, BATCH):
-            results = self._bulk(chunk, "adding tokens", retry=True)
-            conflicted = [doc for doc, result in zip(chunk, results) if "rev" not in result]
-            added += len(chunk) - len(conflicted)
-            if conflicted:
-                # A retried request whose first try was saved conflicts with itself: that one is ours.
-                current = self._fetch([doc["_id"] for doc in conflicted])
-                for doc in conflicted:
-                    now = current.get(doc["_id"])
-                    if now is None or {k: v for k, v in now.items() if k != "_rev"} != doc:
-                        raise TokenError(
-                            doc["_id"], f"added by someone else meanwhile; {added} others were added"
-                        )
-                    added += 1
-        return added
+            doc = picas.new_token(token.id, token.fields)
+            if docs.setdefault(token.id, doc) != doc:
+                raise TokenError(
+                    token.id, f"given twice with different fields; {_added_before(given, batch)}"
+                )
+        fresh = list(docs.values())
+        results = self._bulk(fresh, "adding tokens", retry=True)
+        conflicted = [doc for doc, result in zip(fresh, results) if "rev" not in result]
+        if not conflicted:
+            return len(fresh)
+        # There already: added by an earlier run of the same input (or by a retried request whose first
+        # try was saved), or a different token with the same id.
+        current = self._fetch([doc["_id"] for doc in conflicted])
+        other = [
+            doc["_id"]
+            for doc in conflicted
+            if doc["_id"] not in current
+            or current[doc["_id"]].get("type") != "token"
+            or picas.user_fields(current[doc["_id"]]) != picas.user_fields(doc)
+        ]
+        if other:
+            also = f" (and {len(other) - 1} more)" if len(other) > 1 else ""
+            raise TokenError(
+                other[0],
+                f"already in the pool {self.where} with other fields{also}, left as it was; "
+                f"the input's first {given + len(batch)} tokens (up to {batch[-1].id!r}) are in the pool, "
+                "none after them; fix the input and run the same command again: tokens already there with "
+                "the same fields are skipped",
+            )
+        return len(fresh) - len(conflicted)  # a retried request's own first try counts as there already
 
     def get(self, token_id: str) -> Token:
         doc = self._get_doc(token_id)
@@ -901,6 +942,17 @@ def _query(params: Mapping[str, Any]) -> str:
     """A view's query string: JSON values, strings as they are (already JSON where they are keys)."""
     return urlencode(
         {k: json.dumps(v) if not isinstance(v, str) else v for k, v in params.items()}, safe='[]",'
+    )
+
+
+def _added_before(given: int, batch: Sequence[NewToken]) -> str:
+    """Which tokens an add that stopped in ``batch`` left in the pool, and how to finish the job."""
+    if not given:
+        return "nothing was added"
+    return (
+        f"the input's first {given} tokens (up to the one before {batch[0].id!r}) are in the pool, none "
+        "after them; fix what is wrong and run the same command again: tokens already there with the "
+        "same fields are skipped"
     )
 
 
