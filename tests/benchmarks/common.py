@@ -35,6 +35,29 @@ def run_measured(
     return code, time.perf_counter() - start, peak
 
 
+def run_own_cpu(
+    argv: Sequence[str], env: Optional[dict[str, str]] = None, interval: float = 0.01
+) -> tuple[int, float, int, float]:
+    """Run to the end; returns (exit code, wall seconds, peak RSS in bytes, the process's own CPU seconds,
+    user + system, its children excluded). The CPU is read from /proc once it has exited but before it is
+    reaped (waitid with WNOWAIT): a zombie keeps its times, and wait4's would include its children's."""
+    start = time.perf_counter()
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    status, peak = Path(f"/proc/{process.pid}/status"), 0
+    while os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except (OSError, ValueError):
+            pass  # exiting: the last reading stands
+        time.sleep(interval)
+    seconds = time.perf_counter() - start
+    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return process.wait(), seconds, peak, own
+
+
 def median_time(argv: Sequence[str], runs: int, env: Optional[dict[str, str]] = None) -> float:
     times = []
     for _ in range(runs):
