@@ -29,8 +29,8 @@ from typing import Any, Callable, Optional
 from urllib.parse import quote, urlencode
 
 from agent.config import ServerConfig
-from agent.errors import PoolError, ServerUnreachable, TokenError
-from agent.http import HttpClient, Response
+from agent.errors import PoolError, ServerBusy, ServerUnreachable, TokenError
+from agent.http import HttpClient, Response, retry_after
 from agent.identity import Identity
 from agent.pools import picas
 from agent.pools.base import (
@@ -167,7 +167,7 @@ class CouchDBPool(Pool):
         try:
             return self.http.request(method, url, json_body=body, retry=retry)
         except ServerUnreachable as err:
-            raise ServerUnreachable(self.where, err.problem) from None
+            raise ServerUnreachable(self.where, err.problem, err.retry_after) from None
 
     def _json(self, response: Response, what: str) -> Any:
         if response.status == 404:
@@ -191,8 +191,14 @@ class CouchDBPool(Pool):
             problem = f"the server refused the credentials of user {user!r}"
         elif status == 403:
             problem = f"user {user or '(anonymous)'!r} is not allowed to do this"
-        elif status >= 500:
-            return ServerUnreachable(self.where, f"{what}: server error (HTTP {status}: {reason})")
+        elif status >= 500 or status == 429:
+            # Busy or broken, for now: the pilot waits (as long as Retry-After says, at most 5 minutes,
+            # else backing off) and tries again, within server.max_outage.
+            kind = ServerBusy if status in (429, 503) else ServerUnreachable
+            busy = "server busy" if kind is ServerBusy else "server error"
+            return kind(
+                self.where, f"{what}: {busy} (HTTP {status}: {reason})", retry_after(response.headers)
+            )
         else:
             problem = "unexpected answer"
         return PoolError(self.where, f"{what}: {problem} (HTTP {status}: {reason})")
@@ -286,7 +292,12 @@ class CouchDBPool(Pool):
                 if not scanned and self._plan().scans:  # todo is empty: dead pilots' tokens are left
                     leases += self._claim_expired(n - len(leases), self.clock())
                 break
-            got, conflicts = self._lock(docs, self.clock())
+            try:
+                got, conflicts = self._lock(docs, self.clock())
+            except ServerBusy:
+                if leases:
+                    break  # keep what this claim has; the next one meets the busy server
+                raise
             leases += got
             self._tally(len(got), conflicts)
             if conflicts and not got:
@@ -466,6 +477,8 @@ class CouchDBPool(Pool):
         written = [new for new, _, _, _ in pending]
         try:
             results = self._bulk(written, "claiming tokens", retry=False)
+        except ServerBusy:
+            raise  # an answer: nothing was written, and the pilot waits as long as the server asks
         except ServerUnreachable:
             results = self._after_lost_answer(pending)
         return self._leases(pending, results, now)
