@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Site, local_config, to_toml
+from conftest import REPO, Site, local_config, one_line_error, to_toml
 
 from agent import __version__
 from agent.errors import ID_FROM_JSON, IDS_FROM_RANGE, ExitCode
@@ -17,15 +17,6 @@ from agent.errors import ID_FROM_JSON, IDS_FROM_RANGE, ExitCode
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], code: ExitCode) -> str:
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("pilot: error: ")
-    return lines[0]
 
 
 @pytest.fixture

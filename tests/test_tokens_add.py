@@ -8,7 +8,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import Site, local_config, pool_rows, wait_with_peak_rss
+from conftest import Site, local_config, one_line_error, pool_rows, wait_with_peak_rss
 
 from agent.errors import ExitCode
 
@@ -21,14 +21,6 @@ def write_lines(path: Path, count: int) -> Path:
         for number in range(count):
             out.write(f"/data/sample-{number:07d}.fastq.gz --seed {number}\n")
     return path
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], code: ExitCode) -> str:
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def test_adding_300000_lines_stays_under_60_mb(site: Site) -> None:

@@ -71,6 +71,14 @@ def steady_rate(attempts: list[dict[str, Any]]) -> float:
     return ended / (first_out - all_in)
 
 
+def measured(
+    pilots: int, tokens: int, histories: list[list[dict[str, Any]]], failed: int, **counts: Any
+) -> Run:
+    """A run's figures from the tokens' attempt histories (the last attempt of each is its run)."""
+    last = [history[-1] for history in histories if history and history[-1].get("ended")]
+    return Run(pilots=pilots, tokens=tokens, rate=steady_rate(last), failed=failed, **counts)
+
+
 def start_pilots(pyz: Path, config: Path, count: int, folder: Path, env: dict[str, str]) -> list[Any]:
     processes = []
     for number in range(count):
@@ -103,14 +111,8 @@ def local_run(pyz: Path, folder: Path, pilots: int, tokens: int, env: dict[str, 
     histories = [json.loads(attempts) for _, attempts in rows]
     not_once = sum(state != "done" or len(h) != 1 for (state, _), h in zip(rows, histories))
     logs = logs_of(folder, pilots)
-    return Run(
-        pilots=pilots,
-        tokens=tokens,
-        rate=steady_rate([h[-1] for h in histories if h and h[-1].get("ended")]),
-        failed=failed,
-        not_once=not_once,
-        lock_errors=sum(log.count("database is locked") for log in logs),
-    )
+    lock_errors = sum(log.count("database is locked") for log in logs)
+    return measured(pilots, tokens, histories, failed, not_once=not_once, lock_errors=lock_errors)
 
 
 def couch_run(
@@ -138,11 +140,11 @@ def couch_run(
     logs = logs_of(folder, pilots)
     counted = [tuple(map(int, match.groups())) for log in logs for match in POOL_LINE.finditer(log)]
     server.delete_database(database)
-    return Run(
-        pilots=pilots,
-        tokens=tokens,
-        rate=steady_rate([h[-1] for h in histories if h and h[-1].get("ended")]),
-        failed=failed,
+    return measured(
+        pilots,
+        tokens,
+        histories,
+        failed,
         not_once=not_once,
         lock_errors=0,
         requests=sum(requests for requests, _, _ in counted),

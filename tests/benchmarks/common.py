@@ -14,7 +14,7 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import wait_with_peak_rss  # noqa: E402 - the tests' helper, one sampler for both
+from conftest import high_water_mark, wait_with_peak_rss  # noqa: E402 - the tests' helpers, one sampler for both
 
 PYZ = Path(os.environ.get("PILOT_PYZ", REPO / "pilot.pyz"))
 
@@ -45,12 +45,7 @@ def run_own_cpu(
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     status, peak = Path(f"/proc/{process.pid}/status"), 0
     while os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) * 1024)
-        except (OSError, ValueError):
-            pass  # exiting: the last reading stands
+        peak = max(peak, high_water_mark(status))
         time.sleep(interval)
     seconds = time.perf_counter() - start
     fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
-from conftest import Site
+from conftest import Site, one_line_error
 from servers.pouchdb import PouchDBServer
 
 from agent.errors import ExitCode
 from pools.conftest import couch_config
 
 pytestmark = pytest.mark.couchdb
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], code: ExitCode) -> str:
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def test_couchdb_add_stopped_by_a_duplicate_says_what_is_in_and_a_second_run_finishes(
