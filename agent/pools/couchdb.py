@@ -267,7 +267,7 @@ class CouchDBPool(Pool):
     def close(self) -> None:
         if self.claimed or self.conflicts:
             log.info(
-                "pool: %d requests, %d tokens claimed, %d claim conflicts",
+                "pool: %d requests, %d tokens claimed, %d claims met another pilot's first",
                 self.requests,
                 self.claimed,
                 self.conflicts,

@@ -41,7 +41,7 @@ LOCAL_SIZES = {16: 4000, 64: 6000}  # pilots: tokens (enough that all are at wor
 LOCAL_TASK = 0.05
 COUCH_SIZES = {4: 400, 16: 1500, 64: 4000}
 COUCH_TASK = 0.2
-POOL_LINE = re.compile(r"pool: (\d+) requests, (\d+) tokens claimed, (\d+) claim conflicts")
+POOL_LINE = re.compile(r"pool: (\d+) requests, (\d+) tokens claimed, (\d+) claims met another pilot's first")
 
 
 @dataclass
