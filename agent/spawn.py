@@ -85,7 +85,10 @@ class Starting:
             self.process = start()
         except OSError as error:
             self.error = error
-        self.settled.set()
+        except Exception as error:  # noqa: BLE001 - unsettled, the loop would wait for this task forever
+            self.error = OSError(f"{type(error).__name__}: {error}")
+        finally:
+            self.settled.set()
         if self.process is None or self.process.poll() is not None:
             os.kill(os.getpid(), signal.SIGCHLD)
 

@@ -225,3 +225,15 @@ def test_a_start_that_fails_in_a_spawner_thread_is_reported_as_not_started(tmp_p
         "no-shebang": "not a program",
     }
     assert expected[name] in result.reason and str(program) in result.reason
+
+
+def test_a_start_that_raises_anything_still_settles_as_failed() -> None:
+    """Else the loop would wait forever for the pid of a task that never started."""
+    starting = spawn.Starting()
+
+    def broken() -> spawn.Process:
+        raise ValueError("embedded null byte")
+
+    starting.start(broken)
+    assert starting.poll() == spawn.Starting.FAILED and starting.wait() == spawn.Starting.FAILED
+    assert starting.pid == 0 and "ValueError: embedded null byte" in str(starting.error)
