@@ -146,19 +146,16 @@ def main() -> int:
             for number in range(args.rounds):
                 for side in turned(["pilot", "bare"], number):
                     database = server.create_database(f"add-{side}-{number}")
+                    # Both into a pool as `init` makes it (views and indexes): what a user adds to.
+                    config = folder / "couch.toml"
+                    sections = {
+                        "server": {"backend": "couchdb", "url": server.url, "database": database},
+                        "task": {"command": ["/bin/true"]},
+                    }
+                    config.write_text(to_toml(sections))
+                    init = [str(pyz), "init", "--config", str(config)]
+                    subprocess.run(init, env=env, check=True, capture_output=True)
                     if side == "pilot":
-                        config = folder / "couch.toml"
-                        sections = {
-                            "server": {"backend": "couchdb", "url": server.url, "database": database},
-                            "task": {"command": ["/bin/true"]},
-                        }
-                        config.write_text(to_toml(sections))
-                        subprocess.run(
-                            [str(pyz), "init", "--config", str(config)],
-                            env=env,
-                            check=True,
-                            capture_output=True,
-                        )
                         seconds, peak = pilot_add(pyz, config, ["--range", str(args.couch)], env)
                         peaks["couch"] = max(peaks["couch"], peak)
                     else:
