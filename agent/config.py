@@ -108,6 +108,7 @@ class PilotConfig:
     black_hole_failures: int  # consecutive failures of different tokens that stop the pilot; 0: never
     black_hole_window: float
     min_free_space: int  # bytes that must be free in workdir before the first claim
+    start_jitter: float = 0.0  # the first claim waits a random part of this: an array's herd spreads out
 
 
 @dataclass(frozen=True)
@@ -426,6 +427,7 @@ def _pilot(table: _Table, base: Path, environ: Mapping[str, str]) -> PilotConfig
         black_hole_failures=table.integer("black_hole_failures", 3),
         black_hole_window=table.duration("black_hole_window", 600.0),
         min_free_space=table.size("min_free_space", 100 * 10**6),
+        start_jitter=table.duration("start_jitter", 0.0),
     )
     table.finish()
     return config

@@ -156,3 +156,10 @@ def test_walltime_override_wins(tmp_path: Path) -> None:
     assert load(path, {}).walltime.limit == 36000
     assert load(path, {}, walltime_override=60).walltime.limit == 60
     assert load(write(tmp_path, to_toml(MINIMAL)), {}).walltime.limit is None
+
+
+def test_start_jitter_is_a_duration_off_by_default(tmp_path: Path) -> None:
+    assert load(write(tmp_path, to_toml(MINIMAL)), {}).pilot.start_jitter == 0.0
+    jittered = {**MINIMAL, "pilot": {"start_jitter": "2m"}}
+    assert load(write(tmp_path, to_toml(jittered)), {}).pilot.start_jitter == 120.0
+    assert "pilot.start_jitter" in error_of(tmp_path, to_toml({**MINIMAL, "pilot": {"start_jitter": "soon"}}))
