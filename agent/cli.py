@@ -231,7 +231,6 @@ def tokens_add(
         ./pilot.pyz tokens add --config site.toml --range 1000
     """
     from agent.errors import IDS_FROM_FILE, IDS_FROM_RANGE, DuplicateToken
-    from agent.pools import NewToken
 
     chosen = [option for option in (lines_file, jsonl_file, count) if option is not None]
     if len(chosen) != 1:
@@ -252,11 +251,16 @@ def tokens_add(
     config = ctx.config()
     given = _Counted(new)
     with ctx.pool(config, create=True, only=only) as pool:
-        try:
-            added = pool.add(given)
+        try:  # bulk forms where the backend has them (ToPoS), else Pool.add
+            if count is not None:
+                added = pool.add_range(given, count)
+            elif lines_file is not None:
+                added = pool.add_lines(given)
+            else:
+                added = pool.add(given)
         except DuplicateToken as err:
             raise err.explained(_id_origin(err.token_id, prefix, hint)) from None
-    skipped = given.count - added
+    skipped = max(0, given.count - added)  # a bulk form (ToPoS's) need not read them one by one
     same = f" ({skipped} already there with the same fields, skipped)" if skipped else ""
     click.echo(f"added {added} tokens to {pool.where}{same}")
 

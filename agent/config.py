@@ -25,13 +25,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised by the 3.9 and 3.10 runs of the zipapp
     import tomli as tomllib
 
-BACKENDS = ("local", "couchdb")
+BACKENDS = ("local", "couchdb", "topos")
 KEEP_WORKDIRS = ("always", "failed", "never")
 _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 PILOT_FIELDS = ("pilot.config_dir", "pilot.task_dir")  # placeholders the pilot fills in itself
 _CACHE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 _POOL_NAME = re.compile(r"[a-z][a-z0-9_\-]*")  # a CouchDB database name, and a file name
+_TOPOS_POOL = re.compile(r"[A-Za-z0-9_.\-]+")  # what ToPoS's URL rewriting accepts as a pool name
 
 T = TypeVar("T")
 
@@ -76,6 +77,18 @@ class CouchDBServer:
 
 
 @dataclass(frozen=True)
+class ToposServer:
+    url: str  # the ToPoS base URL, ending in '/': https://host/4.1/
+    pool: str
+    done_pool: str  # where results of done tokens go
+    error_pool: str  # where tokens that failed for good go, with their results
+    username: Optional[str]
+    password: Optional[Secret]
+    ca_bundle: Optional[Path]
+    tls_verify: bool
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     backend: str
     lease: float  # seconds a claim stays ours without renewal
@@ -84,6 +97,7 @@ class ServerConfig:
     local: Optional[LocalServer] = None
     couchdb: Optional[CouchDBServer] = None
     pools: tuple[str, ...] = ()  # pools in order of priority (see agent/pools/ordered.py); () for one
+    topos: Optional[ToposServer] = None
 
 
 @dataclass(frozen=True)
@@ -315,6 +329,12 @@ def _server(table: _Table, base: Path, environ: Mapping[str, str]) -> ServerConf
         local = LocalServer(path=table.path("path", base, environ, "pool.db"))
         table.finish()
         return ServerConfig(backend=backend, local=local, pools=pools, **common)
+    if backend == "topos":
+        if pools:
+            raise table.error("pools", 'not with backend = "topos": name one pool in server.pool')
+        topos = _topos(table, base, environ)
+        table.finish()
+        return ServerConfig(backend=backend, topos=topos, **common)
     couchdb = _couchdb(table, base, environ, pools)
     table.finish()
     return ServerConfig(backend=backend, couchdb=couchdb, pools=pools, **common)
@@ -332,7 +352,52 @@ def _pools(table: _Table) -> tuple[str, ...]:
 
 
 def _couchdb(table: _Table, base: Path, environ: Mapping[str, str], pools: tuple[str, ...]) -> CouchDBServer:
-    url = table.string("url").rstrip("/")
+    access = _access(table, base, environ)
+    return CouchDBServer(
+        url=access.url.rstrip("/"),
+        database=table.string("database", pools[0] if pools else REQUIRED),
+        username=access.username,
+        password=access.password,
+        design_doc=table.string("design_doc", "Monitor"),
+        ca_bundle=access.ca_bundle,
+        tls_verify=access.tls_verify,
+    )
+
+
+def _topos(table: _Table, base: Path, environ: Mapping[str, str]) -> ToposServer:
+    access = _access(table, base, environ)
+    names = {}
+    for key, default in (("pool", REQUIRED), ("done_pool", None), ("error_pool", None)):
+        name = table.string(key, default)
+        if name is not None and not _TOPOS_POOL.fullmatch(name):
+            raise table.error(key, f"a ToPoS pool name uses letters, digits, '_', '.' and '-', got {name!r}")
+        names[key] = name
+    pool = names["pool"]
+    return ToposServer(
+        url=access.url.rstrip("/") + "/",
+        pool=pool,
+        done_pool=names["done_pool"] or f"{pool}.done",
+        error_pool=names["error_pool"] or f"{pool}.error",
+        username=access.username,
+        password=access.password,
+        ca_bundle=access.ca_bundle,
+        tls_verify=access.tls_verify,
+    )
+
+
+@dataclass(frozen=True)
+class _Access:
+    """How to reach an HTTP pool server: the same keys and rules for every server backend."""
+
+    url: str
+    username: Optional[str]
+    password: Optional[Secret]
+    ca_bundle: Optional[Path]
+    tls_verify: bool
+
+
+def _access(table: _Table, base: Path, environ: Mapping[str, str]) -> _Access:
+    url = table.string("url")
     if not url.startswith(("http://", "https://")):
         raise table.error("url", f"expected an http:// or https:// URL, got {url!r}")
     if "@" in url.split("://", 1)[1].split("/", 1)[0]:
@@ -344,12 +409,10 @@ def _couchdb(table: _Table, base: Path, environ: Mapping[str, str], pools: tuple
     ca_bundle = table.path("ca_bundle", base, environ, None)
     if ca_bundle is not None and not ca_bundle.is_file():
         raise table.error("ca_bundle", f"no such file: {ca_bundle}")
-    return CouchDBServer(
+    return _Access(
         url=url,
-        database=table.string("database", pools[0] if pools else REQUIRED),
         username=table.string("username", None),
         password=password,
-        design_doc=table.string("design_doc", "Monitor"),
         ca_bundle=ca_bundle,
         tls_verify=table.boolean("tls_verify", True),
     )

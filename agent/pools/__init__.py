@@ -62,4 +62,9 @@ def _open_one(server: ServerConfig, identity: Identity, create: bool) -> Pool:
 
         assert server.couchdb is not None
         return CouchDBPool(server, identity)
+    if server.backend == "topos":
+        from agent.pools.topos import ToposPool
+
+        assert server.topos is not None
+        return ToposPool(server, identity)
     raise AssertionError(f"config.py let through an unknown backend {server.backend!r}")

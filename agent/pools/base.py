@@ -133,6 +133,15 @@ class Pool(abc.ABC):
         """A check of each batch of ``add`` before it is written; raise TokenError to refuse the add
         (the local pool then adds nothing; see each backend's ``add``). None here."""
 
+    def add_lines(self, tokens: Iterable[NewToken]) -> int:
+        """Tokens made from a file's lines (the line in ``input``). A backend with a bulk form of its own
+        (ToPoS's text/plain upload) overrides this."""
+        return self.add(tokens)
+
+    def add_range(self, tokens: Iterable[NewToken], count: int) -> int:
+        """The ``count`` tokens of ``tokens add --range`` (``input`` 0 to count - 1); ToPoS makes them."""
+        return self.add(tokens)
+
     @abc.abstractmethod
     def claim(self, n: int) -> list[Lease]:
         """Lease up to ``n`` claimable tokens (todo, or locked with an expired lease); none twice, ever."""

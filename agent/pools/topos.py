@@ -1,0 +1,521 @@
+"""The ToPoS 4.1 pool: tokens on SURF's plain HTTP token pool server, as its bash client uses them.
+
+A claim is ``nextToken?timeout=<lease>``: ToPoS locks one token for that many seconds and hands out each
+token to one locker at a time (the hand-out is conditional on the lease count it read). The token's body
+and ``X-Number-Of-Leases`` are fetched next; the lease count is the attempt number. Renewal goes through
+the lock URL; a renewal that finds the lock gone means the lease is lost.
+
+Finishing: a done token's result goes to the done pool as a JSON token, then the token is deleted; a
+token that failed for good gets its result in the error pool and is moved there (same id and body); a
+failure with attempts left is recorded in the attempts pool and its lock released at once. Before any of
+this the lock is renewed: a pilot whose lock expired never deletes a token another pilot now runs. What
+remains (ToPoS checks no lock on DELETE): a ``reset --locked`` or another client's delete between our
+renewal and our request, milliseconds apart.
+
+A 404 from ``nextToken`` means empty *or* every token locked; the loop tells them apart by ``counts``
+(the pool page's lock count), so pilots wait ``idle_timeout`` for tokens others hold. Never sent: a
+DELETE of ``pools/P/`` or ``pools/P/tokens/``, which destroys the whole pool.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional
+from urllib.parse import urlencode
+
+from agent.config import ServerConfig
+from agent.errors import PoolError, ServerUnreachable, TokenError, UsageError
+from agent.http import HttpClient, Response, redact
+from agent.identity import Identity
+from agent.pools import topos_layout as layout
+from agent.pools.base import Counts, Lease, NewToken, Pool, Renewal, Saved
+from agent.token import Attempt, Report, State, Token, close_attempt
+
+log = logging.getLogger(__name__)
+
+LINES_PER_POST = 1 << 20  # bytes per text/plain upload: a few large requests, well under PHP's limits
+RANGE_PER_POST = 1_000_000  # ToPoS's own limit for ntokens
+CLAIM_TRIES = 5  # a claimed token that vanished before we read it: claim another, this often
+UNSUPPORTED = (
+    'server.backend = "topos": ToPoS cannot {what}: it keeps only a token\'s bytes, a lock and a lease '
+    "count; use the local or CouchDB pool for this"
+)
+
+
+def refuse(what: str) -> UsageError:
+    """The one error for features ToPoS cannot offer (say refuse("hold tokens until others are done")
+    for dependencies, resources, cancel), to be raised before anything is added or claimed."""
+    return UsageError(UNSUPPORTED.format(what=what))
+
+
+@dataclass(frozen=True)
+class Held:
+    """What a claim learnt, for its report: the lock, the hand-out number, the token as stored."""
+
+    lock: str
+    leases: int
+    body: bytes
+    content_type: str
+
+
+class ToposPool(Pool):
+    def __init__(
+        self,
+        server: ServerConfig,
+        identity: Identity,
+        *,
+        http: Optional[HttpClient] = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        assert server.topos is not None
+        super().__init__(identity, server.lease)
+        self.topos = server.topos
+        self.pools = layout.Pools(self.topos.pool, self.topos.done_pool, self.topos.error_pool)
+        self.base = self.topos.url
+        self.where = f"{self.base}pools/{self.topos.pool}/"
+        headers = {}
+        if self.topos.username is not None:
+            if self.topos.password is None:
+                raise PoolError(
+                    self.where,
+                    f"no password for user {self.topos.username!r}: set server.password_file or the "
+                    "environment variable PILOT_SERVER_PASSWORD",
+                )
+            secret = f"{self.topos.username}:{self.topos.password.reveal()}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(secret).decode("ascii")
+        self.http = http or HttpClient(
+            timeout=server.timeout,
+            ca_bundle=self.topos.ca_bundle,
+            verify_tls=self.topos.tls_verify,
+            headers=headers,
+        )
+        self.clock = clock
+        self.lock_seconds = max(1, math.ceil(self.lease_seconds))
+        description = f"pilot {identity.pilot_id} on {identity.host}"
+        if identity.batch_job:
+            description += f", batch job {identity.batch_job}"
+        self.claim_query = urlencode({"timeout": self.lock_seconds, "description": description})
+        self.reached = False  # the server has answered as ToPoS does at least once
+        self.stored: dict[str, str] = {}  # lease id: the result token already written for it
+
+    # -- HTTP --------------------------------------------------------------------------------------
+
+    def _url(self, pool: str, path: str = "") -> str:
+        return f"{self.base}pools/{layout.quoted(pool)}/{path}"
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: Optional[bytes] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        retry: Optional[bool] = None,
+    ) -> Response:
+        try:
+            response = self.http.request(method, url, body=body, headers=headers, retry=retry)
+        except ServerUnreachable as err:
+            raise ServerUnreachable(self.where, err.problem) from None
+        if response.status < 500 and (response.status != 404 or layout.is_topos_page(response.data)):
+            self.reached = True
+        return response
+
+    def _failure(self, response: Response, what: str) -> PoolError:
+        """The one line for an answer we cannot use; never its body (5xx pages carry a stack trace)."""
+        status = response.status
+        user = self.topos.username
+        detail = f"HTTP {status}: {layout.summary(response.data)}"
+        if status == 401 and user is None:
+            problem = "the server wants a user name and password: set server.username and password_file"
+        elif status == 401:
+            problem = f"the server refused the password of user {user!r} (check server.password_file)"
+        elif status == 403:
+            problem = f"user {user or '(anonymous)'!r} is not allowed to do this"
+        elif status >= 500:
+            return ServerUnreachable(self.where, f"{what}: server error ({detail})")
+        elif 300 <= status < 400:
+            location = redact(response.headers.get("Location", "") or "?")
+            problem = f"the server redirects to {location} (HTTP {status})"
+            if self.reached:  # it worked before: a maintenance redirect, as ToPoS's .htaccess has one
+                return ServerUnreachable(self.where, f"{what}: {problem}")
+            problem += "; set server.url to the ToPoS base URL, like https://topos.example.org/4.1/"
+            return PoolError(self.where, f"{what}: {problem}")
+        elif status == 404 and not layout.is_topos_page(response.data):
+            problem = "not found, and not a ToPoS answer; set server.url to the ToPoS base URL, like "
+            problem += "https://topos.example.org/4.1/"
+        else:
+            problem = "unexpected answer"
+        return PoolError(self.where, f"{what}: {problem} ({detail})")
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- claim -------------------------------------------------------------------------------------
+
+    def claim(self, n: int) -> list[Lease]:
+        leases: list[Lease] = []
+        tries = 0
+        while len(leases) < n and tries < n + CLAIM_TRIES:
+            tries += 1
+            lease = self._claim_one()
+            if lease is False:
+                continue  # handed out, then gone before we read it: another one
+            if lease is None:
+                break
+            leases.append(lease)
+        return leases
+
+    def _claim_one(self) -> Any:
+        """A lease, None when ToPoS has nothing to hand out, False when the token vanished meanwhile."""
+        now = self.clock()
+        url = self._url(self.pools.todo, f"nextToken?{self.claim_query}")
+        # A GET that hands out a token is not safe to repeat: a lost answer would leave a lock nobody holds.
+        response = self._request("GET", url, headers={"Accept": "text/plain"}, retry=False)
+        if response.status == 404 and layout.is_topos_page(response.data):
+            return None  # "No token available": empty, or every token locked (see counts)
+        if response.status != 303:
+            raise self._failure(response, "claiming a token")
+        token_id = layout.token_id_of(response.headers.get("Location", ""))
+        lock = layout.lock_of(response.headers.get("X-Topos-LockURL", ""))
+        if token_id is None or lock is None:
+            raise PoolError(self.where, "claiming a token: the answer names no token or no lock")
+        fetched = self._request("GET", self._url(self.pools.todo, f"tokens/{token_id}"))
+        if fetched.status == 404:
+            self._release(lock)
+            return False
+        if fetched.status != 200:
+            raise self._failure(fetched, f"reading token {token_id}")
+        return self._lease(token_id, lock, fetched, now)
+
+    def _lease(self, token_id: str, lock: str, fetched: Response, now: float) -> Lease:
+        leases = max(1, layout.leases_of(fetched.headers))
+        content_type = fetched.headers.get("Content-Type", "application/octet-stream")
+        fields, problem = layout.token_fields(fetched.data, content_type, layout.name_of(fetched.headers))
+        if problem:
+            log.warning("%s", problem, extra={"token": token_id})
+        attempt = self.new_attempt(now)
+        earlier = layout.history(leases, {}, attempt)[:-1]
+        token = Token(
+            id=token_id,
+            fields=fields,
+            state=State.LOCKED,
+            attempts=(*earlier, attempt),
+            failures=leases - 1,  # every earlier hand-out counts: ToPoS keeps no other tally
+        )
+        # The lock lasts between lock_seconds - 1 and lock_seconds: ToPoS stores whole seconds.
+        expires = now + self.lock_seconds - 1
+        held = Held(lock=lock, leases=leases, body=fetched.data, content_type=content_type)
+        return Lease(token=token, lease_id=lock, expires=expires, attempt=attempt, handle=held)
+
+    def _release(self, lock: str) -> bool:
+        response = self._request("DELETE", self._url(self.pools.todo, f"locks/{lock}"))
+        if response.status in (200, 404):
+            return response.status == 200
+        raise self._failure(response, "releasing a lock")
+
+    # -- renew -------------------------------------------------------------------------------------
+
+    def _renew_one(self, lock: str, seconds: int) -> bool:
+        """Extend our lock; False when it is gone (expired, released by a reset, or the token deleted)."""
+        url = self._url(self.pools.todo, f"locks/{lock}?timeout={seconds}")
+        response = self._request("HEAD", url)
+        if response.status in (200, 404):
+            return response.status == 200
+        raise self._failure(response, "renewing a lock")
+
+    def renew(self, leases: Sequence[Lease]) -> Renewal:
+        renewed, lost = [], []
+        for lease in leases:
+            now = self.clock()
+            if self._renew_one(lease.handle.lock, self.lock_seconds):
+                renewed.append(replace(lease, expires=now + self.lock_seconds - 1))
+            else:
+                lost.append(lease)
+        return Renewal(renewed, lost)
+
+    # -- report ------------------------------------------------------------------------------------
+
+    def report(self, lease: Lease, report: Report) -> Saved:
+        held: Held = lease.handle
+        token = lease.token
+        if not self._still_ours(lease):
+            return Saved.CONFLICT
+        attempt = close_attempt(lease.attempt, report.result)
+        if report.state is State.TODO:
+            self._put(
+                self.pools.attempts,
+                layout.attempt_name(token.id, held.leases),
+                layout.attempt_record(token, held.leases, attempt, report),
+            )
+            self._release(held.lock)
+            return Saved.SAVED
+        records = self._attempt_records(token.id) if held.leases > 1 else {}
+        attempts = layout.history(held.leases, {lease: doc for lease, (_, doc) in records.items()}, attempt)
+        document = layout.result_document(
+            token,
+            report,
+            pool=self.pools.todo,
+            body=held.body,
+            content_type=held.content_type,
+            leases=held.leases,
+            attempts=attempts,
+        )
+        target = self.pools.done if report.state is State.DONE else self.pools.error
+        if lease.lease_id not in self.stored:  # a report resent from the journal wrote it already
+            self.stored[lease.lease_id] = self._put(target, layout.result_name(token.id), document)
+        if report.state is State.DONE:
+            self._delete(self.pools.todo, token.id)
+        else:
+            self._move(token.id, self.pools.todo, self.pools.error)
+            self._release(held.lock)  # it went along with the token: free it there
+        for record_id, _ in records.values():
+            self._delete(self.pools.attempts, record_id)
+        self.stored.pop(lease.lease_id, None)
+        return Saved.SAVED
+
+    def _still_ours(self, lease: Lease) -> bool:
+        """Renew the lock for long enough to finish: then no other pilot can be handed the token before our
+        delete or move. A lock that expired while the server was away still counts as ours when nobody
+        was handed the token since (its lease count has not moved)."""
+        held: Held = lease.handle
+        if self._renew_one(held.lock, max(60, self.lock_seconds)):
+            return True
+        response = self._request("HEAD", self._url(self.pools.todo, f"tokens/{lease.token.id}"))
+        if response.status == 404:
+            return lease.lease_id in self.stored  # gone: ours if it was our own delete
+        if response.status != 200:
+            raise self._failure(response, f"reading token {lease.token.id}")
+        locked = layout.lock_of(response.headers.get("X-Topos-LockURL", ""))
+        return locked is None and layout.leases_of(response.headers) == held.leases
+
+    def _put(self, pool: str, name: str, document: Mapping[str, Any]) -> str:
+        """A new JSON token named ``name``; returns its id. Not retried: each PUT makes another token."""
+        headers = {"Content-Type": layout.JSON, "Content-Disposition": layout.disposition(name)}
+        body = json.dumps(document, ensure_ascii=False).encode("utf-8", "surrogateescape")
+        response = self._request("PUT", self._url(pool, "nextToken"), body=body, headers=headers, retry=False)
+        token_id = layout.token_id_of(response.headers.get("Location", ""))
+        if response.status != 201 or token_id is None:
+            raise self._failure(response, f"writing {name} to the pool {pool}")
+        return token_id
+
+    def _delete(self, pool: str, token_id: str) -> None:
+        response = self._request("DELETE", self._url(pool, f"tokens/{token_id}"))
+        if response.status not in (200, 404):  # 404: gone already, as an earlier try left it
+            raise self._failure(response, f"deleting token {token_id}")
+
+    def _move(self, token_id: str, source: str, target: str) -> None:
+        body = urlencode({"pool": source, "tokens": token_id}).encode()
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        response = self._request("POST", self._url(target, "tokens/"), body=body, headers=headers, retry=True)
+        if response.status != 200:
+            raise self._failure(response, f"moving token {token_id} to the pool {target}")
+
+    def _attempt_records(self, token_id: str) -> dict[int, tuple[str, dict[str, Any]]]:
+        """The kept attempts of this token, by lease number: (record token id, record)."""
+        found: dict[int, tuple[str, dict[str, Any]]] = {}
+        for row in self._listing(self.pools.attempts):
+            lease = layout.attempt_lease(str(row.get("Original Name") or ""), token_id)
+            if lease is None:
+                continue
+            response = self._request("GET", self._url(self.pools.attempts, f"tokens/{row['Name']}"))
+            if response.status == 404:
+                continue
+            if response.status != 200:
+                raise self._failure(response, f"reading the attempts of token {token_id}")
+            try:
+                record = json.loads(response.data)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("token") == token_id:
+                found[lease] = (str(row["Name"]), record)
+        return found
+
+    def _listing(self, pool: str) -> list[dict[str, Any]]:
+        """Every token of a pool as ToPoS lists it: Name (the id), Original Name, Content-Type, Leases..."""
+        response = self._request("GET", self._url(pool, "tokens/"), headers={"Accept": "application/json"})
+        if response.status != 200:
+            raise self._failure(response, f"listing the pool {pool}")
+        try:
+            rows = json.loads(response.data) or []
+        except ValueError:
+            raise PoolError(self.where, f"listing the pool {pool}: the answer is not JSON") from None
+        return [row for row in rows if isinstance(row, dict) and "Name" in row]
+
+    # -- adding ------------------------------------------------------------------------------------
+
+    def add(self, tokens: Iterable[NewToken]) -> int:
+        """JSON tokens, one PUT each, since a PUT can name its token. The id is ToPoS's: ``NewToken.id``
+        is not kept."""
+        added = 0
+        for token in tokens:
+            name = token.fields.get("name")
+            headers = {"Content-Type": layout.JSON}
+            if isinstance(name, str) and name:
+                headers["Content-Disposition"] = layout.disposition(name)
+            body = layout.json_body(token.fields)
+            url = self._url(self.pools.todo, "nextToken")
+            response = self._request("PUT", url, body=body, headers=headers, retry=False)
+            if response.status != 201:
+                raise self._adding_failed(response, added)
+            added += 1
+        return added
+
+    def add_lines(self, tokens: Iterable[NewToken]) -> int:
+        """Lines as ``text/plain`` tokens, as the bash client's createTokensFromLinesInFile makes them, in a
+        few large POSTs."""
+        added = 0
+        checked = self._checked_lines(tokens)
+        for count, body in layout.line_chunks(checked, LINES_PER_POST):
+            headers = {"Content-Type": layout.TEXT}
+            response = self._post(self.pools.todo, body, headers)
+            if response.status != 202:
+                raise self._adding_failed(response, added)
+            added += count
+        return added
+
+    def _checked_lines(self, tokens: Iterable[NewToken]) -> Iterable[str]:
+        for token in tokens:
+            line = str(token.fields.get("input", ""))
+            problem = layout.check_line(line)
+            if problem:
+                raise UsageError(f"{token.id}: {problem}")
+            yield line
+
+    def add_range(self, tokens: Iterable[NewToken], count: int, offset: int = 0) -> int:
+        """``count`` tokens holding the numbers offset .. offset + count - 1, made by ToPoS itself."""
+        added = 0
+        while added < count:
+            chunk = min(RANGE_PER_POST, count - added)
+            body = urlencode({"ntokens": chunk, "offset": offset + added}).encode()
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            response = self._post(self.pools.todo, body, headers)
+            if response.status != 202:
+                raise self._adding_failed(response, added)
+            added += chunk
+        return added
+
+    def _post(self, pool: str, body: bytes, headers: Mapping[str, str]) -> Response:
+        """A POST to a pool's tokens/: never repeated, as each one may add tokens."""
+        return self._request("POST", self._url(pool, "tokens/"), body=body, headers=headers)
+
+    def _adding_failed(self, response: Response, added: int) -> PoolError:
+        err = self._failure(response, "adding tokens")
+        note = f"; {added} tokens were added before this request, which may have added some too"
+        return type(err)(self.where, err.problem + note)
+
+    # -- looking -----------------------------------------------------------------------------------
+
+    def _pool_page(self, pool: str) -> dict[str, int]:
+        response = self._request("GET", self._url(pool), headers={"Accept": "text/plain"})
+        if response.status != 200:
+            raise self._failure(response, f"reading the pool {pool}")
+        found = layout.counts_of(response.data.decode("utf-8", "replace"))
+        if "tokens" not in found or "locks" not in found:
+            raise PoolError(self.where, f"reading the pool {pool}: not a ToPoS pool page; check server.url")
+        return found
+
+    def counts(self) -> Counts:
+        todo = self._pool_page(self.pools.todo)
+        done = self._pool_page(self.pools.done)["tokens"]
+        errors = sum(1 for row in self._listing(self.pools.error) if not _is_result(row))
+        return Counts(todo=todo["tokens"] - todo["locks"], locked=todo["locks"], done=done, error=errors)
+
+    def get(self, token_id: str) -> Token:
+        return self._find(token_id)[0]
+
+    def tails(self, token_id: str) -> Optional[tuple[bytes, bytes]]:
+        document = self._find(token_id)[1]
+        if document is None:
+            return None
+        return (
+            str(document.get("stdout_tail") or "").encode(),
+            str(document.get("stderr_tail") or "").encode(),
+        )
+
+    def _find(self, token_id: str) -> tuple[Token, Optional[dict[str, Any]]]:
+        """The token wherever it is (pool, error pool, or only its result in the done pool) and its result."""
+        if not token_id.isdigit():
+            raise TokenError(token_id, "ToPoS token ids are numbers")
+        response = self._request("GET", self._url(self.pools.todo, f"tokens/{token_id}"))
+        if response.status == 200:
+            locked = layout.lock_of(response.headers.get("X-Topos-LockURL", "")) is not None
+            state = State.LOCKED if locked else State.TODO
+            return self._token(token_id, response, state), None
+        if response.status != 404:
+            raise self._failure(response, f"reading token {token_id}")
+        for pool, state in ((self.pools.error, State.ERROR), (self.pools.done, State.DONE)):
+            document = self._result(pool, token_id)
+            if document is not None:
+                body = layout.body_of(document)
+                name_type = str(document.get("content_type") or "")
+                fields, _ = layout.token_fields(body, name_type, "")
+                attempts = tuple(
+                    Attempt.from_json(a) for a in document.get("attempts") or [] if isinstance(a, dict)
+                )
+                token = Token(token_id, fields, state, attempts, int(document.get("failures") or 0))
+                return token, document
+        raise TokenError(token_id, f"not in the pool {self.where}, nor a result in {self.pools.done}")
+
+    def _token(self, token_id: str, response: Response, state: State) -> Token:
+        content_type = response.headers.get("Content-Type", "application/octet-stream")
+        fields, _ = layout.token_fields(response.data, content_type, layout.name_of(response.headers))
+        leases = layout.leases_of(response.headers)
+        return Token(token_id, fields, state, (), max(0, leases - 1) if state is State.TODO else leases)
+
+    def _result(self, pool: str, token_id: str) -> Optional[dict[str, Any]]:
+        wanted = layout.result_name(token_id)
+        for row in reversed(self._listing(pool)):  # the newest first
+            if row.get("Original Name") != wanted:
+                continue
+            response = self._request("GET", self._url(pool, f"tokens/{row['Name']}"))
+            if response.status == 200:
+                try:
+                    document = json.loads(response.data)
+                except ValueError:
+                    continue
+                if isinstance(document, dict) and document.get("type") == layout.RESULT:
+                    return document
+        return None
+
+    # -- reset, init, check ------------------------------------------------------------------------
+
+    def reset(self, *, locked: bool, errors: bool) -> int:
+        changed = 0
+        if locked:
+            changed += self._pool_page(self.pools.todo)["locks"]
+            response = self._request("DELETE", self._url(self.pools.todo, "locks/"))
+            if response.status != 200:
+                raise self._failure(response, "releasing every lock")
+        if errors:
+            rows = self._listing(self.pools.error)
+            ids = [str(row["Name"]) for row in rows if not _is_result(row)]
+            if ids:  # their results stay in the error pool, for a look
+                self._move(",".join(ids), self.pools.error, self.pools.todo)
+            changed += len(ids)
+        return changed
+
+    def init(self) -> list[str]:
+        lines = self.check()
+        return [*lines, f"pool {self.pools.todo}: ToPoS makes a pool when it is first used; nothing to do"]
+
+    def check(self) -> list[str]:
+        counts = self.counts()
+        user = f"user {self.topos.username!r}" if self.topos.username else "none (anonymous)"
+        return [
+            f"server {self.base}: reachable (ToPoS)",
+            f"credentials: {user} accepted",
+            f"pool {self.pools.todo}: {counts.todo + counts.locked} tokens, {counts.locked} locked; "
+            f"results in {self.pools.done} ({counts.done}) and {self.pools.error} ({counts.error} failed)",
+        ]
+
+
+def _is_result(row: Mapping[str, Any]) -> bool:
+    """A result token of ours in the error pool (named result-<id>, JSON), not a moved token."""
+    name = str(row.get("Original Name") or "")
+    return name.startswith("result-") and str(row.get("Content-Type", "")).startswith(layout.JSON)
