@@ -56,12 +56,27 @@ def refuse(what: str) -> UsageError:
 
 @dataclass(frozen=True)
 class Held:
-    """What a claim learnt, for its report: the lock, the hand-out number, the token as stored."""
+    """What a claim learnt, for its report: the lock, the hand-out number, the token as stored. Kept on
+    the lease as JSON (``as_handle``), since a report may wait in the journal for the server."""
 
     lock: str
     leases: int
     body: bytes
     content_type: str
+
+    def as_handle(self) -> dict[str, Any]:
+        return {
+            "lock": self.lock,
+            "leases": self.leases,
+            "body": base64.b64encode(self.body).decode("ascii"),
+            "content_type": self.content_type,
+        }
+
+    @classmethod
+    def of(cls, lease: Lease) -> Held:
+        handle = lease.handle
+        body = base64.b64decode(handle["body"])
+        return cls(str(handle["lock"]), int(handle["leases"]), body, str(handle["content_type"]))
 
 
 class ToposPool(Pool):
@@ -103,6 +118,8 @@ class ToposPool(Pool):
         self.claim_query = urlencode({"timeout": self.lock_seconds, "description": description})
         self.reached = False  # the server has answered as ToPoS does at least once
         self.stored: dict[str, str] = {}  # lease id: the result token already written for it
+        self.unread: list[tuple[str, str, float]] = []  # handed to us, unread: token id, lock, when
+        self.ambiguous: set[str] = set()  # lease ids whose result PUT got no clear answer
 
     # -- HTTP --------------------------------------------------------------------------------------
 
@@ -122,8 +139,8 @@ class ToposPool(Pool):
             response = self.http.request(method, url, body=body, headers=headers, retry=retry)
         except ServerUnreachable as err:
             raise ServerUnreachable(self.where, err.problem) from None
-        if response.status < 500 and (response.status != 404 or layout.is_topos_page(response.data)):
-            self.reached = True
+        if response.status < 300 or (response.status < 500 and layout.is_topos_page(response.data)):
+            self.reached = True  # ToPoS itself answered: a redirect from now on is an outage
         return response
 
     def _failure(self, response: Response, what: str) -> PoolError:
@@ -159,7 +176,7 @@ class ToposPool(Pool):
     # -- claim -------------------------------------------------------------------------------------
 
     def claim(self, n: int) -> list[Lease]:
-        leases: list[Lease] = []
+        leases: list[Lease] = self._settle_unread(n) if self.unread else []
         tries = 0
         while len(leases) < n and tries < n + CLAIM_TRIES:
             tries += 1
@@ -185,7 +202,30 @@ class ToposPool(Pool):
         lock = layout.lock_of(response.headers.get("X-Topos-LockURL", ""))
         if token_id is None or lock is None:
             raise PoolError(self.where, "claiming a token: the answer names no token or no lock")
-        fetched = self._request("GET", self._url(self.pools.todo, f"tokens/{token_id}"))
+        try:
+            fetched = self._request("GET", self._url(self.pools.todo, f"tokens/{token_id}"))
+            if fetched.status >= 500:
+                raise self._failure(fetched, f"reading token {token_id}")
+        except ServerUnreachable:
+            self.unread.append((token_id, lock, now))  # ours, locked: read it when the server is back
+            raise
+        return self._read(token_id, lock, fetched, now)
+
+    def _settle_unread(self, n: int) -> list[Lease]:
+        """Tokens handed to us just before the server went away, before we could read them: ours while
+        their lock holds."""
+        leases = []
+        while self.unread and len(leases) < n:
+            token_id, lock, now = self.unread[0]
+            if self._renew_one(lock, self.lock_seconds):
+                fetched = self._request("GET", self._url(self.pools.todo, f"tokens/{token_id}"))
+                lease = self._read(token_id, lock, fetched, now)
+                if lease:
+                    leases.append(lease)
+            self.unread.pop(0)
+        return leases
+
+    def _read(self, token_id: str, lock: str, fetched: Response, now: float) -> Any:
         if fetched.status == 404:
             self._release(lock)
             return False
@@ -211,7 +251,7 @@ class ToposPool(Pool):
         # The lock lasts between lock_seconds - 1 and lock_seconds: ToPoS stores whole seconds.
         expires = now + self.lock_seconds - 1
         held = Held(lock=lock, leases=leases, body=fetched.data, content_type=content_type)
-        return Lease(token=token, lease_id=lock, expires=expires, attempt=attempt, handle=held)
+        return Lease(token=token, lease_id=lock, expires=expires, attempt=attempt, handle=held.as_handle())
 
     def _release(self, lock: str) -> bool:
         response = self._request("DELETE", self._url(self.pools.todo, f"locks/{lock}"))
@@ -233,7 +273,7 @@ class ToposPool(Pool):
         renewed, lost = [], []
         for lease in leases:
             now = self.clock()
-            if self._renew_one(lease.handle.lock, self.lock_seconds):
+            if self._renew_one(lease.lease_id, self.lock_seconds):
                 renewed.append(replace(lease, expires=now + self.lock_seconds - 1))
             else:
                 lost.append(lease)
@@ -242,7 +282,7 @@ class ToposPool(Pool):
     # -- report ------------------------------------------------------------------------------------
 
     def report(self, lease: Lease, report: Report) -> Saved:
-        held: Held = lease.handle
+        held = Held.of(lease)
         token = lease.token
         if not self._still_ours(lease):
             return Saved.CONFLICT
@@ -263,12 +303,12 @@ class ToposPool(Pool):
             pool=self.pools.todo,
             body=held.body,
             content_type=held.content_type,
+            lock=held.lock,
             leases=held.leases,
             attempts=attempts,
         )
         target = self.pools.done if report.state is State.DONE else self.pools.error
-        if lease.lease_id not in self.stored:  # a report resent from the journal wrote it already
-            self.stored[lease.lease_id] = self._put(target, layout.result_name(token.id), document)
+        self._store(lease, target, document)
         if report.state is State.DONE:
             self._delete(self.pools.todo, token.id)
         else:
@@ -279,11 +319,28 @@ class ToposPool(Pool):
         self.stored.pop(lease.lease_id, None)
         return Saved.SAVED
 
+    def _store(self, lease: Lease, pool: str, document: Mapping[str, Any]) -> None:
+        """Write the result once. A PUT whose answer was lost may have stored it: a resent report looks
+        for it first (by the lock in it) rather than leave two results of one run."""
+        lease_id, token_id = lease.lease_id, lease.token.id
+        if lease_id in self.ambiguous:
+            found = self._result(pool, token_id, lock=lease_id)
+            if found is not None:
+                self.stored[lease_id] = found[0]
+            self.ambiguous.discard(lease_id)
+        if lease_id in self.stored:  # written by an earlier try of this report
+            return
+        try:
+            self.stored[lease_id] = self._put(pool, layout.result_name(token_id), document)
+        except ServerUnreachable:
+            self.ambiguous.add(lease_id)
+            raise
+
     def _still_ours(self, lease: Lease) -> bool:
         """Renew the lock for long enough to finish: then no other pilot can be handed the token before our
         delete or move. A lock that expired while the server was away still counts as ours when nobody
         was handed the token since (its lease count has not moved)."""
-        held: Held = lease.handle
+        held = Held.of(lease)
         if self._renew_one(held.lock, max(60, self.lock_seconds)):
             return True
         response = self._request("HEAD", self._url(self.pools.todo, f"tokens/{lease.token.id}"))
@@ -450,8 +507,9 @@ class ToposPool(Pool):
         if response.status != 404:
             raise self._failure(response, f"reading token {token_id}")
         for pool, state in ((self.pools.error, State.ERROR), (self.pools.done, State.DONE)):
-            document = self._result(pool, token_id)
-            if document is not None:
+            found = self._result(pool, token_id)
+            if found is not None:
+                document = found[1]
                 body = layout.body_of(document)
                 name_type = str(document.get("content_type") or "")
                 fields, _ = layout.token_fields(body, name_type, "")
@@ -468,19 +526,26 @@ class ToposPool(Pool):
         leases = layout.leases_of(response.headers)
         return Token(token_id, fields, state, (), max(0, leases - 1) if state is State.TODO else leases)
 
-    def _result(self, pool: str, token_id: str) -> Optional[dict[str, Any]]:
+    def _result(
+        self, pool: str, token_id: str, *, lock: Optional[str] = None
+    ) -> Optional[tuple[str, dict[str, Any]]]:
+        """The newest result of this token in ``pool`` (of the run that held ``lock``, if given), with the
+        id of the result token."""
         wanted = layout.result_name(token_id)
         for row in reversed(self._listing(pool)):  # the newest first
             if row.get("Original Name") != wanted:
                 continue
             response = self._request("GET", self._url(pool, f"tokens/{row['Name']}"))
-            if response.status == 200:
-                try:
-                    document = json.loads(response.data)
-                except ValueError:
-                    continue
-                if isinstance(document, dict) and document.get("type") == layout.RESULT:
-                    return document
+            if response.status != 200:
+                continue
+            try:
+                document = json.loads(response.data)
+            except ValueError:
+                continue
+            if not isinstance(document, dict) or document.get("type") != layout.RESULT:
+                continue
+            if lock is None or document.get("lock") == lock:
+                return str(row["Name"]), document
         return None
 
     # -- reset, init, check ------------------------------------------------------------------------

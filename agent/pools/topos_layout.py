@@ -230,6 +230,7 @@ def result_document(
     pool: str,
     body: bytes,
     content_type: str,
+    lock: str,
     leases: int,
     attempts: list[Attempt],
 ) -> dict[str, Any]:
@@ -242,6 +243,7 @@ def result_document(
         "state": report.state.value,
         "content_type": content_type,
         **content_of(body),
+        "lock": lock,  # which run wrote it: a report resent after a lost answer finds its own
         "leases": leases,
         "exit_code": result.exit_code,
         "signal": result.signal,

@@ -7,6 +7,7 @@ A missing server or client fails the tests that need it, with the reason; nothin
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Optional
 
 import pytest
 from servers.pouchdb import ADMIN, MEMBER, PouchDBServer, ServerMissing, require_picas
+from servers.topos import ToposMissing, ToposServer, make_server
 
 HERE = Path(__file__).resolve().parent
 
@@ -91,6 +93,13 @@ def couch_config(
         password_file.write_text(user[1] + "\n")
         password_file.chmod(0o600)
         section.update({"username": user[0], "password_file": str(password_file)})
+    return server_site(folder, section, command, overrides)
+
+
+def server_site(
+    folder: Path, section: dict[str, Any], command: list[str], overrides: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """A site.toml with this [server] section; ``overrides`` replace or add keys per section."""
     sections: dict[str, dict[str, Any]] = {
         "server": section,
         "task": {"command": command, "timeout": "60s", "kill_grace": "2s"},
@@ -127,3 +136,51 @@ def picas_side(
 
 def picas_argv(python: Path, server: PouchDBServer, database: str, *args: str) -> list[str]:
     return [str(python), str(HERE / "picas_side.py"), server.url, database, *args]
+
+
+# -- ToPoS -------------------------------------------------------------------------------------------
+
+
+def start_topos() -> ToposServer:
+    """The real ToPoS 4.1 in a folder of its own under /tmp (Apache's www-data workers must read it, and
+    pytest's folders are private); a failure to start fails the test with the servers' own words."""
+    try:
+        return make_server()
+    except (ToposMissing, RuntimeError, OSError) as err:
+        pytest.fail(f"the ToPoS test server did not start: {err}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def topos() -> Iterator[ToposServer]:
+    server = start_topos()
+    yield server
+    server.stop()
+    shutil.rmtree(server.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def own_topos() -> Iterator[ToposServer]:
+    """A ToPoS for this test alone, which it may stop and start again."""
+    server = start_topos()
+    yield server
+    server.stop()
+    shutil.rmtree(server.folder, ignore_errors=True)
+
+
+def topos_config(
+    folder: Path,
+    topos: ToposServer,
+    pool: str,
+    command: list[str],
+    *,
+    user: Optional[tuple[str, str]] = None,
+    **overrides: Mapping[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """A site.toml for a ToPoS pool; ``user`` goes through the basic-auth port with a password file."""
+    section: dict[str, Any] = {"backend": "topos", "url": topos.url, "pool": pool, "lease": "30s"}
+    if user is not None:
+        password_file = folder / "password"
+        password_file.write_text(user[1] + "\n")
+        password_file.chmod(0o600)
+        section.update({"url": topos.auth_url, "username": user[0], "password_file": str(password_file)})
+    return server_site(folder, section, command, overrides)
