@@ -16,7 +16,6 @@ still holds our lease, our result is merged onto it and saved, else the newer at
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import json
@@ -47,6 +46,7 @@ from agent.pools.base import (
     batches,
     missing_id,
 )
+from agent.pools.httpauth import auth_headers, refusal
 from agent.token import Attempt, Outcome, Report, Result, State, Token
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,6 @@ def _index_key(index: Mapping[str, Any]) -> tuple[str, str]:
     return f"_design/{index['ddoc']}", index["name"]
 
 
-def basic_auth(username: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
-
-
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -126,15 +122,10 @@ class CouchDBPool(Pool):
         self.design = self.couch.design_doc
         self.where = f"{self.couch.url}/{self.couch.database}"
         self.db_url = f"{self.couch.url}/{quote(self.couch.database, safe='')}"
-        headers = {"Accept": "application/json"}
-        if self.couch.username is not None:
-            if self.couch.password is None:
-                raise PoolError(
-                    self.where,
-                    f"no password for user {self.couch.username!r}: set server.password_file or the "
-                    "environment variable PILOT_SERVER_PASSWORD",
-                )
-            headers["Authorization"] = basic_auth(self.couch.username, self.couch.password.reveal())
+        headers = {
+            "Accept": "application/json",
+            **auth_headers(self.where, self.couch.username, self.couch.password),
+        }
         self.http = http or HttpClient(
             timeout=server.timeout,
             ca_bundle=self.couch.ca_bundle,
@@ -187,14 +178,8 @@ class CouchDBPool(Pool):
     def _error(self, response: Response, what: str) -> PoolError:
         """The one line for an answer we cannot use. Credentials never appear: only the user name does."""
         status, reason = response.status, _reason(response)
-        user = self.couch.username
-        if status == 401 and user is None:
-            problem = "the server wants a user name and password: set server.username and password_file"
-        elif status == 401:
-            problem = f"the server refused the credentials of user {user!r}"
-        elif status == 403:
-            problem = f"user {user or '(anonymous)'!r} is not allowed to do this"
-        elif status >= 500 or status == 429:
+        problem = refusal(status, self.couch.username)
+        if problem is None and (status >= 500 or status == 429):
             # Busy or broken, for now: the pilot waits (as long as Retry-After says, at most 5 minutes,
             # else backing off) and tries again, within server.max_outage.
             kind = ServerBusy if status in (429, 503) else ServerUnreachable
@@ -202,8 +187,7 @@ class CouchDBPool(Pool):
             return kind(
                 self.where, f"{what}: {busy} (HTTP {status}: {reason})", retry_after(response.headers)
             )
-        else:
-            problem = "unexpected answer"
+        problem = problem or "unexpected answer"
         return PoolError(self.where, f"{what}: {problem} (HTTP {status}: {reason})")
 
     def _missing(self, what: str, problem: str) -> PoolError:

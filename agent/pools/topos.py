@@ -35,12 +35,14 @@ from agent.http import HttpClient, Response, redact
 from agent.identity import Identity
 from agent.pools import topos_layout as layout
 from agent.pools.base import Counts, Lease, NewToken, Pool, Renewal, Saved
+from agent.pools.httpauth import auth_headers, refusal
 from agent.token import Attempt, Report, State, Token, close_attempt
 
 log = logging.getLogger(__name__)
 
 LINES_PER_POST = 1 << 20  # bytes per text/plain upload: a few large requests, well under PHP's limits
 RANGE_PER_POST = 1_000_000  # ToPoS's own limit for ntokens
+SET_URL = "set server.url to the ToPoS base URL, like https://topos.example.org/4.1/"
 CLAIM_TRIES = 5  # a claimed token that vanished before we read it: claim another, this often
 UNSUPPORTED = (
     'server.backend = "topos": ToPoS cannot {what}: it keeps only a token\'s bytes, a lock and a lease '
@@ -94,16 +96,7 @@ class ToposPool(Pool):
         self.pools = layout.Pools(self.topos.pool, self.topos.done_pool, self.topos.error_pool)
         self.base = self.topos.url
         self.where = f"{self.base}pools/{self.topos.pool}/"
-        headers = {}
-        if self.topos.username is not None:
-            if self.topos.password is None:
-                raise PoolError(
-                    self.where,
-                    f"no password for user {self.topos.username!r}: set server.password_file or the "
-                    "environment variable PILOT_SERVER_PASSWORD",
-                )
-            secret = f"{self.topos.username}:{self.topos.password.reveal()}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(secret).decode("ascii")
+        headers = auth_headers(self.where, self.topos.username, self.topos.password)
         self.http = http or HttpClient(
             timeout=server.timeout,
             ca_bundle=self.topos.ca_bundle,
@@ -146,29 +139,19 @@ class ToposPool(Pool):
     def _failure(self, response: Response, what: str) -> PoolError:
         """The one line for an answer we cannot use; never its body (5xx pages carry a stack trace)."""
         status = response.status
-        user = self.topos.username
         detail = f"HTTP {status}: {layout.summary(response.data)}"
-        if status == 401 and user is None:
-            problem = "the server wants a user name and password: set server.username and password_file"
-        elif status == 401:
-            problem = f"the server refused the password of user {user!r} (check server.password_file)"
-        elif status == 403:
-            problem = f"user {user or '(anonymous)'!r} is not allowed to do this"
-        elif status >= 500:
+        problem = refusal(status, self.topos.username)
+        if problem is None and status >= 500:
             return ServerUnreachable(self.where, f"{what}: server error ({detail})")
-        elif 300 <= status < 400:
+        if problem is None and 300 <= status < 400:
             location = redact(response.headers.get("Location", "") or "?")
             problem = f"the server redirects to {location} (HTTP {status})"
             if self.reached:  # it worked before: a maintenance redirect, as ToPoS's .htaccess has one
                 return ServerUnreachable(self.where, f"{what}: {problem}")
-            problem += "; set server.url to the ToPoS base URL, like https://topos.example.org/4.1/"
-            return PoolError(self.where, f"{what}: {problem}")
-        elif status == 404 and not layout.is_topos_page(response.data):
-            problem = "not found, and not a ToPoS answer; set server.url to the ToPoS base URL, like "
-            problem += "https://topos.example.org/4.1/"
-        else:
-            problem = "unexpected answer"
-        return PoolError(self.where, f"{what}: {problem} ({detail})")
+            return PoolError(self.where, f"{what}: {problem}; {SET_URL}")
+        if problem is None and status == 404 and not layout.is_topos_page(response.data):
+            problem = f"not found, and not a ToPoS answer; {SET_URL}"
+        return PoolError(self.where, f"{what}: {problem or 'unexpected answer'} ({detail})")
 
     def close(self) -> None:
         self.http.close()
@@ -296,7 +279,7 @@ class ToposPool(Pool):
             self._release(held.lock)
             return Saved.SAVED
         records = self._attempt_records(token.id) if held.leases > 1 else {}
-        attempts = layout.history(held.leases, {lease: doc for lease, (_, doc) in records.items()}, attempt)
+        attempts = layout.history(held.leases, {n: doc for n, (_, doc) in records.items()}, attempt)
         document = layout.result_document(
             token,
             report,

@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -121,8 +122,34 @@ def shell(server: ToposServer, folder: Path, options: argparse.Namespace) -> tup
     return elapsed, executed, pool
 
 
-def lines_rate(pyz: Path, server: ToposServer, folder: Path) -> float:
-    """tokens add --lines for LINES lines, tokens per second, the zipapp's start included."""
+def lines_rates(pyz: Path, server: ToposServer, folder: Path) -> tuple[float, float]:
+    """Tokens per second for LINES lines: `tokens add --lines` (the zipapp's start included), and the bash
+    client's createTokensFromLinesInFile (one curl upload of the file), the server's own floor."""
+    lines = folder / "lines.txt"
+    lines.write_text("".join(f"/data/genomes/sample-{i:06d}.fa.gz --k 31\n" for i in range(LINES)))
+    ours = _timed_upload(
+        server,
+        lambda config, pool: [str(pyz), "tokens", "add", "--lines", str(lines), "--config", str(config)],
+        folder,
+    )
+    curl = _timed_upload(
+        server,
+        lambda config, pool: [
+            "curl",
+            "--silent",
+            "--fail",
+            "--data-binary",
+            f"@{lines}",
+            "--header",
+            'Content-Type: text/plain; charset="UTF-8"',
+            f"{server.url}pools/{pool}/tokens/",
+        ],
+        folder,
+    )
+    return ours, curl
+
+
+def _timed_upload(server: ToposServer, argv: Callable[[Path, str], list[str]], folder: Path) -> float:
     pool = server.new_pool()
     config = folder / "site.toml"
     config.write_text(
@@ -133,11 +160,9 @@ def lines_rate(pyz: Path, server: ToposServer, folder: Path) -> float:
             }
         )
     )
-    lines = folder / "lines.txt"
-    lines.write_text("".join(f"/data/genomes/sample-{i:06d}.fa.gz --k 31\n" for i in range(LINES)))
     start = time.perf_counter()
     subprocess.run(
-        [str(pyz), "tokens", "add", "--lines", str(lines), "--config", str(config)],
+        argv(config, pool),
         check=True,
         capture_output=True,
         env={**os.environ, "TMPDIR": str(folder)},
@@ -145,7 +170,7 @@ def lines_rate(pyz: Path, server: ToposServer, folder: Path) -> float:
     elapsed = time.perf_counter() - start
     count = len(server.token_ids(pool))
     if count != LINES:
-        raise SystemExit(f"tokens add --lines: {count} tokens in the pool, not {LINES}")
+        raise SystemExit(f"{argv(config, pool)[0]}: {count} tokens in the pool, not {LINES}")
     return LINES / elapsed
 
 
@@ -182,7 +207,7 @@ def main() -> int:
                     requests[side].append(server.request_count(pool) / options.tokens)
                     measured[side] = options.tokens / elapsed
                 rates.append((measured["ours"], measured["shell"]))
-            upload = lines_rate(pyz, server, Path(tmp))
+            upload, curl_upload = lines_rates(pyz, server, Path(tmp))
     finally:
         server.stop()
         shutil.rmtree(server.folder, ignore_errors=True)
@@ -200,6 +225,7 @@ def main() -> int:
             ("requests per task, pilot.pyz", f"{statistics.median(requests['ours']):.2f} (with its result)"),
             ("requests per task, shell loops", f"{statistics.median(requests['shell']):.2f}"),
             (f"tokens add --lines, {LINES:,} lines", f"{upload:,.0f} tokens/s (target >= 5,000)"),
+            ("the same lines, one curl upload", f"{curl_upload:,.0f} tokens/s (the server's own rate)"),
         ],
     )
     return 0 if dups == missing == 0 else 1

@@ -6,6 +6,7 @@ A missing server or client fails the tests that need it, with the reason; nothin
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import subprocess
@@ -18,6 +19,20 @@ from servers.pouchdb import ADMIN, MEMBER, PouchDBServer, ServerMissing, require
 from servers.topos import ToposMissing, ToposServer, make_server
 
 HERE = Path(__file__).resolve().parent
+
+
+def executions(log: Path) -> collections.Counter[str]:
+    """How often each token id was written to a task's log (one line per run)."""
+    return collections.Counter(log.read_text().split()) if log.exists() else collections.Counter()
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The one line a command failed with, having checked its exit code and that there was no traceback."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
 
 
 def start_server(folder: Path, *, auth: bool, in_memory: bool) -> PouchDBServer:
@@ -89,11 +104,16 @@ def couch_config(
     """A site.toml for the CouchDB pool; ``user`` writes a password file (mode 600) for it."""
     section: dict[str, Any] = {"backend": "couchdb", "url": couch.url, "database": database, "lease": "30s"}
     if user is not None:
-        password_file = folder / "password"
-        password_file.write_text(user[1] + "\n")
-        password_file.chmod(0o600)
-        section.update({"username": user[0], "password_file": str(password_file)})
+        section.update(credentials(folder, user))
     return server_site(folder, section, command, overrides)
+
+
+def credentials(folder: Path, user: tuple[str, str]) -> dict[str, str]:
+    """server.username and a password file (mode 600) for ``user``."""
+    password_file = folder / "password"
+    password_file.write_text(user[1] + "\n")
+    password_file.chmod(0o600)
+    return {"username": user[0], "password_file": str(password_file)}
 
 
 def server_site(
@@ -179,8 +199,5 @@ def topos_config(
     """A site.toml for a ToPoS pool; ``user`` goes through the basic-auth port with a password file."""
     section: dict[str, Any] = {"backend": "topos", "url": topos.url, "pool": pool, "lease": "30s"}
     if user is not None:
-        password_file = folder / "password"
-        password_file.write_text(user[1] + "\n")
-        password_file.chmod(0o600)
-        section.update({"url": topos.auth_url, "username": user[0], "password_file": str(password_file)})
+        section.update({"url": topos.auth_url, **credentials(folder, user)})
     return server_site(folder, section, command, overrides)

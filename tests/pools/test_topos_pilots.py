@@ -5,7 +5,6 @@ never through the code under test."""
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import os
@@ -13,13 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import REPO, Site, wait_for
 from servers.topos import USER, ToposServer
 
-from pools.conftest import topos_config
+from pools.conftest import executions, one_line_error, topos_config
 
 pytestmark = pytest.mark.topos
 
@@ -38,18 +36,6 @@ LINES = [
     "--option=value -x",
     "*",
 ]
-
-
-def executions(log: Path) -> collections.Counter[str]:
-    return collections.Counter(log.read_text().split()) if log.exists() else collections.Counter()
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def results(server: ToposServer, pool: str) -> list[dict]:
@@ -297,7 +283,7 @@ def test_basic_auth_through_apache_and_clear_errors_for_wrong_or_missing_passwor
     site.write(topos_config(site.folder, topos, pool, ["/bin/true"], user=(USER[0], "wrong-secret-3")))
     for argv in (("status",), ("run", "-q"), ("tokens", "add", "--lines", "lines.txt")):
         line = one_line_error(site.run(*argv), 3)
-        assert f"refused the password of user {USER[0]!r}" in line, line
+        assert f"refused the credentials of user {USER[0]!r}" in line, line
         assert "wrong-secret-3" not in line
     config = topos_config(site.folder, topos, pool, ["/bin/true"])
     config["server"]["url"] = topos.auth_url  # no user name at all
