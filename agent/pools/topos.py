@@ -34,9 +34,9 @@ from agent.errors import PoolError, ServerUnreachable, TokenError, UsageError
 from agent.http import HttpClient, Response, redact
 from agent.identity import Identity
 from agent.pools import topos_layout as layout
-from agent.pools.base import Counts, Lease, NewToken, Pool, Renewal, Saved
+from agent.pools.base import Counts, Lease, NewToken, Pool, ReasonCount, Renewal, Saved
 from agent.pools.httpauth import auth_headers, refusal
-from agent.token import Attempt, Report, State, Token, close_attempt
+from agent.token import Report, State, Token, close_attempt
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ LINES_PER_POST = 1 << 20  # bytes per text/plain upload: a few large requests, w
 RANGE_PER_POST = 1_000_000  # ToPoS's own limit for ntokens
 SET_URL = "set server.url to the ToPoS base URL, like https://topos.example.org/4.1/"
 CLAIM_TRIES = 5  # a claimed token that vanished before we read it: claim another, this often
+LISTING_AGE = 5.0  # seconds a pool's listing serves the figures of one status
+RESULTS_READ = 100  # newest results read for status's durations and failure reasons
 UNSUPPORTED = (
     'server.backend = "topos": ToPoS cannot {what}: it keeps only a token\'s bytes, a lock and a lease '
     "count; use the local or CouchDB pool for this"
@@ -113,6 +115,7 @@ class ToposPool(Pool):
         self.stored: dict[str, str] = {}  # lease id: the result token already written for it
         self.unread: list[tuple[str, str, float]] = []  # handed to us, unread: token id, lock, when
         self.ambiguous: set[str] = set()  # lease ids whose result PUT got no clear answer
+        self.listings: dict[str, tuple[float, list[dict[str, Any]]]] = {}  # pool: (read at, rows)
 
     # -- HTTP --------------------------------------------------------------------------------------
 
@@ -466,6 +469,62 @@ class ToposPool(Pool):
         errors = sum(1 for row in self._listing(self.pools.error) if not _is_result(row))
         return Counts(todo=todo["tokens"] - todo["locks"], locked=todo["locks"], done=done, error=errors)
 
+    # -- what status reads: from ToPoS's listings (the pool, the result pools), the newest results only --
+
+    def _rows(self, pool: str) -> list[dict[str, Any]]:
+        """A pool's listing, read once per look: status asks for several figures in a row."""
+        now = self.clock()
+        cached = self.listings.get(pool)
+        if cached is None or now - cached[0] > LISTING_AGE:
+            cached = (now, self._listing(pool))
+            self.listings[pool] = cached
+        return cached[1]
+
+    def _results(self) -> list[tuple[float, str, dict[str, Any]]]:
+        """(created, pool, row) of every result token, newest first."""
+        found = [
+            (layout.created_of(row), pool, row)
+            for pool in (self.pools.done, self.pools.error)
+            for row in self._rows(pool)
+            if _is_result(row)
+        ]
+        return sorted(found, key=lambda item: -item[0])
+
+    def finished_since(self, since: float) -> Counts:
+        results = [pool for created, pool, _ in self._results() if created >= since]
+        return Counts(done=results.count(self.pools.done), error=results.count(self.pools.error))
+
+    def running(self) -> dict[str, int]:
+        hosts: dict[str, int] = {}
+        for row in self._rows(self.pools.todo):
+            if row.get("Timeout"):  # locked now
+                host = layout.host_of(str(row.get("LockDescription") or ""))
+                hosts[host] = hosts.get(host, 0) + 1
+        return hosts
+
+    def _documents(self, limit: int, pool: Optional[str] = None) -> list[Token]:
+        tokens = []
+        for _, where, row in self._results():
+            if len(tokens) >= min(limit, RESULTS_READ) or (pool is not None and where != pool):
+                continue
+            response = self._request("GET", self._url(where, f"tokens/{row['Name']}"))
+            document = layout.document_of(response.data) if response.status == 200 else None
+            if document is not None:
+                tokens.append(layout.token_of_result(document))
+        return tokens
+
+    def recent(self, limit: int) -> list[Token]:
+        return self._documents(limit)
+
+    def error_reasons(self, limit: int) -> list[ReasonCount]:
+        found: dict[str, tuple[int, str]] = {}
+        for token in self._documents(RESULTS_READ, self.pools.error):
+            reason = token.attempts[-1].reason if token.attempts else ""
+            count, example = found.get(reason, (0, token.id))
+            found[reason] = (count + 1, min(example, token.id))
+        ranked = sorted(found.items(), key=lambda item: (-item[1][0], item[0]))
+        return [ReasonCount(reason, count, example) for reason, (count, example) in ranked[:limit]]
+
     def get(self, token_id: str) -> Token:
         return self._find(token_id)[0]
 
@@ -489,18 +548,10 @@ class ToposPool(Pool):
             return self._token(token_id, response, state), None
         if response.status != 404:
             raise self._failure(response, f"reading token {token_id}")
-        for pool, state in ((self.pools.error, State.ERROR), (self.pools.done, State.DONE)):
+        for pool in (self.pools.error, self.pools.done):
             found = self._result(pool, token_id)
             if found is not None:
-                document = found[1]
-                body = layout.body_of(document)
-                name_type = str(document.get("content_type") or "")
-                fields, _ = layout.token_fields(body, name_type, "")
-                attempts = tuple(
-                    Attempt.from_json(a) for a in document.get("attempts") or [] if isinstance(a, dict)
-                )
-                token = Token(token_id, fields, state, attempts, int(document.get("failures") or 0))
-                return token, document
+                return layout.token_of_result(found[1]), found[1]
         raise TokenError(token_id, f"not in the pool {self.where}, nor a result in {self.pools.done}")
 
     def _token(self, token_id: str, response: Response, state: State) -> Token:
@@ -519,15 +570,8 @@ class ToposPool(Pool):
             if row.get("Original Name") != wanted:
                 continue
             response = self._request("GET", self._url(pool, f"tokens/{row['Name']}"))
-            if response.status != 200:
-                continue
-            try:
-                document = json.loads(response.data)
-            except ValueError:
-                continue
-            if not isinstance(document, dict) or document.get("type") != layout.RESULT:
-                continue
-            if lock is None or document.get("lock") == lock:
+            document = layout.document_of(response.data) if response.status == 200 else None
+            if document is not None and (lock is None or document.get("lock") == lock):
                 return str(row["Name"]), document
         return None
 

@@ -17,10 +17,11 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Optional
 from urllib.parse import quote
 
-from agent.token import Attempt, Outcome, Report, Token
+from agent.token import Attempt, Outcome, Report, State, Token
 
 JSON = "application/json"
 TEXT = 'text/plain; charset="UTF-8"'  # what the bash client sends for a file of lines
@@ -159,6 +160,40 @@ def check_line(line: str) -> Optional[str]:
 def disposition(name: str) -> str:
     """A ``Content-Disposition`` naming a new token (ToPoS keeps the filename as the token's name)."""
     return 'attachment; filename="' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def document_of(body: bytes) -> Optional[dict[str, Any]]:
+    """A result document from a result token's body; None for anything else."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) and document.get("type") == RESULT else None
+
+
+def token_of_result(document: Mapping[str, Any]) -> Token:
+    """The finished token a result document describes: its fields, state and every attempt."""
+    fields, _ = token_fields(body_of(document), str(document.get("content_type") or ""), "")
+    attempts = tuple(Attempt.from_json(a) for a in document.get("attempts") or [] if isinstance(a, dict))
+    state = State.ERROR if document.get("state") == State.ERROR.value else State.DONE
+    return Token(str(document.get("token")), fields, state, attempts, int(document.get("failures") or 0))
+
+
+def created_of(row: Mapping[str, Any]) -> float:
+    """A listing row's ``Created`` (ISO 8601, UTC) as epoch seconds; 0 when unreadable."""
+    try:
+        created = datetime.strptime(str(row.get("Created")), "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return 0.0
+    return created.replace(tzinfo=timezone.utc).timestamp()
+
+
+def host_of(description: str) -> str:
+    """The host in a lock's description: ours read "pilot <id> on <host>[, batch job ...]"; another
+    client's (the bash client writes `hostname -f`) is taken as it is."""
+    if description.startswith("pilot ") and " on " in description:
+        return description.split(" on ", 1)[1].split(",", 1)[0]
+    return description or "?"
 
 
 def result_name(token_id: str) -> str:

@@ -164,3 +164,30 @@ def test_what_topos_cannot_do_is_refused_in_one_line() -> None:
     assert err.exit_code is ExitCode.CONFIG
     assert str(err).startswith('server.backend = "topos": ToPoS cannot hold a token until')
     assert "\n" not in str(err)
+
+
+def test_status_reads_listing_times_lock_hosts_and_result_documents() -> None:
+    assert layout.created_of({"Created": "2026-12-01T19:43:34Z"}) == 1796154214.0
+    assert layout.created_of({"Created": None}) == 0.0
+    assert layout.host_of("pilot node12-3129-9bbc on node12, batch job slurm:7") == "node12"
+    assert layout.host_of("wn-17.grid.example.org") == "wn-17.grid.example.org"  # the bash client's
+    assert layout.host_of("") == "?"
+    attempt = Attempt("p1", "node1", None, 10.0, 11.0, 12.0, 3, None, "failed", "exit code 3")
+    body = json.dumps(
+        {
+            "type": layout.RESULT,
+            "token": "7",
+            "state": "error",
+            "content": "x",
+            "content_type": "text/plain",
+            "failures": 2,
+            "attempts": [attempt.to_json()],
+        }
+    )
+    document = layout.document_of(body.encode())
+    assert document is not None
+    token = layout.token_of_result(document)
+    assert (token.id, token.state, token.fields, token.failures) == ("7", State.ERROR, {"input": "x"}, 2)
+    assert token.attempts == (attempt,)
+    assert layout.document_of(b'{"type": "other"}') is None
+    assert layout.document_of(b"not json") is None
