@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import urlencode
 
 from agent.config import ServerConfig
+from agent.dependencies import AFTER
 from agent.errors import PoolError, ServerUnreachable, TokenError, UsageError
 from agent.http import HttpClient, Response, redact
 from agent.identity import Identity
@@ -46,6 +47,7 @@ SET_URL = "set server.url to the ToPoS base URL, like https://topos.example.org/
 CLAIM_TRIES = 5  # a claimed token that vanished before we read it: claim another, this often
 LISTING_AGE = 5.0  # seconds a pool's listing serves the figures of one status
 RESULTS_READ = 100  # newest results read for status's durations and failure reasons
+CHILDREN = "add the tokens a task writes to $PILOT_NEW_TOKENS"
 UNSUPPORTED = (
     'server.backend = "topos": ToPoS cannot {what}: it keeps only a token\'s bytes, a lock and a lease '
     "count; use the local or CouchDB pool for this"
@@ -270,6 +272,8 @@ class ToposPool(Pool):
     def report(self, lease: Lease, report: Report) -> Saved:
         held = Held.of(lease)
         token = lease.token
+        if report.children:  # refused before anything is written: the reporter fails the attempt instead
+            raise TokenError(token.id, UNSUPPORTED.format(what=CHILDREN))
         if not self._still_ours(lease):
             return Saved.CONFLICT
         attempt = close_attempt(lease.attempt, report.result)
@@ -397,6 +401,8 @@ class ToposPool(Pool):
         is not kept."""
         added = 0
         for token in tokens:
+            if AFTER in token.fields:
+                raise refuse(f"hold token {token.id!r} until the tokens it comes `{AFTER}` are done")
             name = token.fields.get("name")
             headers = {"Content-Type": layout.JSON}
             if isinstance(name, str) and name:
@@ -524,6 +530,9 @@ class ToposPool(Pool):
             found[reason] = (count + 1, min(example, token.id))
         ranked = sorted(found.items(), key=lambda item: (-item[1][0], item[0]))
         return [ReasonCount(reason, count, example) for reason, (count, example) in ranked[:limit]]
+
+    def cancel(self, token_ids: Sequence[str], *, all_todo: bool) -> int:
+        raise refuse("cancel tokens (a running task learns nothing from a deleted token but a lost lock)")
 
     def get(self, token_id: str) -> Token:
         return self._find(token_id)[0]

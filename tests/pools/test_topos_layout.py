@@ -191,3 +191,33 @@ def test_status_reads_listing_times_lock_hosts_and_result_documents() -> None:
     assert token.attempts == (attempt,)
     assert layout.document_of(b'{"type": "other"}') is None
     assert layout.document_of(b"not json") is None
+
+
+def test_tokens_with_dependencies_or_children_are_refused_before_anything_is_written() -> None:
+    from agent.config import Secret, ServerConfig, ToposServer
+    from agent.errors import TokenError, UsageError
+    from agent.identity import Identity
+    from agent.pools.base import Lease, NewToken
+    from agent.pools.topos import ToposPool
+
+    class NoServer:  # any request would be a write this test says must not happen
+        def request(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError(f"a request was made: {args}")
+
+        def close(self) -> None:
+            pass
+
+    topos = ToposServer("http://t/4.1/", "p", "p.done", "p.error", None, Secret(""), None, True)
+    server = ServerConfig(backend="topos", lease=60.0, max_outage=60.0, timeout=5.0, topos=topos)
+    pool = ToposPool(server, Identity("p1", "node1", None), http=NoServer())  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="ToPoS cannot hold token 'x' until the tokens it comes `after`"):
+        pool.add([NewToken("x", {"input": "1", "after": ["y"]})])
+    handle = {"lock": "L", "leases": 1, "body": "", "content_type": "text/plain"}
+    token = Token("7", {"input": "x"}, State.LOCKED, (Attempt("p1", "node1", None, 1.0),))
+    lease = Lease(token, "L", 100.0, token.attempts[0], handle)
+    result = Result(Outcome.DONE, "exit code 0", 1.0, 2.0, 0)
+    report = Report(result, State.DONE, 0, children=(NewToken("c", {"input": "1"}),))
+    with pytest.raises(TokenError, match="PILOT_NEW_TOKENS"):
+        pool.report(lease, report)
+    with pytest.raises(UsageError, match="ToPoS cannot cancel tokens"):
+        pool.cancel(["7"], all_todo=False)

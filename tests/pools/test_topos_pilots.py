@@ -78,7 +78,7 @@ def test_two_pilots_with_two_slots_run_each_of_200_tokens_once_and_leave_the_poo
     assert sorted(doc["token"] for doc in done) == sorted(str(i) for i in ids)
     assert {doc["content"] for doc in done} == {str(i) for i in range(200)}  # --range: ToPoS's own numbers
     assert all(doc["exit_code"] == 0 and len(doc["attempts"]) == 1 for doc in done)
-    assert site.status() == {"todo": 0, "locked": 0, "done": 200, "error": 0, "total": 200}
+    assert site.status() == {"todo": 0, "locked": 0, "done": 200, "error": 0, "waiting": 0, "total": 200}
 
 
 def test_lines_uploaded_as_the_bash_client_does_reach_the_tasks_unchanged_and_nothing_runs(
@@ -204,7 +204,7 @@ def test_a_token_failing_with_max_attempts_2_ends_in_the_error_pool_with_both_at
     assert "err broken" in result["stderr_tail"]
     assert topos.token_ids(f"{pool}.attempts") == []  # the kept first attempt went into the result
     assert [doc["token"] for doc in results(topos, f"{pool}.done")] == [ok_id]
-    assert site.status() == {"todo": 0, "locked": 0, "done": 1, "error": 1, "total": 2}
+    assert site.status() == {"todo": 0, "locked": 0, "done": 1, "error": 1, "waiting": 0, "total": 2}
     figures = site.run("status")  # the rates, durations and reasons come from the newest results
     assert figures.returncode == 0, figures.stderr
     assert "exit code 3" in figures.stdout, figures.stdout
