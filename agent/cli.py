@@ -231,6 +231,7 @@ def tokens_add(
         ./pilot.pyz tokens add --config site.toml --range 1000
     """
     from agent.errors import IDS_FROM_FILE, IDS_FROM_RANGE, DuplicateToken
+    from agent.pools import NewToken
 
     chosen = [option for option in (lines_file, jsonl_file, count) if option is not None]
     if len(chosen) != 1:
