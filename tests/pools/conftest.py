@@ -26,15 +26,6 @@ def executions(log: Path) -> collections.Counter[str]:
     return collections.Counter(log.read_text().split()) if log.exists() else collections.Counter()
 
 
-def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
-    """The one line a command failed with, having checked its exit code and that there was no traceback."""
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
 def start_server(folder: Path, *, auth: bool, in_memory: bool) -> PouchDBServer:
     try:
         return PouchDBServer(folder, auth=auth, in_memory=in_memory).start()

@@ -14,10 +14,10 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, Site, wait_for
+from conftest import REPO, Site, one_line_error, wait_for
 from servers.topos import USER, ToposServer
 
-from pools.conftest import executions, one_line_error, topos_config
+from pools.conftest import executions, topos_config
 
 pytestmark = pytest.mark.topos
 
