@@ -6,7 +6,6 @@ arrives, or a timer is due (a task's timeout, a lease renewal, the next look at 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -23,9 +22,9 @@ from agent.journal import Journal
 from agent.outage import Outage
 from agent.pools import Lease, Pool, Saved
 from agent.reporter import Reporter
-from agent.runner import Payload, Stop
+from agent.runner import Stop
 from agent.signals import Signals
-from agent.sweep import sweep_leftovers
+from agent.tasks import Running, Tasks
 from agent.token import NewToken, Outcome, Report, Result, State, make_report
 from agent.units import format_duration
 from agent.walltime import TOKEN_ESTIMATE, Walltime, token_estimate
@@ -43,12 +42,6 @@ class Ending:
 
     code: ExitCode
     reason: str
-
-
-@dataclass
-class Running:
-    lease: Lease
-    payload: Payload
 
 
 @dataclass
@@ -107,11 +100,10 @@ class Pilot:
             "PILOT_ID": identity.pilot_id,
             "PILOT_CONFIG_DIR": self.config_dir,
         }
-        self.running: dict[str, Running] = {}
+        pilot = config.pilot
+        self.tasks = Tasks(self.folder, pilot.keep_workdirs, pilot.slots, pilot.kill_leftovers_after)
+        self.running = self.tasks.running  # token id: Running
         self.claimed_early: list[Lease] = []  # claimed with a report, not started yet
-        self.spare_folders: list[str] = []  # emptied folders of finished tasks, for the next ones
-        self.unswept: dict[str, str] = {}  # cookie: token id, of tasks that ended since the last sweep
-        self.sweep_due: Optional[float] = None  # when their detached leftovers are killed
         self.outage = Outage(config.server.max_outage)
         self.journal = Journal(config.pilot.workdir / "journal", identity.pilot_id)
         self.reporter = Reporter(pool, self.journal, self.outage, clock, self._children_refused)
@@ -154,12 +146,12 @@ class Pilot:
                         self.guard.check()
                     self._heed_suspects()
                     self._keep_leases()
-                    self._sweep_leftovers()
+                    self.tasks.sweep(self.clock())
             finally:
                 self._abandon()
-                self._sweep_leftovers(final=True)
+                self.tasks.sweep(self.clock(), final=True)
                 self.journal.close()
-                self._tidy_pilot_folder()
+                self.tasks.tidy_pilot_folder()
                 log.info("tasks: %s", self.tally)
 
     # -- claim -------------------------------------------------------------------------------------
@@ -258,7 +250,7 @@ class Pilot:
 
     def _give_back(self, lease: Lease, reason: str) -> None:
         """A claimed token this pilot will not start: back to todo, not charged."""
-        folder = runner.task_folder(self.folder, lease.token.id, len(lease.token.attempts))
+        folder = self.tasks.folder_for(lease.token.id, len(lease.token.attempts))
         self._deliver(lease, Result(Outcome.INTERRUPTED, reason, None, self.wallclock()), folder)
 
     # -- run ---------------------------------------------------------------------------------------
@@ -266,7 +258,7 @@ class Pilot:
     def _run(self, lease: Lease) -> None:
         token = lease.token
         attempt_number = len(token.attempts)
-        folder = runner.task_folder(self.folder, token.id, attempt_number)
+        folder = self.tasks.folder_for(token.id, attempt_number)
         values = template.token_values(token.id, token.fields, self.cache_paths)
         values.update({"pilot.config_dir": self.config_dir, "pilot.task_dir": folder})
         try:
@@ -283,12 +275,7 @@ class Pilot:
         }
         if self.guard is not None:
             self.guard.start()  # once, before the first task: a pilot with nothing to do never needs one
-        folder_ready = False
-        if self.spare_folders:
-            spare = self.spare_folders.pop()
-            folder_ready = runner.take_over(spare, folder)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("task folder: the emptied %s, renamed", spare, extra={"token": token.id})
+        folder_ready = self.tasks.ready_folder(folder, token.id)
         started = runner.start(
             token_id=token.id,
             argv=argv,
@@ -303,21 +290,12 @@ class Pilot:
         if isinstance(started, Result):
             self._report_now(lease, started, folder)
             return
-        self.running[token.id] = Running(lease, started)
+        self.tasks.add(Running(lease, started))
         if log.isEnabledFor(logging.INFO):
             log.info("started (attempt %d): %s", attempt_number, " ".join(argv), extra={"token": token.id})
 
     def _finished(self) -> list[tuple[Running, Result]]:
-        now = self.clock()
-        done = []
-        for token_id, running in list(self.running.items()):
-            running.payload.tick(now)
-            if running.payload.poll():
-                del self.running[token_id]
-                done.append((running, running.payload.finish(self.config.task.log_tail, self.wallclock)))
-                self.unswept[running.payload.cookie] = token_id
-                if self.sweep_due is None:
-                    self.sweep_due = now + self.config.pilot.kill_leftovers_after
+        done = self.tasks.finished(self.clock(), self.config.task.log_tail, self.wallclock)
         if done and not self.running:
             self.next_claim = 0.0  # idle now: look at the pool again before deciding it is empty
         return done
@@ -363,7 +341,7 @@ class Pilot:
             self.claimed_early += leases  # started by the loop's next claim step
         if result.outcome in (Outcome.DONE, Outcome.FAILED) and result.duration is not None:
             self.walltime.estimator.record(result.duration)
-        self._tidy_task_folder(folder, report)
+        self.tasks.tidy_folder(folder, report)
 
     def _children_refused(self, lease: Lease, report: Report, err: PilotError) -> Report:
         return children.refused(lease.token, report, err, self.config.task.max_attempts)
@@ -583,8 +561,8 @@ class Pilot:
             wake.append(self.outage.next_try)
         if self.breaker.streak:
             wake.append(self.breaker.streak[0][1] + self.breaker.window)
-        if self.sweep_due is not None:
-            wake.append(self.sweep_due)
+        if self.tasks.sweep_due is not None:
+            wake.append(self.tasks.sweep_due)
         return max(0.0, min(wake) - now)
 
     def _abandon(self) -> None:
@@ -605,46 +583,6 @@ class Pilot:
                     err,
                     extra={"token": token_id},
                 )
-
-    def _sweep_leftovers(self, *, final: bool = False) -> None:
-        """Kill what finished tasks left running outside their process group: at most
-        pilot.kill_leftovers_after after they ended, and all of it when the pilot ends (as a batch job's
-        end would; a grid node's next job should not find them). One /proc sweep serves every task that
-        ended since the last, so short tasks do not pay a sweep each."""
-        if not final and (self.sweep_due is None or self.clock() < self.sweep_due):
-            return
-        ended, self.unswept, self.sweep_due = self.unswept, {}, None
-        spared = {task.payload.cookie for task in self.running.values()}
-        killed = sweep_leftovers(runner.COOKIE_PREFIX, spared)
-        if not killed:
-            return
-        total = sum(killed.values())
-        whose = [f"{token} ({killed.pop(cookie)})" for cookie, token in ended.items() if cookie in killed]
-        if killed:  # started, after the last sweep, by tasks that ended before it
-            whose.append(f"earlier tasks ({sum(killed.values())})")
-        log.warning(
-            "killed %d process(es) that finished tasks had left running, detached: %s",
-            total,
-            ", ".join(whose),
-        )
-
-    # -- folders -----------------------------------------------------------------------------------
-
-    def _tidy_task_folder(self, folder: str, report: Report) -> None:
-        keep = self.config.pilot.keep_workdirs
-        if keep == "always" or (keep == "failed" and report.state is not State.DONE):
-            return
-        if len(self.spare_folders) < self.config.pilot.slots and runner.emptied(folder):
-            self.spare_folders.append(folder)  # the next task's folder, renamed
-        else:
-            runner.remove_folder(folder)
-
-    def _tidy_pilot_folder(self) -> None:
-        for spare in self.spare_folders:
-            runner.remove_folder(spare)
-        self.spare_folders = []
-        with contextlib.suppress(OSError):
-            self.folder.rmdir()  # only when empty: kept task folders stay
 
     def _announce(self) -> None:
         ident = self.identity
