@@ -151,6 +151,15 @@ class Fit:
         cores, gpus, memory = self.needs(stored)
         return cores <= self.cores and gpus <= self.gpus and (self.memory is None or memory <= self.memory)
 
+    def after(self, taken: Sequence[Optional[Mapping[str, int]]]) -> Fit:
+        """What is left of this fit once ``taken`` were claimed."""
+        cores, gpus, memory = self.cores, self.gpus, self.memory
+        for stored in taken:
+            need_cores, need_gpus, need_memory = self.needs(stored)
+            cores, gpus = cores - need_cores, gpus - need_gpus
+            memory = None if memory is None else memory - need_memory
+        return Fit(cores, gpus, memory, self.default, self.tasks - len(taken))
+
     def pick(self, candidates: Sequence[Optional[Mapping[str, int]]]) -> list[int]:
         """Which of the candidates (in claim order) to take: first fit, until ``tasks`` are taken or
         nothing more fits. A smaller token behind one that does not fit is taken (backfill)."""

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from agent.errors import NotSupported, PoolError, ServerUnreachable, TokenError
 from agent.identity import Identity
+from agent.resources import Fit
 from agent.token import Attempt, NewToken, Report, State, Token
 
 
@@ -113,8 +114,12 @@ class Pool(abc.ABC):
         """Add tokens in state todo; raise TokenError naming a duplicate id. Returns how many were added."""
 
     @abc.abstractmethod
-    def claim(self, n: int) -> list[Lease]:
-        """Lease up to ``n`` claimable tokens (todo, or locked with an expired lease); none twice, ever."""
+    def claim(self, n: int, fit: Optional[Fit] = None) -> list[Lease]:
+        """Lease up to ``n`` claimable tokens (todo, or locked with an expired lease); none twice, ever.
+
+        With ``fit``, only tokens whose cores, GPUs and memory fit in it together (``Fit.pick``), chosen
+        by the server where the backend can; a backend that cannot look into tokens may ignore it (the
+        pilot gives a token that does not fit back at once)."""
 
     @abc.abstractmethod
     def renew(self, leases: Sequence[Lease]) -> Renewal:
@@ -124,7 +129,9 @@ class Pool(abc.ABC):
     def report(self, lease: Lease, report: Report) -> Saved:
         """Close the lease's attempt with the report's result and move the token to the report's state."""
 
-    def report_and_claim(self, lease: Lease, report: Report, n: int) -> tuple[Saved, list[Lease]]:
+    def report_and_claim(
+        self, lease: Lease, report: Report, n: int, fit: Optional[Fit] = None
+    ) -> tuple[Saved, list[Lease]]:
         """Report one result and claim up to ``n`` more: what a pilot does each time a task ends.
 
         This default makes the two calls; a backend that can do both in one round trip (one SQLite
@@ -134,7 +141,7 @@ class Pool(abc.ABC):
         """
         saved = self.report(lease, report)
         try:
-            return saved, self.claim(n) if n > 0 else []
+            return saved, self.claim(n, fit) if n > 0 else []
         except ServerUnreachable:
             return saved, []  # the report is in; the pilot's next claim finds the server away
 
