@@ -22,6 +22,7 @@ from agent.journal import Journal
 from agent.outage import Outage
 from agent.pools import Lease, Pool, Saved
 from agent.reporter import Reporter
+from agent.resources import Book, Fit, Node, detect
 from agent.runner import Stop
 from agent.signals import Signals
 from agent.tasks import Running, Tasks
@@ -79,6 +80,7 @@ class Pilot:
         cache_paths: Mapping[str, str],
         signals: Optional[Signals] = None,
         guard: Optional[Guard] = None,
+        node: Optional[Node] = None,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], float] = time.time,
     ) -> None:
@@ -104,6 +106,13 @@ class Pilot:
         self.tasks = Tasks(self.folder, pilot.keep_workdirs, pilot.slots, pilot.kill_leftovers_after)
         self.running = self.tasks.running  # token id: Running
         self.claimed_early: list[Lease] = []  # claimed with a report, not started yet
+        # Which task holds which cores, GPUs and memory, and what a claim may take (resources.py).
+        node = node or detect(pilot.node, environ, slots=pilot.slots)
+        self.book = Book(node, config.task.request, pilot.slots)
+        self.claim_fit: Optional[Fit] = None  # what the claims about to be made may take
+        self.short_fit: Optional[Fit] = None  # what the last claim that came back short could take
+        self.next_probe = 0.0  # when to look for a token bigger than what is free (see _probe)
+        self.left_behind: Optional[int] = None  # todo tokens none fits, counted once when idle
         self.outage = Outage(config.server.max_outage)
         self.journal = Journal(config.pilot.workdir / "journal", identity.pilot_id)
         self.reporter = Reporter(pool, self.journal, self.outage, clock, self._children_refused)
@@ -157,19 +166,66 @@ class Pilot:
     # -- claim -------------------------------------------------------------------------------------
 
     def _claim(self) -> list[Lease]:
+        held = self.book.held
+        if held is not None and self.book.take_held(held.item.token.id) is not None:
+            self.claimed_early.append(held.item)  # the token waiting for room has it now: first
         if self.claimed_early:
             return self._early_claims()
         wanted = self._claims_wanted()
-        if not wanted:
-            return []
+        leases = self._claim_from_pool(wanted, self.claim_fit) if wanted else []
+        return leases + self._probe()
+
+    def _claim_from_pool(self, wanted: int, fit: Optional[Fit]) -> list[Lease]:
         try:
-            leases = self.pool.claim(wanted)
+            leases = self.pool.claim(wanted, fit)
         except ServerUnreachable as err:
             self.reporter.unreachable(err)
             return []
         self.reporter.reachable()
         self._claimed(wanted, leases)
-        return leases
+        return self._placed(leases)
+
+    def _probe(self) -> list[Lease]:
+        """Now and then, while tasks run, claim the first token that fits the node, free or not: one that
+        does not fit what is free is held until it does, so big tokens are not passed over for ever."""
+        now = self.clock()
+        if self.book.held is not None or not self.running or now < self.next_probe or self._claims_stopped():
+            return []
+        self.next_probe = now + probe_interval(self._patience())
+        if self.config.pilot.max_tasks and self.claimed >= self.config.pilot.max_tasks:
+            return []
+        try:
+            leases = self.pool.claim(1, self.book.node_fit())
+        except ServerUnreachable as err:
+            self.reporter.unreachable(err)
+            return []
+        self.claimed += len(leases)
+        return self._placed(leases)
+
+    def _placed(self, leases: list[Lease]) -> list[Lease]:
+        """Claimed tokens that got their cores, GPUs and memory; the others are held or given back."""
+        ready = []
+        for lease in leases:
+            token = lease.token
+            placed = self.book.place(token.id, token.fields, lease, self.clock())
+            if placed.grant is not None:
+                ready.append(lease)
+            elif placed.charged:
+                folder = self.tasks.folder_for(token.id, len(token.attempts))
+                now = self.wallclock()
+                self._report_now(lease, Result(Outcome.NOT_STARTED, placed.reason, now, now), folder)
+            elif placed.reason:
+                self._give_back(lease, placed.reason)
+            elif log.isEnabledFor(logging.INFO):
+                log.info("held until it fits: %s", self.book.held.request, extra={"token": token.id})  # type: ignore[union-attr]
+        return ready
+
+    def _patience(self) -> float:
+        """How long a held token lets smaller ones start beside it: one expected task duration."""
+        return self.walltime.estimator.expected()
+
+    def _claims_stopped(self) -> bool:
+        return bool(self.stopping or self.draining or self.breaker.tripped or len(self.journal))
 
     def _early_claims(self) -> list[Lease]:
         """Tokens claimed along with the last reports. They passed max_tasks and the walltime when claimed;
@@ -182,7 +238,8 @@ class Pilot:
 
     def _give_back_early(self, reason: str) -> None:
         leases, self.claimed_early = self.claimed_early, []
-        for lease in leases:
+        held = self.book.drop_held()
+        for lease in [*leases, *([held] if held is not None else [])]:
             self._give_back(lease, reason)
 
     def _claimed(self, wanted: int, leases: list[Lease]) -> None:
@@ -190,7 +247,11 @@ class Pilot:
         self.claimed += len(leases)
         if len(leases) < wanted:
             self.next_claim = now + self.empty_poll
-            if not leases and not self.running:
+            # Room was left that nothing in the pool fits: claim again before empty_poll only when
+            # more than that is free.
+            fit = self.claim_fit
+            self.short_fit = None if fit is None else fit.after([lease.token.fields for lease in leases])
+            if not leases and not self.running and not self.book.grants:
                 self._note_idle(now)
         if leases:
             self.idle_since = None
@@ -202,6 +263,8 @@ class Pilot:
         may come back (their pilot may be dead), and then at most pilot.idle_timeout."""
         if self.idle_since is None:
             self.idle_since = now
+        if self.left_behind is None:
+            self._note_left_behind()
         if not self.config.pilot.idle_timeout:
             self.locked_elsewhere = 0
             return
@@ -210,11 +273,27 @@ class Pilot:
         except ServerUnreachable as err:
             self.reporter.unreachable(err)
 
+    def _note_left_behind(self) -> None:
+        """Idle with everything free: the todo tokens left are ones no claim of this pilot can take."""
+        try:
+            self.left_behind = self.pool.counts().todo
+        except ServerUnreachable as err:
+            self.reporter.unreachable(err)
+            return
+        if self.left_behind:
+            log.warning(
+                "%d todo token(s) left for a bigger node: none fits this one (%s)",
+                self.left_behind,
+                self.book.node,
+            )
+
     def _claims_wanted(self) -> int:
-        """How many tokens to claim now: free slots, unless draining, stopping, or the pool was just empty."""
-        if self.stopping or self.draining or self.breaker.tripped or len(self.journal):
+        """How many tokens to claim now: what fits in the free cores (see Book.fit), unless draining,
+        stopping, or the pool was just empty. Sets ``claim_fit``, what they may take."""
+        if self._claims_stopped():
             return 0  # a journal to send means the server was away: results first, then new work
-        free = self.config.pilot.slots - len(self.running) - len(self.claimed_early)
+        self.claim_fit = self.book.fit(self.clock(), self._patience())
+        free = 0 if self.claim_fit is None else self.claim_fit.tasks
         max_tasks = self.config.pilot.max_tasks
         if max_tasks:
             if self.claimed >= max_tasks:
@@ -222,7 +301,9 @@ class Pilot:
                 return 0
             free = min(free, max_tasks - self.claimed)
         now = self.clock()
-        if free <= 0 or now < self.next_claim or not self.outage.may_try(now):
+        # Fewer than wanted means nothing more fits now; what is freed since may fit what did not.
+        waiting = now < self.next_claim and not (self.claim_fit and self.claim_fit.exceeds(self.short_fit))
+        if free <= 0 or waiting or not self.outage.may_try(now):
             return 0
         verdict = self.walltime.verdict(now)
         if verdict is not None:
@@ -250,6 +331,7 @@ class Pilot:
 
     def _give_back(self, lease: Lease, reason: str) -> None:
         """A claimed token this pilot will not start: back to todo, not charged."""
+        self.book.release(lease.token.id)
         folder = self.tasks.folder_for(lease.token.id, len(lease.token.attempts))
         self._deliver(lease, Result(Outcome.INTERRUPTED, reason, None, self.wallclock()), folder)
 
@@ -257,6 +339,7 @@ class Pilot:
 
     def _run(self, lease: Lease) -> None:
         token = lease.token
+        grant = self.book.grants[token.id]
         attempt_number = len(token.attempts)
         folder = self.tasks.folder_for(token.id, attempt_number)
         values = template.token_values(token.id, token.fields, self.cache_paths)
@@ -264,6 +347,7 @@ class Pilot:
         try:
             argv = [template.render(word, values) for word in self.config.task.command]
         except (template.MissingField, template.UnsafeValue) as err:
+            self.book.release(token.id)
             now = self.wallclock()
             self._report_now(lease, Result(Outcome.NOT_STARTED, str(err), now, now), folder)
             return
@@ -272,6 +356,7 @@ class Pilot:
             **template.task_environment(token.id, token.fields, self.cache_paths),
             "PILOT_TASK_DIR": folder,
             children.ENV: str(children.path_in(folder)),
+            **grant.environment(self.config.task.env),
         }
         if self.guard is not None:
             self.guard.start()  # once, before the first task: a pilot with nothing to do never needs one
@@ -286,8 +371,10 @@ class Pilot:
             clock=self.clock,
             wallclock=self.wallclock,
             folder_ready=folder_ready,
+            cpus=grant.cpus if self.book.node.bind else None,
         )
         if isinstance(started, Result):
+            self.book.release(token.id)
             self._report_now(lease, started, folder)
             return
         self.tasks.add(Running(lease, started))
@@ -304,6 +391,7 @@ class Pilot:
 
     def _report(self, running: Running, result: Result) -> None:
         """A task ended: report it with the tokens it added; claim its successor in the same round trip."""
+        self.book.release(running.lease.token.id)
         result, new = children.collect(result, running.payload.folder, running.lease.token)
         self._report_now(running.lease, result, running.payload.folder, claim=True, new=new)
 
@@ -332,13 +420,13 @@ class Pilot:
         report = replace(make_report(lease.token, result, self.config.task.max_attempts), children=new)
         wanted = self._claims_wanted() if claim else 0
         report, (saved, leases) = self.reporter.refusing(
-            lease, report, lambda sent: self.reporter.send(lease, sent, wanted)
+            lease, report, lambda sent: self.reporter.send(lease, sent, wanted, self.claim_fit)
         )
         if saved is not None:
             self._count(lease, report, saved)
         if wanted and saved is not None:
             self._claimed(wanted, leases)
-            self.claimed_early += leases  # started by the loop's next claim step
+            self.claimed_early += self._placed(leases)  # started by the loop's next claim step
         if result.outcome in (Outcome.DONE, Outcome.FAILED) and result.duration is not None:
             self.walltime.estimator.record(result.duration)
         self.tasks.tidy_folder(folder, report)
@@ -445,6 +533,8 @@ class Pilot:
         self.next_renewal = now + self.config.server.lease / 3
         held = [running.lease for running in self.running.values()]
         held += [suspect.lease for suspect in self.suspects.values()]
+        waiting = self.book.held
+        held += [waiting.item] if waiting is not None else []
         try:
             renewal = self.pool.renew(held)
         except ServerUnreachable as err:
@@ -452,10 +542,17 @@ class Pilot:
             return
         self.reporter.reachable()
         for lease in renewal.renewed:
-            holder = self.running.get(lease.token.id) or self.suspects[lease.token.id]
-            holder.lease = lease
+            holder = self.running.get(lease.token.id) or self.suspects.get(lease.token.id) or waiting
+            if holder is waiting:
+                waiting.item = lease  # type: ignore[union-attr]
+            else:
+                holder.lease = lease  # type: ignore[union-attr]
         for lease in renewal.lost:
             extra = {"token": lease.token.id}
+            if waiting is not None and waiting.item.token.id == lease.token.id:
+                self.book.drop_held()
+                log.warning("lease lost while it waited for room (token reset or taken)", extra=extra)
+                continue
             if self.suspects.pop(lease.token.id, None) is not None:
                 log.warning(
                     "lease lost while its failure was held back; the failure is not reported", extra=extra
@@ -534,7 +631,8 @@ class Pilot:
         if self.idle_since is None:
             return None
         if not self.locked_elsewhere:
-            return Ending(ExitCode.OK, "pool empty: nothing left to claim")
+            left = f"; {self.left_behind} todo token(s) left, none fits this node" if self.left_behind else ""
+            return Ending(ExitCode.OK, "pool empty: nothing left to claim" + left)
         waited = self.config.pilot.idle_timeout
         if self.clock() - self.idle_since < waited:
             return None
@@ -553,8 +651,10 @@ class Pilot:
                 wake.append(event)
         if self.running or self.suspects:  # held failures keep their leases too
             wake.append(self.next_renewal)
-        if not self.stopping and not self.draining and len(self.running) < self.config.pilot.slots:
+        if not self.stopping and not self.draining and self.book.fit(now, self._patience()) is not None:
             wake.append(self.next_claim)
+        if self.running and self.book.held is None:
+            wake.append(self.next_probe)
         if self.idle_since is not None:
             wake.append(self.idle_since + self.config.pilot.idle_timeout)
         if self.outage.down or len(self.journal):
@@ -597,7 +697,14 @@ class Pilot:
             self.config.pilot.slots,
             self.folder,
         )
+        for line in self.book.node.found:
+            log.info("node: %s", line)
         log.info("%s", self.walltime.describe(self.clock()))
+
+
+def probe_interval(patience: float) -> float:
+    """Seconds between looks for a token bigger than what is free: a few per expected task duration."""
+    return max(1.0, min(30.0, patience / 4))
 
 
 def _took(result: Result) -> str:

@@ -151,10 +151,21 @@ class Fit:
         cores, gpus, memory = self.needs(stored)
         return cores <= self.cores and gpus <= self.gpus and (self.memory is None or memory <= self.memory)
 
-    def after(self, taken: Sequence[Optional[Mapping[str, int]]]) -> Fit:
-        """What is left of this fit once ``taken`` were claimed."""
+    def exceeds(self, other: Optional[Fit]) -> bool:
+        """Whether this fit takes tokens ``other`` did not: more of something is free."""
+        if other is None:
+            return False
+        more_memory = self.memory is not None and other.memory is not None and self.memory > other.memory
+        return self.cores > other.cores or self.gpus > other.gpus or more_memory
+
+    def after(self, taken: Sequence[Mapping[str, Any]]) -> Fit:
+        """What is left of this fit once tokens with these fields were claimed."""
         cores, gpus, memory = self.cores, self.gpus, self.memory
-        for stored in taken:
+        for fields in taken:
+            try:
+                stored = stored_needs(fields)
+            except ValueError:
+                stored = None  # refused when placed
             need_cores, need_gpus, need_memory = self.needs(stored)
             cores, gpus = cores - need_cores, gpus - need_gpus
             memory = None if memory is None else memory - need_memory
@@ -202,6 +213,10 @@ class Node:
     def cores(self) -> int:
         return len(self.cpus)
 
+    def __str__(self) -> str:
+        memory = "memory not counted" if self.memory is None else format_size(self.memory)
+        return f"{self.cores} core(s), {len(self.gpus)} GPU(s), {memory}"
+
     def holds(self, request: Request) -> bool:
         """Whether the request could ever fit here, with everything free."""
         memory_ok = self.memory is None or request.memory <= self.memory
@@ -235,18 +250,25 @@ class Probe:
     run: Callable[[Sequence[str]], Optional[str]] = field(default=run_probe)
 
 
-def detect(spec: NodeSpec, environ: Mapping[str, str], probe: Optional[Probe] = None) -> Node:
-    """What this job may use, decided once at start. ResourceError when the declaration cannot be met."""
+def detect(spec: NodeSpec, environ: Mapping[str, str], probe: Optional[Probe] = None, slots: int = 1) -> Node:
+    """What this job may use, decided once at start. ResourceError when the declaration cannot be met.
+
+    With ``cores`` left at "auto" and more ``slots`` than the cores found, each slot is one core and
+    nothing is bound, as before pilots counted cores: pilot.slots keeps meaning tasks at once."""
     probe = probe or Probe()
     found: list[str] = []
     affinity = sorted(probe.affinity())
+    bind = spec.bind
     if spec.cores is not None:
         count = spec.cores
         found.append(f"cores: {count} (pilot.cores)")
     else:
         count, where = _auto_cores(affinity, environ, probe)
         found.append(f"cores: {count} ({where})")
-    if spec.bind:
+        if slots > count:
+            found[-1] = f"cores: {slots}, one per slot (pilot.slots {slots} > {count} found: {where})"
+            count, bind = slots, False
+    if bind:
         if count > len(affinity):
             raise ResourceError(
                 f"{count} cores, but this process may use only {len(affinity)} CPU(s) "
@@ -257,7 +279,7 @@ def detect(spec: NodeSpec, environ: Mapping[str, str], probe: Optional[Probe] = 
         found[-1] += f", bound to CPUs {format_cpus(cpus)}"
     else:
         cpus = tuple(range(count))
-        found[-1] += ", not bound (pilot.bind = false)"
+        found[-1] += ", not bound" + (" (pilot.bind = false)" if not spec.bind else "")
     if spec.gpus is not None:
         gpus, where = spec.gpus, "pilot.gpus"
     else:
@@ -268,7 +290,7 @@ def detect(spec: NodeSpec, environ: Mapping[str, str], probe: Optional[Probe] = 
     else:
         memory, where = _auto_memory(environ, probe)
     found.append(f"memory: {format_size(memory) if memory is not None else 'unknown'} ({where})")
-    return Node(cpus=cpus, gpus=tuple(gpus), memory=memory, bind=spec.bind, found=tuple(found))
+    return Node(cpus=cpus, gpus=tuple(gpus), memory=memory, bind=bind, found=tuple(found))
 
 
 def _auto_cores(affinity: Sequence[int], environ: Mapping[str, str], probe: Probe) -> tuple[int, str]:
@@ -379,6 +401,15 @@ class Grant:
         return env
 
 
+@dataclass(frozen=True)
+class Placed:
+    """Where a claimed token went: ``grant`` to run now; else held (no reason) or given back."""
+
+    grant: Optional[Grant]
+    reason: str = ""
+    charged: bool = False  # the token's own fault (a wrong field): a charged failure, not a give-back
+
+
 @dataclass
 class Held:
     """A claimed token that fits the node but not what is free: it starts first once it fits."""
@@ -469,15 +500,30 @@ class Book:
         if self.free_memory is not None:
             self.free_memory += grant.memory
 
-    def hold(self, item: Any, request: Request, now: float) -> None:
-        self.held = Held(item, request, now)
+    def place(self, key: str, fields: Mapping[str, Any], item: Any, now: float) -> Placed:
+        """A claimed token: granted what it asks, held for later, or to be given back (``reason``)."""
+        try:
+            request = request_of(fields, self.default)
+        except ValueError as err:
+            return Placed(None, f"not started: {err}", charged=True)
+        if not self.node.holds(request):
+            return Placed(None, f"not started: it asks {request}, more than this node has ({self.node})")
+        grant = self.grant(key, request)
+        if grant is not None:
+            return Placed(grant)
+        if self.held is None:
+            self.held = Held(item, request, now)
+            return Placed(None)
+        return Placed(None, "not started: it does not fit in what is free now")
 
-    def take_held(self) -> Optional[Any]:
-        """The held token, once it fits (the caller grants it at once)."""
-        if self.held is None or not self.fits(self.held.request):
+    def take_held(self, key: str) -> Optional[Any]:
+        """The held token, granted, once it fits."""
+        held = self.held
+        if held is None or not self.fits(held.request):
             return None
-        item, self.held = self.held.item, None
-        return item
+        self.held = None
+        self.grant(key, held.request)
+        return held.item
 
     def drop_held(self) -> Optional[Any]:
         item = None if self.held is None else self.held.item

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from agent.identity import random_prefix, unique_ids
-from agent.spawn import Process, spawn
+from agent.spawn import Process, pinned, spawn
 from agent.sweep import COOKIE_VARIABLE, sweep
 from agent.token import Outcome, Result
 from agent.units import format_duration
@@ -165,9 +165,10 @@ def start(
     clock: Callable[[], float] = time.monotonic,
     wallclock: Callable[[], float] = time.time,
     folder_ready: bool = False,
+    cpus: Optional[Sequence[int]] = None,
 ) -> Payload | Result:
     """Start the task in ``folder`` (created here unless ``folder_ready``) with stdout and stderr streamed
-    to files there.
+    to files there, bound to ``cpus`` when given.
 
     Returns a Payload, or a NOT_STARTED Result saying why the process could not start.
     """
@@ -187,7 +188,8 @@ def start(
         for name in ("stdout", "stderr"):
             outputs.append(os.open(os.path.join(folder, name), _OUTPUT_FLAGS, 0o644))
         stdio = (_devnull(), outputs[0], outputs[1])
-        process = spawn(argv, {**env, COOKIE_VARIABLE: cookie}, folder, stdio)
+        with pinned(cpus):
+            process = spawn(argv, {**env, COOKIE_VARIABLE: cookie}, folder, stdio)
     except OSError as error:
         _close(outputs)
         return Result(Outcome.NOT_STARTED, _start_failure(error, argv[0], folder), started, wallclock())

@@ -19,7 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Optional, Protocol
 
 # What Popen's restore_signals puts back to the default in the child: CPython ignores both.
@@ -142,6 +142,24 @@ def executable(program: str, env: Mapping[str, str]) -> str:
 
 
 _STATE: dict[str, int] = {}
+_OWN_CPUS: list[set[int]] = []  # the pilot's own CPU affinity, read once
+
+
+@contextlib.contextmanager
+def pinned(cpus: Optional[Collection[int]]) -> Iterator[None]:
+    """The pilot's thread bound to ``cpus`` while it starts a process, which inherits the binding (and
+    passes it on to its children): posix_spawn has no affinity attribute, and Popen's preexec_fn would
+    cost a fork. Two system calls; the pilot's own binding comes back after."""
+    if cpus is None:
+        yield
+        return
+    if not _OWN_CPUS:
+        _OWN_CPUS.append(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, _OWN_CPUS[0])
 
 
 def _posix_spawn_usable() -> bool:

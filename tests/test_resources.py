@@ -148,16 +148,16 @@ def test_slots_cap_tasks_at_once() -> None:
 def test_a_held_token_backfills_until_patience_then_blocks_until_it_fits() -> None:
     book = Book(node(4), Request(), slots=None)
     book.grant("small", Request(2, 2, 0, 0))
-    book.hold("big", Request(4, 4, 0, 0), now=100.0)
+    assert book.place("big", {"cores": 4}, "big-lease", now=100.0).grant is None
     fit = book.fit(100.0, patience=30.0)
     assert fit is not None and fit.cores == 2  # backfill beside the held token
-    assert book.take_held() is None
+    assert book.take_held("big") is None
     assert book.fit(129.0, 30.0) is not None and not book.blocking(129.0, 30.0)
     assert book.fit(130.0, 30.0) is None and book.blocking(130.0, 30.0)  # waited long enough: nothing else
     book.release("small")
     assert book.fit(131.0, 30.0) is None  # it fits now: its cores are kept for it
-    assert book.take_held() == "big"
-    assert book.grant("big", Request(4, 4, 0, 0)) is not None
+    assert book.take_held("big") == "big-lease"
+    assert book.grants["big"].cpus == (0, 1, 2, 3)
 
 
 def test_node_holds_only_what_could_ever_fit() -> None:
