@@ -234,9 +234,11 @@ def test_tokens_without_fields_ask_the_pilots_default(tmp_path: Path) -> None:
 
 
 def test_a_token_with_a_wrong_request_is_refused_naming_the_field(tmp_path: Path) -> None:
-    with pool_for(tmp_path / "p.db", "pilot-a", Clock()) as pool:
-        with pytest.raises(TokenError, match="bad.*field cores"):
-            pool.add([NewToken("bad", {"cores": "many"})])
+    with (
+        pool_for(tmp_path / "p.db", "pilot-a", Clock()) as pool,
+        pytest.raises(TokenError, match=r"bad.*field cores"),
+    ):
+        pool.add([NewToken("bad", {"cores": "many"})])
 
 
 def test_a_pool_made_before_resource_requests_is_migrated_in_place(tmp_path: Path) -> None:

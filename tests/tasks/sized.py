@@ -11,9 +11,17 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
-VARIABLES = ("PILOT_CORES", "PILOT_CPUS", "PILOT_GPUS", "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
-             "OMP_NUM_THREADS", "PILOT_MEMORY")
+VARIABLES = (
+    "PILOT_CORES",
+    "PILOT_CPUS",
+    "PILOT_GPUS",
+    "CUDA_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "PILOT_MEMORY",
+)
 
 
 def main() -> None:
@@ -27,10 +35,10 @@ def main() -> None:
         "affinity": sorted(os.sched_getaffinity(0)),
         "env": {name: os.environ.get(name) for name in VARIABLES},
     }
-    path = os.path.join(folder, f"{token_id}.{os.getpid()}.json")
-    with open(path + ".tmp", "w") as file:
-        json.dump(record, file)
-    os.rename(path + ".tmp", path)
+    path = Path(folder) / f"{token_id}.{os.getpid()}.json"
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record))
+    temporary.rename(path)
 
 
 if __name__ == "__main__":
