@@ -19,6 +19,7 @@ from agent.errors import CERTIFICATE_FAILED, ExitCode, PilotError, ServerUnreach
 from agent.guard import Guard
 from agent.identity import Identity
 from agent.journal import Journal
+from agent.memory import MemoryWatch
 from agent.outage import Outage
 from agent.pools import Lease, Pool, Saved
 from agent.reporter import Reporter
@@ -27,7 +28,7 @@ from agent.runner import Stop
 from agent.signals import Signals
 from agent.tasks import Running, Tasks
 from agent.token import NewToken, Outcome, Report, Result, State, make_report
-from agent.units import format_duration
+from agent.units import format_duration, format_size
 from agent.walltime import TOKEN_ESTIMATE, Walltime, token_estimate
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class Pilot:
         self.short_fit: Optional[Fit] = None  # what the last claim that came back short could take
         self.next_probe = 0.0  # when to look for a token bigger than what is free (see _probe)
         self.left_behind: Optional[int] = None  # todo tokens none fits, counted once when idle
+        self.memory_watch = MemoryWatch(config.task.enforce_memory)
         self.outage = Outage(config.server.max_outage)
         self.journal = Journal(config.pilot.workdir / "journal", identity.pilot_id)
         self.reporter = Reporter(pool, self.journal, self.outage, clock, self._children_refused)
@@ -151,6 +153,7 @@ class Pilot:
                     self._heed_signals()  # before reaping: a task killed along with us is interrupted
                     for running, result in self._finished():
                         self._report(running, result)
+                    self._enforce_memory()
                     if self.guard is not None:
                         self.guard.check()
                     self._heed_suspects()
@@ -314,15 +317,19 @@ class Pilot:
     # -- walltime: a token's own estimate -----------------------------------------------------------
 
     def _fits(self, lease: Lease) -> bool:
-        """False for a token whose own estimate (field ``expected_duration``) does not fit before the job's
-        end: it goes back to todo uncharged, for a pilot with more time, and this pilot drains."""
+        """False for a token whose own estimate (field ``expected_duration``), else what tasks of its size
+        took here, does not fit before the job's end: it goes back to todo uncharged, for a pilot with
+        more time, and this pilot drains."""
         token = lease.token
         try:
             estimate = token_estimate(token.fields)
         except ValueError as err:
             log.warning("ignoring the token's %s: %s", TOKEN_ESTIMATE, err, extra={"token": token.id})
             return True
-        verdict = None if estimate is None else self.walltime.verdict(self.clock(), estimate, TOKEN_ESTIMATE)
+        basis = TOKEN_ESTIMATE
+        if estimate is None:  # tasks of its size may have been measured
+            estimate, basis = self.walltime.size_estimate(len(self.book.grants[token.id].cpus)) or (None, "")
+        verdict = None if estimate is None else self.walltime.verdict(self.clock(), estimate, basis)
         if verdict is None:
             return True
         self._give_back(lease, f"not started: {verdict}")
@@ -372,6 +379,8 @@ class Pilot:
             wallclock=self.wallclock,
             folder_ready=folder_ready,
             cpus=grant.cpus if self.book.node.bind else None,
+            cores=len(grant.cpus),
+            memory=grant.memory,
         )
         if isinstance(started, Result):
             self.book.release(token.id)
@@ -386,6 +395,22 @@ class Pilot:
         if done and not self.running:
             self.next_claim = 0.0  # idle now: look at the pool again before deciding it is empty
         return done
+
+    def _enforce_memory(self) -> None:
+        """With task.enforce_memory, a task whose processes hold more than it asked for is killed at once
+        (KILL: a TERM's grace would leave the node's OOM killer time to act first)."""
+        asked = self.tasks.memory_requests()
+        over = self.memory_watch.over(self.clock(), asked)
+        for running in self.tasks:
+            held = over.get(running.payload.pid)
+            if held is None:
+                continue
+            reason = (
+                f"memory: {format_size(held)} resident, over its request of "
+                f"{format_size(asked[running.payload.pid])}; killed (task.enforce_memory)"
+            )
+            log.warning("%s", reason, extra={"token": running.lease.token.id})
+            running.payload.kill_now(Stop(Outcome.MEMORY, reason))
 
     # -- report ------------------------------------------------------------------------------------
 
@@ -428,7 +453,7 @@ class Pilot:
             self._claimed(wanted, leases)
             self.claimed_early += self._placed(leases)  # started by the loop's next claim step
         if result.outcome in (Outcome.DONE, Outcome.FAILED) and result.duration is not None:
-            self.walltime.estimator.record(result.duration)
+            self.walltime.record(result.duration, result.cores)
         self.tasks.tidy_folder(folder, report)
 
     def _children_refused(self, lease: Lease, report: Report, err: PilotError) -> Report:
@@ -661,6 +686,9 @@ class Pilot:
             wake.append(self.outage.next_try)
         if self.breaker.streak:
             wake.append(self.breaker.streak[0][1] + self.breaker.window)
+        look = self.memory_watch.due(now, bool(self.tasks.memory_requests()))
+        if look is not None:
+            wake.append(look)
         if self.tasks.sweep_due is not None:
             wake.append(self.tasks.sweep_due)
         return max(0.0, min(wake) - now)

@@ -27,7 +27,7 @@ from agent.identity import random_prefix, unique_ids
 from agent.spawn import Process, pinned, spawn
 from agent.sweep import COOKIE_VARIABLE, sweep
 from agent.token import Outcome, Result
-from agent.units import format_duration
+from agent.units import format_duration, format_size
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 log = logging.getLogger(__name__)
@@ -56,8 +56,12 @@ class Payload:
         timeout: Optional[float],
         kill_grace: float,
         clock: Callable[[], float],
+        cores: Optional[int] = None,
+        memory: int = 0,
     ) -> None:
         self.token_id = token_id
+        self.cores = cores  # given to it, for the record
+        self.memory = memory  # bytes it asked for; 0: none
         self.process = process
         self.folder = folder
         self.outputs = outputs  # open stdout and stderr files, closed by finish()
@@ -130,6 +134,10 @@ class Payload:
         outcome, reason, code, sig = self._classify()
         stdout_tail, stderr_tail = (read_tail(fd, tail_bytes) for fd in self.outputs)
         _close(self.outputs)
+        usage = self.process.usage
+        max_rss = None if usage is None else usage.ru_maxrss * 1024  # Linux counts KiB
+        if self.memory and max_rss is not None and max_rss > self.memory and outcome is not Outcome.MEMORY:
+            reason += f"; peak RSS {format_size(max_rss)}, over its memory request {format_size(self.memory)}"
         return Result(
             outcome=outcome,
             reason=reason,
@@ -139,6 +147,10 @@ class Payload:
             signal=sig,
             stdout_tail=stdout_tail,
             stderr_tail=stderr_tail,
+            cores=self.cores,
+            cpu_user=None if usage is None else round(usage.ru_utime, 3),
+            cpu_system=None if usage is None else round(usage.ru_stime, 3),
+            max_rss=max_rss,
         )
 
     def _classify(self) -> tuple[Outcome, str, Optional[int], Optional[int]]:
@@ -166,6 +178,8 @@ def start(
     wallclock: Callable[[], float] = time.time,
     folder_ready: bool = False,
     cpus: Optional[Sequence[int]] = None,
+    cores: Optional[int] = None,
+    memory: int = 0,
 ) -> Payload | Result:
     """Start the task in ``folder`` (created here unless ``folder_ready``) with stdout and stderr streamed
     to files there, bound to ``cpus`` when given.
@@ -203,6 +217,8 @@ def start(
         timeout=timeout,
         kill_grace=kill_grace,
         clock=clock,
+        cores=cores,
+        memory=memory,
     )
 
 
