@@ -1,6 +1,6 @@
 """A task that holds MB mebibytes (touched, so resident), burns CPU_SECONDS of CPU, then sleeps.
 
-    burn.py MB CPU_SECONDS [SLEEP_SECONDS]
+burn.py MB CPU_SECONDS [SLEEP_SECONDS]
 """
 
 from __future__ import annotations
