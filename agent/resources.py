@@ -137,6 +137,7 @@ class Fit:
     memory: Optional[int]  # bytes; None: memory is not counted on this node
     default: Request
     tasks: int = 1
+    largest_first: bool = False  # pick the biggest of the candidates first (a probe for held tokens)
 
     def needs(self, stored: Optional[Mapping[str, int]]) -> tuple[int, int, int]:
         stored = stored or {}
@@ -176,7 +177,10 @@ class Fit:
         nothing more fits. A smaller token behind one that does not fit is taken (backfill)."""
         cores, gpus, memory = self.cores, self.gpus, self.memory
         taken: list[int] = []
-        for index, stored in enumerate(candidates):
+        order = list(enumerate(candidates))
+        if self.largest_first:
+            order.sort(key=lambda item: -self.needs(item[1])[0])
+        for index, stored in order:
             if len(taken) >= self.tasks or cores < 1:
                 break
             need_cores, need_gpus, need_memory = self.needs(stored)
@@ -185,7 +189,7 @@ class Fit:
             taken.append(index)
             cores, gpus = cores - need_cores, gpus - need_gpus
             memory = None if memory is None else memory - need_memory
-        return taken
+        return sorted(taken)
 
 
 # -- what the node has ---------------------------------------------------------------------------------
@@ -461,9 +465,11 @@ class Book:
             return None
         return Fit(cores=cores, gpus=gpus, memory=memory, default=self.default, tasks=tasks)
 
-    def node_fit(self, tasks: int = 1) -> Fit:
-        """Tokens that could ever run here."""
-        return Fit(len(self.node.cpus), len(self.node.gpus), self.node.memory, self.default, tasks)
+    def node_fit(self) -> Fit:
+        """One token that could ever run here, the biggest of those a backend looks at (a backend that
+        hands tokens out in order, as the local pool does, gives the oldest)."""
+        node = self.node
+        return Fit(len(node.cpus), len(node.gpus), node.memory, self.default, tasks=1, largest_first=True)
 
     def blocking(self, now: float, patience: float) -> bool:
         """Whether a held token has waited long enough to stop others from starting."""

@@ -110,6 +110,8 @@ def test_fit_picks_first_fit_together_within_the_free_resources() -> None:
     assert fit.pick(candidates) == [0, 2, 3]  # 2 + 1 + 1 cores; the second GPU token would need a GPU
     assert Fit(cores=4, gpus=0, memory=None, default=Request(), tasks=2).pick([None] * 4) == [0, 1]
     assert not fit.admits({"cores": 5})
+    biggest = Fit(cores=4, gpus=0, memory=None, default=Request(), tasks=1, largest_first=True)
+    assert biggest.pick([None, {"cores": 3}, {"cores": 4}, {"cores": 2}]) == [2]
     assert Fit(4, 0, 100, Request()).admits({"memory": 100}) and not Fit(4, 0, 100, Request()).admits(
         {"memory": 101}
     )
