@@ -9,9 +9,19 @@ its request per sample can pass it by that much before it is killed.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Collection
-from typing import Optional
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Optional
+
+from agent.runner import Stop
+from agent.token import Outcome
+from agent.units import format_size
+
+if TYPE_CHECKING:
+    from agent.runner import Payload
+
+log = logging.getLogger(__name__)
 
 SAMPLE = 0.25  # seconds between looks
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -48,9 +58,26 @@ class MemoryWatch:
         self.enabled = enabled
         self.next_look = 0.0
 
-    def due(self, now: float, watched: bool) -> Optional[float]:
+    def due(self, now: float, tasks: Sequence[Payload]) -> Optional[float]:
         """The next time to look, when enforcement is on and a task with a request runs."""
-        return self.next_look if self.enabled and watched else None
+        return self.next_look if self.enabled and any(task.memory for task in tasks) else None
+
+    def enforce(self, now: float, tasks: Sequence[Payload]) -> None:
+        """Kill, at once, the tasks whose processes hold more than they asked for (KILL: a TERM's grace
+        would leave the node's OOM killer time to act first)."""
+        if not self.enabled:
+            return
+        over = self.over(now, {task.pid: task.memory for task in tasks if task.memory})
+        for task in tasks:
+            held = over.get(task.pid)
+            if held is None:
+                continue
+            reason = (
+                f"memory: {format_size(held)} resident, over its request of {format_size(task.memory)}; "
+                "killed (task.enforce_memory)"
+            )
+            log.warning("%s", reason, extra={"token": task.token_id})
+            task.kill_now(Stop(Outcome.MEMORY, reason))
 
     def over(self, now: float, requests: dict[int, int], proc: str = "/proc") -> dict[int, int]:
         """Process groups over their request (group: bytes it asks), with what they hold; {} when

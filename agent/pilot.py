@@ -28,7 +28,7 @@ from agent.runner import Stop
 from agent.signals import Signals
 from agent.tasks import Running, Tasks
 from agent.token import NewToken, Outcome, Report, Result, State, make_report
-from agent.units import format_duration, format_size
+from agent.units import format_duration
 from agent.walltime import TOKEN_ESTIMATE, Walltime, token_estimate
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class Pilot:
                     self._heed_signals()  # before reaping: a task killed along with us is interrupted
                     for running, result in self._finished():
                         self._report(running, result)
-                    self._enforce_memory()
+                    self.memory_watch.enforce(self.clock(), [task.payload for task in self.tasks])
                     if self.guard is not None:
                         self.guard.check()
                     self._heed_suspects()
@@ -220,7 +220,7 @@ class Pilot:
             elif placed.reason:
                 self._give_back(lease, placed.reason)
             elif log.isEnabledFor(logging.INFO):
-                log.info("held until it fits: %s", self.book.held.request, extra={"token": token.id})  # type: ignore[union-attr]
+                log.info("held until it fits: %s", placed.request, extra={"token": token.id})
         return ready
 
     def _patience(self) -> float:
@@ -396,22 +396,6 @@ class Pilot:
             self.next_claim = 0.0  # idle now: look at the pool again before deciding it is empty
         return done
 
-    def _enforce_memory(self) -> None:
-        """With task.enforce_memory, a task whose processes hold more than it asked for is killed at once
-        (KILL: a TERM's grace would leave the node's OOM killer time to act first)."""
-        asked = self.tasks.memory_requests()
-        over = self.memory_watch.over(self.clock(), asked)
-        for running in self.tasks:
-            held = over.get(running.payload.pid)
-            if held is None:
-                continue
-            reason = (
-                f"memory: {format_size(held)} resident, over its request of "
-                f"{format_size(asked[running.payload.pid])}; killed (task.enforce_memory)"
-            )
-            log.warning("%s", reason, extra={"token": running.lease.token.id})
-            running.payload.kill_now(Stop(Outcome.MEMORY, reason))
-
     # -- report ------------------------------------------------------------------------------------
 
     def _report(self, running: Running, result: Result) -> None:
@@ -567,11 +551,11 @@ class Pilot:
             return
         self.reporter.reachable()
         for lease in renewal.renewed:
-            holder = self.running.get(lease.token.id) or self.suspects.get(lease.token.id) or waiting
-            if holder is waiting:
-                waiting.item = lease  # type: ignore[union-attr]
-            else:
-                holder.lease = lease  # type: ignore[union-attr]
+            if waiting is not None and waiting.item.token.id == lease.token.id:
+                waiting.item = lease
+                continue
+            holder = self.running.get(lease.token.id) or self.suspects[lease.token.id]
+            holder.lease = lease
         for lease in renewal.lost:
             extra = {"token": lease.token.id}
             if waiting is not None and waiting.item.token.id == lease.token.id:
@@ -686,7 +670,7 @@ class Pilot:
             wake.append(self.outage.next_try)
         if self.breaker.streak:
             wake.append(self.breaker.streak[0][1] + self.breaker.window)
-        look = self.memory_watch.due(now, bool(self.tasks.memory_requests()))
+        look = self.memory_watch.due(now, [task.payload for task in self.tasks])
         if look is not None:
             wake.append(look)
         if self.tasks.sweep_due is not None:

@@ -412,6 +412,7 @@ class Placed:
     grant: Optional[Grant]
     reason: str = ""
     charged: bool = False  # the token's own fault (a wrong field): a charged failure, not a give-back
+    request: Optional[Request] = None
 
 
 @dataclass
@@ -519,7 +520,7 @@ class Book:
             return Placed(grant)
         if self.held is None:
             self.held = Held(item, request, now)
-            return Placed(None)
+            return Placed(None, request=request)
         return Placed(None, "not started: it does not fit in what is free now")
 
     def take_held(self, key: str) -> Optional[Any]:

@@ -45,12 +45,6 @@ class Tasks:
     def add(self, running: Running) -> None:
         self.running[running.lease.token.id] = running
 
-    def memory_requests(self) -> dict[int, int]:
-        """Process group: bytes asked, of the running tasks that asked for memory."""
-        return {
-            task.payload.pid: task.payload.memory for task in self.running.values() if task.payload.memory
-        }
-
     def folder_for(self, token_id: str, attempt: int) -> str:
         return runner.task_folder(self.folder, token_id, attempt)
 

@@ -42,8 +42,7 @@ def test_the_watch_looks_every_sample_and_names_the_groups_over() -> None:
         assert watch.over(now + SAMPLE / 2, {process.pid: 10 * 2**20}) == {}  # not due yet
         assert watch.over(now + SAMPLE, {process.pid: 500 * 2**20}) == {}
         assert MemoryWatch(enabled=False).over(now, {process.pid: 1}) == {}
-        assert watch.due(now, watched=True) == now + 2 * SAMPLE
-        assert watch.due(now, watched=False) is None
+        assert watch.next_look == now + 2 * SAMPLE
     finally:
         process.kill()
         process.wait()
