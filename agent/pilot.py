@@ -175,8 +175,10 @@ class Pilot:
         if self.claimed_early:
             return self._early_claims()
         wanted = self._claims_wanted()
-        leases = self._claim_from_pool(wanted, self.claim_fit) if wanted else []
-        return leases + self._probe()
+        if not wanted:
+            return []
+        leases = self._probe(wanted)
+        return leases + self._claim_from_pool(wanted, self.claim_fit)
 
     def _claim_from_pool(self, wanted: int, fit: Optional[Fit]) -> list[Lease]:
         try:
@@ -188,17 +190,18 @@ class Pilot:
         self._claimed(wanted, leases)
         return self._placed(leases)
 
-    def _probe(self) -> list[Lease]:
-        """Now and then, while tasks run, claim the first token that fits the node, free or not: one that
-        does not fit what is free is held until it does, so big tokens are not passed over for ever."""
+    def _probe(self, wanted: int) -> list[Lease]:
+        """Now and then, while tasks run and some cores are free, claim a token that fits the node but not
+        what is free: it is held until it fits, so claims of what fits now do not pass it over for ever.
+        Called where a claim is about to be made (walltime, max_tasks and the like allow one)."""
         now = self.clock()
-        if self.book.held is not None or not self.running or now < self.next_probe or self._claims_stopped():
+        fit = self.book.probe_fit(now, self._patience()) if now >= self.next_probe else None
+        max_tasks = self.config.pilot.max_tasks
+        if fit is None or (max_tasks and self.claimed + wanted >= max_tasks):
             return []
         self.next_probe = now + probe_interval(self._patience())
-        if self.config.pilot.max_tasks and self.claimed >= self.config.pilot.max_tasks:
-            return []
         try:
-            leases = self.pool.claim(1, self.book.node_fit())
+            leases = self.pool.claim(1, fit)
         except ServerUnreachable as err:
             self.reporter.unreachable(err)
             return []
@@ -428,6 +431,9 @@ class Pilot:
     ) -> None:
         report = replace(make_report(lease.token, result, self.config.task.max_attempts), children=new)
         wanted = self._claims_wanted() if claim else 0
+        if wanted:
+            self.claimed_early += self._probe(wanted)
+            self.claim_fit = self.book.fit(self.clock(), self._patience())  # what the held one leaves
         report, (saved, leases) = self.reporter.refusing(
             lease, report, lambda sent: self.reporter.send(lease, sent, wanted, self.claim_fit)
         )
@@ -662,7 +668,7 @@ class Pilot:
             wake.append(self.next_renewal)
         if not self.stopping and not self.draining and self.book.fit(now, self._patience()) is not None:
             wake.append(self.next_claim)
-        if self.running and self.book.held is None:
+        if self.running and self.book.held is None and self.book.fit(now, self._patience()) is not None:
             wake.append(self.next_probe)
         if self.idle_since is not None:
             wake.append(self.idle_since + self.config.pilot.idle_timeout)

@@ -18,7 +18,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -138,6 +138,7 @@ class Fit:
     default: Request
     tasks: int = 1
     largest_first: bool = False  # pick the biggest of the candidates first (a probe for held tokens)
+    beyond: Optional[Fit] = None  # only tokens that do not fit in this (bigger than what is free)
 
     def needs(self, stored: Optional[Mapping[str, int]]) -> tuple[int, int, int]:
         stored = stored or {}
@@ -150,7 +151,8 @@ class Fit:
     def admits(self, stored: Optional[Mapping[str, int]]) -> bool:
         """For a token's ``stored_needs``: whether it fits alone."""
         cores, gpus, memory = self.needs(stored)
-        return cores <= self.cores and gpus <= self.gpus and (self.memory is None or memory <= self.memory)
+        fits = cores <= self.cores and gpus <= self.gpus and (self.memory is None or memory <= self.memory)
+        return fits and (self.beyond is None or not self.beyond.admits(stored))
 
     def exceeds(self, other: Optional[Fit]) -> bool:
         """Whether this fit takes tokens ``other`` did not: more of something is free."""
@@ -170,7 +172,7 @@ class Fit:
             need_cores, need_gpus, need_memory = self.needs(stored)
             cores, gpus = cores - need_cores, gpus - need_gpus
             memory = None if memory is None else memory - need_memory
-        return Fit(cores, gpus, memory, self.default, self.tasks - len(taken))
+        return replace(self, cores=cores, gpus=gpus, memory=memory, tasks=self.tasks - len(taken))
 
     def pick(self, candidates: Sequence[Optional[Mapping[str, int]]]) -> list[int]:
         """Which of the candidates (in claim order) to take: first fit, until ``tasks`` are taken or
@@ -183,6 +185,8 @@ class Fit:
         for index, stored in order:
             if len(taken) >= self.tasks or cores < 1:
                 break
+            if self.beyond is not None and self.beyond.admits(stored):
+                continue
             need_cores, need_gpus, need_memory = self.needs(stored)
             if need_cores > cores or need_gpus > gpus or (memory is not None and need_memory > memory):
                 continue
@@ -466,11 +470,17 @@ class Book:
             return None
         return Fit(cores=cores, gpus=gpus, memory=memory, default=self.default, tasks=tasks)
 
-    def node_fit(self) -> Fit:
-        """One token that could ever run here, the biggest of those a backend looks at (a backend that
-        hands tokens out in order, as the local pool does, gives the oldest)."""
+    def probe_fit(self, now: float, patience: float) -> Optional[Fit]:
+        """What a probe for a token bigger than what is free may take: one token that fits the node but
+        not ``fit`` (the biggest of those a backend looks at; the local pool gives the oldest). None when
+        there is no point: a token is held already, or nothing is free (every token is bigger then)."""
+        free = self.fit(now, patience)
+        if self.held is not None or free is None or not self.grants:
+            return None
         node = self.node
-        return Fit(len(node.cpus), len(node.gpus), node.memory, self.default, tasks=1, largest_first=True)
+        return Fit(
+            len(node.cpus), len(node.gpus), node.memory, self.default, 1, largest_first=True, beyond=free
+        )
 
     def blocking(self, now: float, patience: float) -> bool:
         """Whether a held token has waited long enough to stop others from starting."""

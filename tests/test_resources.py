@@ -172,3 +172,15 @@ def test_node_holds_only_what_could_ever_fit() -> None:
 def test_format_cpus_writes_ranges() -> None:
     assert format_cpus([3, 0, 1, 2, 8, 10, 11]) == "0-3,8,10-11"
     assert format_cpus([]) == ""
+
+
+def test_a_probe_looks_for_one_token_bigger_than_what_is_free_only_while_tasks_run() -> None:
+    book = Book(node(4), Request(), slots=None)
+    assert book.probe_fit(0.0, 60.0) is None  # everything free: a bigger token is bigger than the node
+    book.grant("a", Request(3, 3, 0, 0))
+    probe = book.probe_fit(0.0, 60.0)
+    assert probe is not None and probe.cores == 4 and probe.tasks == 1
+    assert probe.pick([{"cores": 1}, {"cores": 2}, {"cores": 5}]) == [1]  # fits the node, not the free core
+    assert probe.after([]).pick([{"cores": 1}, {"cores": 2}]) == [1]  # what is left is still a probe
+    book.grant("b", Request())
+    assert book.probe_fit(0.0, 60.0) is None  # nothing free: every token would be bigger

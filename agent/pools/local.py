@@ -669,8 +669,16 @@ def _fit_condition(fit: Optional[Fit]) -> tuple[str, tuple[int, ...]]:
     asks the pilot's default."""
     if fit is None:
         return "", ()
+    text, values = _fits(fit)
+    if fit.beyond is not None:  # and not in what is free: a probe for a token to hold
+        beyond, more = _fits(fit.beyond)
+        text, values = f"{text} AND NOT ({beyond})", (*values, *more)
+    return f" AND {text}", values
+
+
+def _fits(fit: Fit) -> tuple[str, tuple[int, ...]]:
     default = fit.default
-    text = " AND coalesce(need_cores, ?) <= ? AND coalesce(need_gpus, ?) <= ?"
+    text = "coalesce(need_cores, ?) <= ? AND coalesce(need_gpus, ?) <= ?"
     values: tuple[int, ...] = (default.cores, fit.cores, default.gpus, fit.gpus)
     if fit.memory is not None:
         text += " AND coalesce(need_memory, ?) <= ?"

@@ -47,7 +47,7 @@ def test_a_token_too_big_stays_todo_unclaimed_couchdb(
 
 
 def test_a_whole_node_token_is_not_starved_couchdb(site: Site, pouchdb: PouchDBServer, couch_db: str) -> None:
-    ones = [{"id": f"one-{i:03d}", "cores": 1, "seconds": round(0.2 + 0.07 * (i % 5), 2)} for i in range(40)]
+    ones = [{"id": f"one-{i:03d}", "cores": 1, "seconds": round(0.2 + 0.07 * (i % 5), 2)} for i in range(60)]
     tokens = [
         {"id": "a-whole", "cores": 4, "seconds": 0.2},
         *ones,
@@ -61,6 +61,7 @@ def test_a_whole_node_token_is_not_starved_couchdb(site: Site, pouchdb: PouchDBS
         walltime={"expected": "1s"},
     )
     done = site.run("run", timeout=300)
+    (site.folder / "pilot.log").write_text(done.stderr)
     assert done.returncode == 0, done.stderr[-3000:]
     ran = read_records(records)
     check_packing(ran, tokens, 4, bound=False)

@@ -226,6 +226,14 @@ def test_claims_take_only_tokens_that_fit_together(tmp_path: Path) -> None:
         assert [lease.token.id for lease in pool.claim(10, fit(2, 1, 3 * 10**9))] == ["gpu", "mem"]
 
 
+def test_a_probe_takes_the_oldest_token_that_fits_the_node_but_not_what_is_free(tmp_path: Path) -> None:
+    with pool_for(tmp_path / "p.db", "pilot-a", Clock()) as pool:
+        pool.add([NewToken("one", {}), NewToken("too-big", {"cores": 9}), NewToken("four", {"cores": 4})])
+        probe = Fit(8, 0, None, Request(), 1, beyond=fit(2))
+        assert [lease.token.id for lease in pool.claim(1, probe)] == ["four"]
+        assert pool.claim(1, probe) == []
+
+
 def test_tokens_without_fields_ask_the_pilots_default(tmp_path: Path) -> None:
     with pool_for(tmp_path / "p.db", "pilot-a", Clock()) as pool:
         pool.add([NewToken("plain", {}), NewToken("one", {"cores": 1})])
