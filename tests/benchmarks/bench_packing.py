@@ -25,7 +25,7 @@ from typing import Any, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ensure_pyz, report
 from conftest import to_toml
-from references import QCG_SERVICE
+from references import QCG_SERVICE, qcg_report, qcg_service
 
 CORES = 8
 SIZES = (1, 2, 4, 8)
@@ -86,23 +86,8 @@ def qcg_side(folder: Path, tokens: list[dict[str, Any]]) -> Optional[float]:
         {"request": "submit", "jobs": jobs},
         {"request": "control", "command": "finishAfterAllTasksDone"},
     ]
-    (folder / "reqs.json").write_text(json.dumps(requests))
-    argv = [str(QCG_SERVICE), "--file-path", "reqs.json", "--nodes", str(CORES), "--log", "warning"]
-    start = time.perf_counter()
-    subprocess.run(
-        [*argv, "--wd", str(folder)],
-        cwd=folder,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    took = time.perf_counter() - start
-    states = [
-        json.loads(line).get("state")
-        for report_file in folder.glob(".qcgpjm-service-*/jobs.report")
-        for line in report_file.read_text().splitlines()
-        if line.startswith("{")
-    ]
+    took = qcg_service(folder, requests, CORES)
+    states = [record.get("state") for record in qcg_report(folder)]
     succeeded = states.count("SUCCEED")
     if succeeded != len(tokens):
         raise SystemExit(f"QCG-PilotJob: {succeeded} of {len(tokens)} jobs succeeded")
