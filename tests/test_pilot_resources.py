@@ -140,7 +140,7 @@ def test_memory_enforcement_kills_the_task_over_its_request_and_nothing_else(sit
     attempt = rows["over"]["attempts"][-1]
     assert attempt["outcome"] == "memory"
     assert attempt["reason"].startswith("memory: ") and "over its request of 114.4MiB" in attempt["reason"]
-    assert attempt["max_rss"] < 400 * 2**20  # killed on the way up, before it held it all
+    assert attempt["ended"] - attempt["started"] < 4  # killed within its 5 s, not at its end
     assert "token=over WARNING memory:" in log
 
 

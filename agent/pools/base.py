@@ -262,3 +262,8 @@ def _last_end(token: Token) -> Optional[float]:
 
 def missing_id(token_id: str, where: str) -> TokenError:
     return TokenError(token_id, f"not in the pool {where}; nothing was deleted")
+
+
+def fit_left(fit: Optional[Fit], leases: Sequence[Lease]) -> Optional[Fit]:
+    """What is left of a claim's ``fit`` once these leases were claimed (None: no fit)."""
+    return None if fit is None else fit.after([lease.token.fields for lease in leases])

@@ -35,7 +35,18 @@ from agent.errors import DuplicateToken, PoolError, ServerUnreachable, TokenErro
 from agent.http import HttpClient, Response
 from agent.identity import Identity
 from agent.pools import picas
-from agent.pools.base import Counts, Lease, Listed, NewToken, Pool, ReasonCount, Renewal, Saved, missing_id
+from agent.pools.base import (
+    Counts,
+    Lease,
+    Listed,
+    NewToken,
+    Pool,
+    ReasonCount,
+    Renewal,
+    Saved,
+    fit_left,
+    missing_id,
+)
 from agent.resources import Fit, stored_needs
 from agent.token import Attempt, Outcome, Report, Result, State, Token
 
@@ -255,11 +266,11 @@ class CouchDBPool(Pool):
         leases = self._settle_uncertain(n, now) if self.uncertain else []
         scanned = False
         if self._lease_scan_due(now):
-            leases += self._claim_expired(n, now, _left(fit, leases))
+            leases += self._claim_expired(n, now, fit_left(fit, leases))
             scanned = True
         conflict_rounds = 0
         while len(leases) < n:
-            left = _left(fit, leases)
+            left = fit_left(fit, leases)
             if left is not None and left.tasks < 1:
                 break
             docs = self._candidates(n - len(leases), left)
@@ -622,7 +633,7 @@ class CouchDBPool(Pool):
         if len(leases) < n:  # others took them first: go on as claim() does, past conflicts
             # If the server went away just now, the report is in; the pilot's next claim finds out.
             with contextlib.suppress(ServerUnreachable):
-                left = _left(fit, leases)
+                left = fit_left(fit, leases)
                 if left is None or left.tasks > 0:
                     leases += self.claim(n - len(leases), left)
         return saved, leases
@@ -1141,11 +1152,6 @@ def _needs(fields: Mapping[str, Any]) -> Optional[dict[str, int]]:
         return stored_needs(fields)
     except ValueError:
         return None
-
-
-def _left(fit: Optional[Fit], leases: Sequence[Lease]) -> Optional[Fit]:
-    """What is left of ``fit`` once these leases were claimed."""
-    return None if fit is None else fit.after([lease.token.fields for lease in leases])
 
 
 def _reason(response: Response) -> str:
