@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Optional, TypeVar
 
 import click
 
@@ -222,7 +222,7 @@ def tokens_add(
     only: Optional[str],
 ) -> None:
     """Add tokens to the pool (created if missing). Ids are <prefix>-<line number> unless given, so adding
-    the same file twice is refused instead of doubling the work.
+    the same file twice is refused (local pool) or adds nothing more (CouchDB) instead of doubling the work.
 
     \b
     Examples:
@@ -236,23 +236,42 @@ def tokens_add(
     chosen = [option for option in (lines_file, jsonl_file, count) if option is not None]
     if len(chosen) != 1:
         raise UsageError("give exactly one of --lines FILE, --jsonl FILE or --range N")
+    # Streamed: the input is read as the pool writes it, a batch at a time, so memory stays flat
+    # whatever its size. Files are opened before the pool, so a missing one leaves the pool untouched.
+    new: Iterator[NewToken]
     if count is not None:
         prefix, hint = prefix or "range", IDS_FROM_RANGE
-        new = [NewToken(f"{prefix}-{i}", {"input": i}) for i in range(count)]
+        new = (NewToken(f"{prefix}-{i}", {"input": i}) for i in range(count))
     elif lines_file is not None:
         prefix, hint = prefix or _stem(lines_file), IDS_FROM_FILE
-        new = list(_from_lines(lines_file, prefix))
+        new = _from_lines(lines_file, prefix)
     else:
         assert jsonl_file is not None
         prefix, hint = prefix or _stem(jsonl_file), IDS_FROM_FILE
-        new = list(_from_jsonl(jsonl_file, prefix))
+        new = _from_jsonl(jsonl_file, prefix)
     config = ctx.config()
+    given = _Counted(new)
     with ctx.pool(config, create=True, only=only) as pool:
         try:
-            added = pool.add(new)
+            added = pool.add(given)
         except DuplicateToken as err:
             raise err.explained(_id_origin(err.token_id, prefix, hint)) from None
-    click.echo(f"added {added} tokens to {pool.where}")
+    skipped = given.count - added
+    same = f" ({skipped} already there with the same fields, skipped)" if skipped else ""
+    click.echo(f"added {added} tokens to {pool.where}{same}")
+
+
+class _Counted:
+    """The tokens given to the pool, counted as it reads them: what it skipped is the difference."""
+
+    def __init__(self, tokens: Iterator[NewToken]) -> None:
+        self.tokens = tokens
+        self.count = 0
+
+    def __iter__(self) -> Iterator[NewToken]:
+        for token in self.tokens:
+            self.count += 1
+            yield token
 
 
 def _id_origin(token_id: str, prefix: str, hint: str) -> str:
@@ -268,29 +287,43 @@ def _stem(path: Path) -> str:
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Numbered non-blank lines; bytes that are not UTF-8 are kept (surrogateescape) for the task."""
+    """Numbered non-blank lines, read as they are used; bytes that are not UTF-8 are kept
+    (surrogateescape) for the task. The file is opened now, the lines read later."""
     try:
-        data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+        file = sys.stdin.buffer if str(path) == "-" else path.open("rb")
     except OSError as err:
         raise UsageError(f"tokens file {path}: {err.strerror}") from None
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        line = raw[:-1] if raw.endswith(b"\r") else raw
-        if line.strip():
-            yield number, line.decode("utf-8", "surrogateescape")
+    return _numbered(path, file)
+
+
+def _numbered(path: Path, file: BinaryIO) -> Iterator[tuple[int, str]]:
+    with file:
+        try:
+            for number, raw in enumerate(file, start=1):
+                line = raw.rstrip(b"\n")
+                line = line[:-1] if line.endswith(b"\r") else line
+                if line.strip():
+                    yield number, line.decode("utf-8", "surrogateescape")
+        except OSError as err:
+            raise UsageError(f"tokens file {path}: {err.strerror}") from None
 
 
 def _from_lines(path: Path, prefix: str) -> Iterator[NewToken]:
     from agent.pools import NewToken
 
-    for number, line in _read_lines(path):
-        yield NewToken(f"{prefix}-{number}", {"input": line})
+    lines = _read_lines(path)  # opened now: a missing file is an error before the pool is touched
+    return (NewToken(f"{prefix}-{number}", {"input": line}) for number, line in lines)
 
 
 def _from_jsonl(path: Path, prefix: str) -> Iterator[NewToken]:
+    return _parsed_jsonl(path, _read_lines(path), prefix)
+
+
+def _parsed_jsonl(path: Path, lines: Iterator[tuple[int, str]], prefix: str) -> Iterator[NewToken]:
     from agent.pools import NewToken
     from agent.token import check_token_id
 
-    for number, line in _read_lines(path):
+    for number, line in lines:
         try:
             fields = json.loads(line)
         except ValueError as err:

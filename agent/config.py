@@ -114,6 +114,7 @@ class PilotConfig:
     black_hole_window: float
     min_free_space: int  # bytes that must be free in workdir before the first claim
     node: NodeSpec = field(default_factory=NodeSpec)  # cores, gpus, memory ("auto": None) and binding
+    start_jitter: float = 0.0  # the first claim waits a random part of this: an array's herd spreads out
 
 
 @dataclass(frozen=True)
@@ -483,6 +484,7 @@ def _pilot(table: _Table, base: Path, environ: Mapping[str, str]) -> PilotConfig
         black_hole_window=table.duration("black_hole_window", 600.0),
         min_free_space=table.size("min_free_space", 100 * 10**6),
         node=_node(table),
+        start_jitter=table.duration("start_jitter", 0.0),
     )
     table.finish()
     return config

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import Optional
 
 
 class ExitCode(enum.IntEnum):
@@ -107,9 +108,18 @@ class NotSupported(PoolError):
 
 
 class ServerUnreachable(PoolError):
-    """The pool server did not answer (connection refused, timeout, 5xx) after retries."""
+    """The pool server did not answer (connection refused, timeout, 5xx, 429) after retries.
+    ``retry_after``: the seconds its Retry-After header asked for, if it sent one."""
 
     exit_code = ExitCode.SERVER_UNREACHABLE
+
+    def __init__(self, where: str, problem: str, retry_after: Optional[float] = None) -> None:
+        super().__init__(where, problem)
+        self.retry_after = retry_after
+
+
+class ServerBusy(ServerUnreachable):
+    """The server answered that it is too busy (HTTP 429 or 503): the request was not carried out."""
 
 
 class CacheError(PilotError):

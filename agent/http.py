@@ -27,7 +27,7 @@ from agent.errors import CERTIFICATE_FAILED, HOST_NOT_FOUND, ServerUnreachable
 log = logging.getLogger(__name__)
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
-RETRY_STATUSES = frozenset({500, 502, 503, 504})
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})  # 429: too many requests, a busy server
 USER_AGENT = f"pilot/{__version__}"
 
 
@@ -39,6 +39,20 @@ class Response:
 
     def json(self) -> Any:
         return json.loads(self.data)
+
+
+RETRY_AFTER_MAX = 300.0  # seconds: the most a Retry-After header may hold back a pilot's next try
+
+
+def retry_after(headers: Mapping[str, str]) -> Optional[float]:
+    """The seconds a Retry-After header asks to wait (a number; an HTTP date is taken as absent),
+    capped at RETRY_AFTER_MAX; None without one."""
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return None if seconds is None or seconds < 0 else min(seconds, RETRY_AFTER_MAX)
 
 
 def redact(url: str) -> str:
@@ -80,6 +94,7 @@ class HttpClient:
             backoff_max=backoff_max,
             backoff_jitter=backoff / 2,
             respect_retry_after_header=True,
+            retry_after_max=int(backoff_max),  # a server may ask for hours: we wait at most this long
             raise_on_status=False,
             raise_on_redirect=False,
         )

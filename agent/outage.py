@@ -13,6 +13,12 @@ from agent.errors import LASTING
 from agent.units import format_duration
 
 
+def first_claim_delay(spread: float, jitter: Callable[[], float] = random.random) -> float:
+    """Seconds a pilot waits before its first claim: a random part of ``pilot.start_jitter``, so that the
+    hundreds of pilots of an array that start in the same second do not all reach the server in it."""
+    return spread * jitter()
+
+
 class Outage:
     def __init__(
         self,
@@ -39,15 +45,18 @@ class Outage:
     def may_try(self, now: float) -> bool:
         return self.since is None or now >= self.next_try
 
-    def failed(self, now: float, cause: str) -> None:
+    def failed(self, now: float, cause: str, retry_after: Optional[float] = None) -> None:
         """One more failed attempt: wait twice as long as last time (capped), with a random half of it
-        added so that a thousand pilots do not come back in step."""
+        added so that a thousand pilots do not come back in step; at least as long as the server's
+        Retry-After asked, with up to a tenth more at random, for the same reason."""
         if self.since is None:
             self.since = now
         self.failures += 1
         self.cause = cause
-        delay = min(self.cap, self.base * 2 ** (self.failures - 1))
-        self.next_try = now + delay * (0.5 + self.jitter() / 2)
+        delay = min(self.cap, self.base * 2 ** (self.failures - 1)) * (0.5 + self.jitter() / 2)
+        if retry_after is not None:
+            delay = max(delay, retry_after * (1 + self.jitter() / 10))
+        self.next_try = now + delay
 
     def ok(self, now: float) -> Optional[float]:
         """The server answered. Returns how long it had been away, or None when it was not."""

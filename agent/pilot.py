@@ -20,7 +20,7 @@ from agent.guard import Guard
 from agent.identity import Identity
 from agent.journal import Journal
 from agent.memory import MemoryWatch
-from agent.outage import Outage
+from agent.outage import Outage, first_claim_delay
 from agent.pools import Lease, Pool, Saved
 from agent.reporter import Reporter
 from agent.resources import Book, Fit, Node, detect
@@ -130,7 +130,7 @@ class Pilot:
         self.locked_elsewhere = 0  # tokens other pilots held when we last found nothing to claim
         # A dead pilot's token comes back after one lease: look again at least twice per lease.
         self.empty_poll = min(EMPTY_POLL, config.server.lease / 2)
-        self.next_claim = 0.0
+        self.next_claim = clock() + first_claim_delay(config.pilot.start_jitter)
         self.next_renewal = 0.0
 
     # -- the loop ----------------------------------------------------------------------------------

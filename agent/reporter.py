@@ -119,7 +119,7 @@ class Reporter:
     def unreachable(self, err: ServerUnreachable) -> None:
         now = self.clock()
         first = not self.outage.down
-        self.outage.failed(now, err.problem)
+        self.outage.failed(now, err.problem, err.retry_after)
         if first:
             log.warning("%s: running tasks go on, reports go to the journal, no new claims", err)
 

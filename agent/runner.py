@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from agent.identity import random_prefix, unique_ids
-from agent.spawn import Process, pinned, spawn
+from agent.spawn import Process, spawn_task
 from agent.sweep import COOKIE_VARIABLE, sweep
 from agent.token import Outcome, Result
 from agent.units import format_duration, format_size
@@ -58,10 +58,12 @@ class Payload:
         clock: Callable[[], float],
         cores: Optional[int] = None,
         memory: int = 0,
+        program: str = "",
     ) -> None:
         self.token_id = token_id
         self.cores = cores  # given to it, for the record
         self.memory = memory  # bytes it asked for; 0: none
+        self.program = program  # argv[0], for the reason of a start that failed in a spawner thread
         self.process = process
         self.folder = folder
         self.outputs = outputs  # open stdout and stderr files, closed by finish()
@@ -123,6 +125,11 @@ class Payload:
     def finish(self, tail_bytes: int, wallclock: Callable[[], float]) -> Result:
         """The result, once ``poll`` said the main process exited. Leftovers of the task are killed."""
         assert self.returncode is not None
+        error = getattr(self.process, "error", None)  # a start that failed in a spawner thread
+        if error is not None:
+            _close(self.outputs)
+            reason = _start_failure(error, self.program, self.folder)
+            return Result(Outcome.NOT_STARTED, reason, self.started, wallclock())
         if self.stop is not None:
             # We ended it: make sure nothing it started survives, in or out of its group.
             kill_group(self.pid, signal.SIGKILL)
@@ -202,8 +209,7 @@ def start(
         for name in ("stdout", "stderr"):
             outputs.append(os.open(os.path.join(folder, name), _OUTPUT_FLAGS, 0o644))
         stdio = (_devnull(), outputs[0], outputs[1])
-        with pinned(cpus):
-            process = spawn(argv, {**env, COOKIE_VARIABLE: cookie}, folder, stdio)
+        process = spawn_task(argv, {**env, COOKIE_VARIABLE: cookie}, folder, stdio, cpus)
     except OSError as error:
         _close(outputs)
         return Result(Outcome.NOT_STARTED, _start_failure(error, argv[0], folder), started, wallclock())
@@ -219,6 +225,7 @@ def start(
         clock=clock,
         cores=cores,
         memory=memory,
+        program=argv[0],
     )
 
 
@@ -254,6 +261,8 @@ def _start_failure(error: OSError, program: str, folder: str) -> str:
 
 
 def kill_group(pgid: int, sig: signal.Signals) -> None:
+    if pgid <= 0:
+        return  # no process (a start that failed): 0 would be the pilot's own group
     try:
         os.killpg(pgid, sig)
     except ProcessLookupError:
@@ -264,6 +273,8 @@ def kill_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def group_alive(pgid: int) -> bool:
+    if pgid <= 0:
+        return False
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:

@@ -17,6 +17,7 @@ from agent.pilot import Ending, Pilot
 from agent.pools import Pool
 from agent.resources import ResourceError, detect
 from agent.signals import Signals
+from agent.spawn import background
 from agent.walltime import Walltime, find_end
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def run_pilot(config: Config, pool: Pool, identity: Identity, environ: Mapping[s
         end = find_end(config.walltime, environ, time.time(), time.monotonic())
         walltime = Walltime(end, config.walltime)
         # The entries stay held (shared flock) until the pilot ends, so no eviction takes them from tasks.
-        with _ready_cache(config.cache) as cache_paths:
+        with _ready_cache(config.cache) as cache_paths, background(config.pilot.slots):
             pilot = Pilot(
                 config,
                 pool,

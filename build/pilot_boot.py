@@ -66,6 +66,13 @@ def main():
                 sys.stderr.write("pilot.pyz: cannot unpack its packages anywhere: %s\n" % second)
                 sys.exit(EXIT_ENVIRONMENT)
     sys.path.insert(0, os.path.join(target, "site-packages"))
+    if sys.argv[1:] == ["--version"]:
+        # What click's version option prints (tests/test_cli.py holds them to the same line), without
+        # importing click and logging: a warm --version then costs about what the interpreter's start does.
+        from agent import __version__
+
+        sys.stdout.write("pilot, version %s\n" % __version__)
+        return
     from agent.cli import main as pilot_main
 
     pilot_main()

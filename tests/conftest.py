@@ -120,7 +120,7 @@ class Site:
         assert added.returncode == 0, added.stderr
 
     def status(self) -> dict[str, int]:
-        """The counts of `status --json` (todo, locked, done, error, waiting, total), without its other figures."""
+        """The counts of `status --json` (todo, locked, done, error, waiting, total), no other figures."""
         result = self.run("status", "--json")
         assert result.returncode == 0, result.stderr
         shown = json.loads(result.stdout)
@@ -171,6 +171,16 @@ def pool_rows(pool: Path) -> list[dict[str, Any]]:
         {**dict(row), "fields": json.loads(row["fields"]), "attempts": json.loads(row["attempts"])}
         for row in rows
     ]
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The one line a user's mistake prints: the documented exit code, no traceback, `pilot: error: ...`."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("pilot: error: ")
+    return lines[0]
 
 
 def alive(pid: int) -> bool:
@@ -227,14 +237,20 @@ def wait_with_peak_rss(
             process.kill()
             process.wait()
             raise subprocess.TimeoutExpired(process.args, timeout)
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) * 1024)
-        except (OSError, ValueError):
-            pass  # exiting: the last reading stands
+        peak = max(peak, high_water_mark(status))
         time.sleep(interval)
     return process.returncode, peak
+
+
+def high_water_mark(status: Path) -> int:
+    """VmHWM of a /proc/<pid>/status, in bytes; 0 once the process is exiting (the last reading stands)."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:

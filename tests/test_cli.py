@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import Site, local_config, to_toml
+from conftest import REPO, Site, local_config, one_line_error, to_toml
 
 from agent import __version__
 from agent.errors import ID_FROM_JSON, IDS_FROM_RANGE, ExitCode
@@ -16,15 +17,6 @@ from agent.errors import ID_FROM_JSON, IDS_FROM_RANGE, ExitCode
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], code: ExitCode) -> str:
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("pilot: error: ")
-    return lines[0]
 
 
 @pytest.fixture
@@ -37,6 +29,15 @@ def pool_with_tokens(site: Site) -> Path:
 def test_version(site: Site) -> None:
     result = site.run("--version", config=False)
     assert result.returncode == 0 and result.stdout.strip() == f"pilot, version {__version__}"
+
+
+def test_the_quick_version_of_the_zipapp_says_what_click_says(site: Site) -> None:
+    """pilot.pyz answers a lone --version before importing click (build/pilot_boot.py)."""
+    quick = site.run("--version", config=False)
+    through_click = subprocess.run(
+        [sys.executable, "-m", "agent", "--version"], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert through_click.returncode == 0 and quick.stdout == through_click.stdout
 
 
 BAD_CONFIGS = {

@@ -191,3 +191,10 @@ def test_resource_keys_declared(tmp_path: Path) -> None:
 def test_wrong_resource_keys_name_the_key(tmp_path: Path, section: str, values: dict, problem: str) -> None:
     sections = {**MINIMAL, section: {**MINIMAL.get(section, {}), **values}}
     assert problem in error_of(tmp_path, to_toml(sections))
+
+
+def test_start_jitter_is_a_duration_off_by_default(tmp_path: Path) -> None:
+    assert load(write(tmp_path, to_toml(MINIMAL)), {}).pilot.start_jitter == 0.0
+    jittered = {**MINIMAL, "pilot": {"start_jitter": "2m"}}
+    assert load(write(tmp_path, to_toml(jittered)), {}).pilot.start_jitter == 120.0
+    assert "pilot.start_jitter" in error_of(tmp_path, to_toml({**MINIMAL, "pilot": {"start_jitter": "soon"}}))

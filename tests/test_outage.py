@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from agent.http import _unreachable
-from agent.outage import Outage
+from agent.http import RETRY_AFTER_MAX, _unreachable, retry_after
+from agent.outage import Outage, first_claim_delay
 
 
 def test_backoff_doubles_with_jitter_and_is_capped() -> None:
@@ -59,3 +59,25 @@ def test_transport_causes_that_waiting_does_not_cure_make_a_never_reached_server
         outage.failed(0.0, error.problem)
         assert outage.hopeless() is lasting, text
         assert "secret" not in str(error)
+
+
+def test_retry_after_holds_the_next_try_back_at_least_that_long_with_a_little_jitter() -> None:
+    outage = Outage(900, base=1.0, jitter=lambda: 1.0)
+    outage.failed(100.0, "server busy (HTTP 429)", retry_after=20.0)
+    assert outage.next_try == 122.0  # 20 s, and up to a tenth more so that a herd comes back spread
+    outage.failed(200.0, "server busy (HTTP 429)", retry_after=0.5)
+    assert outage.next_try == 202.0  # shorter than the backoff: the backoff stands
+
+
+def test_retry_after_is_read_as_seconds_capped_and_a_date_is_ignored() -> None:
+    assert retry_after({"Retry-After": "7"}) == 7.0
+    assert retry_after({"retry-after": "86400"}) == RETRY_AFTER_MAX
+    assert retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) is None
+    assert retry_after({"Retry-After": "-3"}) is None
+    assert retry_after({}) is None
+
+
+def test_the_first_claim_waits_a_random_part_of_the_start_jitter() -> None:
+    assert first_claim_delay(0.0) == 0.0  # off: claims at once
+    assert first_claim_delay(60.0, jitter=lambda: 0.25) == 15.0
+    assert {0.0 <= first_claim_delay(60.0) < 60.0 for _ in range(100)} == {True}

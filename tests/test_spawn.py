@@ -156,3 +156,84 @@ def test_blocked_signals_stay_blocked_in_the_child_and_the_pilots_mask_is_untouc
     mask = int((tmp_path / "stdout").read_text().split()[1], 16)
     assert mask == (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGUSR1 - 1))
     assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+
+
+# -- a fat node: tasks started from spawner threads ------------------------------------------------
+
+
+def test_with_many_slots_tasks_start_from_spawner_threads_as_they_would_inline(tmp_path: Path) -> None:
+    (tmp_path / "task").mkdir()
+    out = os.open(tmp_path / "stdout", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with spawn.background(spawn.BACKGROUND_SLOTS):
+            process = spawn.spawn_task(
+                ["sh", "-c", REPORT],
+                {"PATH": "/usr/bin:/bin", "MARK": "m"},
+                str(tmp_path / "task"),
+                (null, out, out),
+            )
+            assert isinstance(process, spawn.Starting)
+            assert process.wait() == 0
+    finally:
+        os.close(out)
+        os.close(null)
+    cwd, pid, sid, mark = (tmp_path / "stdout").read_text().splitlines()[0].split(" ", 3)
+    assert (cwd, sid, mark) == (str(tmp_path / "task"), pid, "m")  # its folder, its own session, its env
+    assert process.pid == int(pid)
+
+
+def test_with_few_slots_tasks_start_inline(tmp_path: Path) -> None:
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        with spawn.background(spawn.BACKGROUND_SLOTS - 1):
+            process = spawn.spawn_task(["true"], {"PATH": "/usr/bin:/bin"}, str(tmp_path), (null, null, null))
+            assert not isinstance(process, spawn.Starting)
+            assert process.wait() == 0
+    finally:
+        os.close(null)
+
+
+@pytest.mark.parametrize("name", sorted(CANNOT_START))
+def test_a_start_that_fails_in_a_spawner_thread_is_reported_as_not_started(tmp_path: Path, name: str) -> None:
+    from agent import runner
+    from agent.token import Outcome
+
+    made, _ = CANNOT_START[name]
+    program = tmp_path / name
+    if made is not None:
+        program.write_text(made[1])
+        program.chmod(made[0])
+    token = "t"
+    with spawn.background(spawn.BACKGROUND_SLOTS):
+        payload = runner.start(
+            token_id=token,
+            argv=[str(program)],
+            env={"PATH": "/usr/bin:/bin"},
+            folder=str(tmp_path / "t.1"),
+            timeout=None,
+            kill_grace=1.0,
+        )
+        assert isinstance(payload, runner.Payload)
+        payload.process.wait()
+        assert payload.poll()
+        result = payload.finish(100, lambda: 0.0)
+    assert result.outcome is Outcome.NOT_STARTED
+    expected = {
+        "missing": "command not found",
+        "not-executable": "permission denied",
+        "no-shebang": "not a program",
+    }
+    assert expected[name] in result.reason and str(program) in result.reason
+
+
+def test_a_start_that_raises_anything_still_settles_as_failed() -> None:
+    """Else the loop would wait forever for the pid of a task that never started."""
+    starting = spawn.Starting()
+
+    def broken() -> spawn.Process:
+        raise ValueError("embedded null byte")
+
+    starting.start(broken)
+    assert starting.poll() == spawn.Starting.FAILED and starting.wait() == spawn.Starting.FAILED
+    assert starting.pid == 0 and "ValueError: embedded null byte" in str(starting.error)

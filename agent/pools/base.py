@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -83,6 +84,19 @@ class ReasonCount:
 PAGE = 500  # tokens per page when the views walk the pool
 
 
+ADD_BATCH = 1000  # tokens per batch of ``add``: memory stays flat however many are given
+
+
+def batches(tokens: Iterable[NewToken], size: int = ADD_BATCH) -> Iterator[list[NewToken]]:
+    """The tokens in lists of ``size`` (the last one shorter), read from ``tokens`` only as needed."""
+    it = iter(tokens)
+    while True:
+        batch = list(itertools.islice(it, size))
+        if not batch:
+            return
+        yield batch
+
+
 class Pool(abc.ABC):
     """A token pool seen from one pilot: ``identity`` is written on every attempt it opens."""
 
@@ -111,7 +125,14 @@ class Pool(abc.ABC):
 
     @abc.abstractmethod
     def add(self, tokens: Iterable[NewToken]) -> int:
-        """Add tokens in state todo; raise TokenError naming a duplicate id. Returns how many were added."""
+        """Add tokens in state todo; raise TokenError naming a duplicate id. Returns how many were added.
+
+        ``tokens`` is read a batch at a time (``batches``), each passed to ``vet_batch`` before it is
+        written, so any number of them fits in memory."""
+
+    def vet_batch(self, batch: Sequence[NewToken]) -> None:  # noqa: B027 - a hook, empty by default
+        """A check of each batch of ``add`` before it is written; raise TokenError to refuse the add
+        (the local pool then adds nothing; see each backend's ``add``). None here."""
 
     @abc.abstractmethod
     def claim(self, n: int, fit: Optional[Fit] = None) -> list[Lease]:

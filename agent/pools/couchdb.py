@@ -31,8 +31,8 @@ from urllib.parse import quote, urlencode
 
 from agent import dependencies
 from agent.config import ServerConfig
-from agent.errors import DuplicateToken, PoolError, ServerUnreachable, TokenError
-from agent.http import HttpClient, Response
+from agent.errors import PoolError, ServerBusy, ServerUnreachable, TokenError
+from agent.http import HttpClient, Response, retry_after
 from agent.identity import Identity
 from agent.pools import picas
 from agent.pools.base import (
@@ -44,6 +44,7 @@ from agent.pools.base import (
     ReasonCount,
     Renewal,
     Saved,
+    batches,
     fit_left,
     missing_id,
 )
@@ -53,8 +54,11 @@ from agent.token import Attempt, Outcome, Report, Result, State, Token
 log = logging.getLogger(__name__)
 
 # Todo tokens read at a time. Claims take them in a random order and keep the rest for the next claims:
-# fewer reads mean fewer index updates, which cost the server as much as the writes do.
-WINDOW_MIN = 64
+# fewer reads mean fewer index updates, which cost the server as much as the writes do. But every token
+# a pilot holds as a candidate is one another pilot may take first (a conflict): with 64 pilots of one
+# slot, windows of 64 covered a pool of 4,000 tokens and a claim in five met a conflict; windows of 16
+# cost one read per 16 tasks and meet a quarter of the conflicts.
+WINDOW_MIN = 16
 WINDOW_PER_SLOT = 16
 WINDOW_MAX = 500
 CANDIDATES_MAX_AGE = 30.0  # seconds a window read stays worth trying before it is read again
@@ -64,6 +68,7 @@ BACKOFF_BASE = 0.02  # seconds; doubled per conflict round, jittered, capped
 BACKOFF_MAX = 1.0
 WRITE_ROUNDS = 4  # re-read and merge this often before a renewal or report gives up
 BATCH = 500  # documents per _bulk_docs or _all_docs request
+ADD_BATCH = 2000  # documents per _bulk_docs when adding: fewer requests, memory still flat
 
 
 def conflict_backoff(round_: int, rng: random.Random) -> float:
@@ -153,6 +158,9 @@ class CouchDBPool(Pool):
         self.uncertain: list[_Claim] = []  # claims whose answer was lost while the server was away
         self.stats_ready: Optional[bool] = None  # our pilot-stats views are there (None: not looked yet)
         self.next_waiting_sweep = 0.0  # when claims that find nothing may look over the waiting tokens
+        self.requests = 0  # for the last log line: what this pilot cost the server
+        self.claimed = 0
+        self.conflicts = 0  # claims that met another pilot's write first
 
     # -- HTTP --------------------------------------------------------------------------------------
 
@@ -160,10 +168,11 @@ class CouchDBPool(Pool):
         self, method: str, path: str, *, body: Any = None, retry: Optional[bool] = None, root: bool = False
     ) -> Response:
         url = (self.couch.url if root else self.db_url) + path
+        self.requests += 1
         try:
             return self.http.request(method, url, json_body=body, retry=retry)
         except ServerUnreachable as err:
-            raise ServerUnreachable(self.where, err.problem) from None
+            raise ServerUnreachable(self.where, err.problem, err.retry_after) from None
 
     def _json(self, response: Response, what: str) -> Any:
         if response.status == 404:
@@ -187,8 +196,14 @@ class CouchDBPool(Pool):
             problem = f"the server refused the credentials of user {user!r}"
         elif status == 403:
             problem = f"user {user or '(anonymous)'!r} is not allowed to do this"
-        elif status >= 500:
-            return ServerUnreachable(self.where, f"{what}: server error (HTTP {status}: {reason})")
+        elif status >= 500 or status == 429:
+            # Busy or broken, for now: the pilot waits (as long as Retry-After says, at most 5 minutes,
+            # else backing off) and tries again, within server.max_outage.
+            kind = ServerBusy if status in (429, 503) else ServerUnreachable
+            busy = "server busy" if kind is ServerBusy else "server error"
+            return kind(
+                self.where, f"{what}: {busy} (HTTP {status}: {reason})", retry_after(response.headers)
+            )
         else:
             problem = "unexpected answer"
         return PoolError(self.where, f"{what}: {problem} (HTTP {status}: {reason})")
@@ -255,6 +270,13 @@ class CouchDBPool(Pool):
         return self._json(response, f"reading token {token_id!r}")
 
     def close(self) -> None:
+        if self.claimed or self.conflicts:
+            log.info(
+                "pool: %d requests, %d tokens claimed, %d claims met another pilot's first",
+                self.requests,
+                self.claimed,
+                self.conflicts,
+            )
         self.http.close()
 
     # -- claim -------------------------------------------------------------------------------------
@@ -280,7 +302,12 @@ class CouchDBPool(Pool):
                 if not scanned and self._plan().scans:  # todo is empty: dead pilots' tokens are left
                     leases += self._claim_expired(n - len(leases), self.clock(), left)
                 break
-            got, conflicts = self._lock(docs, self.clock())
+            try:
+                got, conflicts = self._lock(docs, self.clock())
+            except ServerBusy:
+                if leases:
+                    break  # keep what this claim has; the next one meets the busy server
+                raise
             leases += got
             self._tally(len(got), conflicts)
             if conflicts and not got:
@@ -398,6 +425,8 @@ class CouchDBPool(Pool):
         """Keep trying the window until others take its tokens before us twice in a row, then jump to a
         random place. A conflict costs one write; a window costs a read, its documents, and the updates
         of the view index since the last read."""
+        self.claimed += claimed
+        self.conflicts += conflicts
         self.window_conflicts = 0 if claimed else self.window_conflicts + conflicts
         if self.window_conflicts >= WINDOW_CONFLICTS:
             self.candidates, self.walk_from = [], None
@@ -487,6 +516,8 @@ class CouchDBPool(Pool):
         written = [new for new, _, _, _ in pending]
         try:
             results = self._bulk(written, "claiming tokens", retry=False)
+        except ServerBusy:
+            raise  # an answer: nothing was written, and the pilot waits as long as the server asks
         except ServerUnreachable:
             results = self._after_lost_answer(pending)
         return self._leases(pending, results, now)
@@ -790,38 +821,68 @@ class CouchDBPool(Pool):
     # -- tokens ------------------------------------------------------------------------------------
 
     def add(self, tokens: Iterable[NewToken]) -> int:
-        tokens = list(tokens)
-        for token in tokens:
+        """Batch after batch, one ``_bulk_docs`` each: resumable, not atomic. CouchDB has no transaction
+        over many documents, so a duplicate or an outage halfway leaves the batches before it in the
+        pool, and the error says which: the input's first N tokens. A token already there with the same
+        fields is skipped, so running the same command again adds what is missing and nothing twice.
+        Returns how many were added by this call."""
+        added, given = 0, 0
+        try:
+            for batch in batches(tokens, ADD_BATCH):
+                self.vet_batch(batch)
+                added += self._add_batch(batch, given)
+                given += len(batch)
+        except ServerUnreachable as err:
+            raise ServerUnreachable(self.where, f"{err.problem}; {_added_before(given, batch)}") from None
+        return added
+
+    def _add_batch(self, batch: Sequence[NewToken], given: int) -> int:
+        """Write the batch; a token that was there already must have the same fields (else TokenError,
+        once the rest of the batch is in). Returns how many were new."""
+        docs: dict[str, dict[str, Any]] = {}
+        for token in batch:
             taken = sorted(name for name in token.fields if name in picas.RESERVED or name.startswith("_"))
             if taken:
                 raise TokenError(
-                    token.id, f"field {taken[0]!r} is kept for PiCaS and pilot bookkeeping; rename it"
+                    token.id,
+                    f"field {taken[0]!r} is kept for PiCaS and pilot bookkeeping; rename it; "
+                    + _added_before(given, batch),
                 )
             try:
-                stored_needs(token.fields)  # checked before anything is written
+                stored_needs(token.fields)  # checked before the batch is written
             except ValueError as err:
-                raise TokenError(token.id, f"{err}; nothing was added") from None
-        existing = self._fetch([token.id for token in tokens])
-        if existing:
-            first = next(token.id for token in tokens if token.id in existing)
-            raise DuplicateToken(first, self.where)
-        docs = self._new_docs(tokens, self.clock())
-        added = 0
-        for chunk in _chunks(docs, BATCH):
-            results = self._bulk(chunk, "adding tokens", retry=True)
-            conflicted = [doc for doc, result in zip(chunk, results) if "rev" not in result]
-            added += len(chunk) - len(conflicted)
-            if conflicted:
-                # A retried request whose first try was saved conflicts with itself: that one is ours.
-                current = self._fetch([doc["_id"] for doc in conflicted])
-                for doc in conflicted:
-                    now = current.get(doc["_id"])
-                    if now is None or {k: v for k, v in now.items() if k != "_rev"} != doc:
-                        raise TokenError(
-                            doc["_id"], f"added by someone else meanwhile; {added} others were added"
-                        )
-                    added += 1
-        return added
+                raise TokenError(token.id, f"{err}; {_added_before(given, batch)}") from None
+            if docs.setdefault(token.id, token.fields) != token.fields:
+                raise TokenError(
+                    token.id, f"given twice with different fields; {_added_before(given, batch)}"
+                )
+        # `after` may name tokens in the pool (earlier batches too) or in this batch: see _new_docs.
+        unique = [NewToken(token_id, fields) for token_id, fields in docs.items()]
+        fresh = self._new_docs(unique, self.clock())
+        results = self._bulk(fresh, "adding tokens", retry=True)
+        conflicted = [doc for doc, result in zip(fresh, results) if "rev" not in result]
+        if not conflicted:
+            return len(fresh)
+        # There already: added by an earlier run of the same input (or by a retried request whose first
+        # try was saved), or a different token with the same id.
+        current = self._fetch([doc["_id"] for doc in conflicted])
+        other = [
+            doc["_id"]
+            for doc in conflicted
+            if doc["_id"] not in current
+            or current[doc["_id"]].get("type") != "token"
+            or picas.user_fields(current[doc["_id"]]) != picas.user_fields(doc)
+        ]
+        if other:
+            also = f" (and {len(other) - 1} more)" if len(other) > 1 else ""
+            raise TokenError(
+                other[0],
+                f"already in the pool {self.where} with other fields{also}, left as it was; "
+                f"the input's first {given + len(batch)} tokens (up to {batch[-1].id!r}) are in the pool, "
+                "none after them; fix the input and run the same command again: tokens already there with "
+                "the same fields are skipped",
+            )
+        return len(fresh) - len(conflicted)  # a retried request's own first try counts as there already
 
     def get(self, token_id: str) -> Token:
         doc = self._get_doc(token_id)
@@ -1152,6 +1213,17 @@ def _needs(fields: Mapping[str, Any]) -> Optional[dict[str, int]]:
         return stored_needs(fields)
     except ValueError:
         return None
+
+
+def _added_before(given: int, batch: Sequence[NewToken]) -> str:
+    """Which tokens an add that stopped in ``batch`` left in the pool, and how to finish the job."""
+    if not given:
+        return "nothing was added"
+    return (
+        f"the input's first {given} tokens (up to the one before {batch[0].id!r}) are in the pool, none "
+        "after them; fix what is wrong and run the same command again: tokens already there with the "
+        "same fields are skipped"
+    )
 
 
 def _reason(response: Response) -> str:

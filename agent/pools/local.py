@@ -9,6 +9,8 @@ WAL needs shared memory between the processes, so the file must be on node-local
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import sqlite3
 import time
@@ -30,6 +32,7 @@ from agent.pools.base import (
     ReasonCount,
     Renewal,
     Saved,
+    batches,
     missing_id,
 )
 from agent.resources import FIELDS, Fit, stored_needs
@@ -116,10 +119,44 @@ _RELEASE = _COUNT_WAITING + (  # noqa: S608 - constants only
 _WAIT_AGAIN = _COUNT_WAITING + "WHERE id = ?"
 
 
-def _dumps(value: Any) -> str:
-    # ensure_ascii keeps lone surrogates (non-UTF-8 bytes read with surrogateescape) as \\udcXX escapes,
-    # which json.loads turns back into the same str, so such bytes reach the task unchanged.
-    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+# ensure_ascii keeps lone surrogates (non-UTF-8 bytes read with surrogateescape) as \\udcXX escapes,
+# which json.loads turns back into the same str, so such bytes reach the task unchanged. One encoder made
+# once: json.dumps makes a new one per call, which costs more than encoding a token's fields.
+_dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+ADD_ROWS = 100  # rows per INSERT when adding: half SQLite's cost of one per row; 700 variables < 999
+
+
+_ADD_COLUMNS = 7  # id, state, fields, updated and the three needs: see _add_row
+
+
+def _add_row(token: NewToken, state: str, now: float) -> tuple[Any, ...]:
+    """A new token's row; a wrong request (cores, gpus, memory) is refused before anything is written."""
+    try:
+        needs = stored_needs(token.fields) or {}
+    except ValueError as err:
+        raise TokenError(token.id, f"{err}; nothing was added") from None
+    return (token.id, state, _dumps(token.fields), now, *map(needs.get, FIELDS))
+
+
+def _insert(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """New tokens, ADD_ROWS to a statement."""
+    groups = [
+        list(itertools.chain.from_iterable(rows[at : at + ADD_ROWS])) for at in range(0, len(rows), ADD_ROWS)
+    ]
+    full = [group for group in groups if len(group) == _ADD_COLUMNS * ADD_ROWS]
+    if full:
+        db.executemany(_insert_sql(ADD_ROWS), full)
+    for group in groups[len(full) :]:  # the short last one
+        db.execute(_insert_sql(len(group) // _ADD_COLUMNS), group)
+
+
+@functools.lru_cache(maxsize=4)
+def _insert_sql(rows: int) -> str:
+    placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+    columns = "id, state, fields, updated, need_cores, need_gpus, need_memory"
+    return f"INSERT INTO tokens ({columns}) VALUES {placeholders}"  # noqa: S608 - only ?s
 
 
 class LocalPool(Pool):
@@ -297,10 +334,56 @@ class LocalPool(Pool):
         return [f"local pool {self.where}: ok, " + ", ".join(f"{k} {v}" for k, v in counts.as_dict().items())]
 
     def add(self, tokens: Iterable[NewToken]) -> int:
+        """All of them in one transaction, written a batch at a time: a duplicate anywhere, or input that
+        turns out bad halfway (the CLI's readers raise as they read), leaves the pool as it was. Tokens
+        with ``after`` are linked at the end, when every id of the input is in: the input may name its
+        tokens in any order, and only those tokens' ids and lists are kept in memory meanwhile."""
+        now = self.clock()
+        todo = State.TODO.value
+        added = 0
+        linked: list[NewToken] = []
         with self._write() as db:
-            return self._insert(db, list(tokens), self.clock())
+            for batch in batches(tokens):
+                self.vet_batch(batch)
+                db.execute("SAVEPOINT batch")
+                try:
+                    _insert(db, [_add_row(token, todo, now) for token in batch])
+                except sqlite3.IntegrityError:
+                    db.execute("ROLLBACK TO batch")  # so the search below sees what was there before it
+                    duplicate = self._duplicate(db, batch)
+                    raise DuplicateToken(duplicate) from None
+                db.execute("RELEASE batch")
+                added += len(batch)
+                linked += [
+                    NewToken(t.id, {dependencies.AFTER: t.fields[dependencies.AFTER]})
+                    for t in batch
+                    if dependencies.AFTER in t.fields
+                ]
+            if linked:
+                self._link(db, linked)
+        return added
 
-    def _insert(self, db: sqlite3.Connection, tokens: list[NewToken], now: float) -> int:
+    def _link(self, db: sqlite3.Connection, tokens: list[NewToken]) -> None:
+        """The new tokens that come after others (already inserted, as todo) start waiting, or fail at
+        once after a token in error; DependencyError (unknown ids, a cycle) rolls the whole add back."""
+        plan = dependencies.plan(tokens, lambda ids: self._states(db, ids))
+        for token in tokens:
+            failed = plan.failed.get(token.id)
+            db.execute(
+                "UPDATE tokens SET state = ?, waiting = ?, reason = ? WHERE id = ?",
+                (
+                    State.TODO.value if failed is None else State.ERROR.value,
+                    len(plan.waiting_on[token.id]),
+                    None if failed is None else dependencies.failure_reason(failed),
+                    token.id,
+                ),
+            )
+            db.executemany(
+                "INSERT INTO deps (token, after) VALUES (?, ?)",
+                [(token.id, dep) for dep in plan.after[token.id]],
+            )
+
+    def _insert_planned(self, db: sqlite3.Connection, tokens: list[NewToken], now: float) -> int:
         """New tokens, waiting on what they come after; DependencyError or TokenError roll it all back."""
         plan = dependencies.plan(tokens, lambda ids: self._states(db, ids))
         for token in tokens:
@@ -339,6 +422,16 @@ class LocalPool(Pool):
             if row is not None:
                 found[token_id] = State(row[0])
         return found
+
+    @staticmethod
+    def _duplicate(db: sqlite3.Connection, batch: Sequence[NewToken]) -> str:
+        """The first id of ``batch`` that is in the pool already, or earlier in the batch."""
+        seen: set[str] = set()
+        for token in batch:
+            if token.id in seen or db.execute("SELECT 1 FROM tokens WHERE id = ?", (token.id,)).fetchone():
+                return token.id
+            seen.add(token.id)
+        raise AssertionError("an integrity error without a duplicate id")  # the schema has no other
 
     def claim(self, n: int, fit: Optional[Fit] = None) -> list[Lease]:
         if n <= 0:
@@ -484,7 +577,7 @@ class LocalPool(Pool):
         if report.state is State.DONE:
             self._release_dependents(db, lease.token.id)
             if report.children:
-                self._insert(db, list(report.children), self.clock())
+                self._insert_planned(db, list(report.children), self.clock())
         elif report.state is State.ERROR:
             self._fail_dependents(db, lease.token.id)
         return Saved.SAVED

@@ -14,7 +14,7 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import wait_with_peak_rss  # noqa: E402 - the tests' helper, one sampler for both
+from conftest import high_water_mark, wait_with_peak_rss  # noqa: E402 - the tests' helpers, one sampler for both
 
 PYZ = Path(os.environ.get("PILOT_PYZ", REPO / "pilot.pyz"))
 
@@ -33,6 +33,24 @@ def run_measured(
     process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     code, peak = wait_with_peak_rss(process, interval=0.02)  # often enough for a steady pilot
     return code, time.perf_counter() - start, peak
+
+
+def run_own_cpu(
+    argv: Sequence[str], env: Optional[dict[str, str]] = None, interval: float = 0.01
+) -> tuple[int, float, int, float]:
+    """Run to the end; returns (exit code, wall seconds, peak RSS in bytes, the process's own CPU seconds,
+    user + system, its children excluded). The CPU is read from /proc once it has exited but before it is
+    reaped (waitid with WNOWAIT): a zombie keeps its times, and wait4's would include its children's."""
+    start = time.perf_counter()
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    status, peak = Path(f"/proc/{process.pid}/status"), 0
+    while os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        peak = max(peak, high_water_mark(status))
+        time.sleep(interval)
+    seconds = time.perf_counter() - start
+    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return process.wait(), seconds, peak, own
 
 
 def median_time(argv: Sequence[str], runs: int, env: Optional[dict[str, str]] = None) -> float:

@@ -21,7 +21,7 @@ from agent.errors import ExitCode, PoolError, ServerUnreachable, TokenError
 from agent.http import HttpClient, Response
 from agent.identity import Identity
 from agent.pools import NewToken, Saved
-from agent.pools.couchdb import ClaimPlan, CouchDBPool
+from agent.pools.couchdb import ClaimPlan, CouchDBPool, window_size
 from agent.pools.picas import INDEXES, TODO_INDEX, fit_selector, monitor_views, new_token, todo_selector
 from agent.resources import Fit, Request
 from agent.token import Outcome, Result, make_report
@@ -135,12 +135,14 @@ def test_added_tokens_have_the_picas_fields_and_duplicates_are_refused(
         "error": [],
     }
     assert doc["input"] == 1
-    with pytest.raises(TokenError, match="'tok-002': already in the pool"):
+    pool.add([NewToken("tok-001", {"input": 1})])  # there with the same fields: skipped
+    with pytest.raises(TokenError, match=r"'tok-002': already in the pool .* with other fields"):
         pool.add([NewToken("new-1", {}), NewToken("tok-002", {})])
-    assert "new-1" not in pouchdb.docs(couch_db)  # nothing was added
+    assert "new-1" in pouchdb.docs(couch_db)  # resumable, not atomic: the batch went in, as the error says
+    assert pouchdb.docs(couch_db)["tok-002"]["input"] == 2  # left as it was
     with pytest.raises(TokenError, match="field 'lock' is kept for PiCaS"):
         pool.add([NewToken("new-2", {"lock": 5})])
-    assert pool.counts().as_dict() == {"todo": 3, "locked": 0, "done": 0, "error": 0, "waiting": 0}
+    assert pool.counts().as_dict() == {"todo": 4, "locked": 0, "done": 0, "error": 0, "waiting": 0}
 
 
 # -- claims ----------------------------------------------------------------------------------------
@@ -232,10 +234,11 @@ def test_a_pool_walks_on_from_its_last_window_rather_than_jumping(
     pouchdb: PouchDBServer, couch_db: str
 ) -> None:
     # The first window starts at a random place: with make_pool's Random(7) it lies inside the 200 tokens.
-    # Another seed could start it within 64 of the end, where a short window would fail the first check.
+    # Another seed could start it within a window of the end, where a short one would fail the first check.
     pool = ready_pool(pouchdb, couch_db, 200)
-    window = sorted(pool.claim(1)[0].token.id for _ in range(64))  # one whole window, claimed one by one
-    assert window == [f"tok-{i:03d}" for i in range(int(window[0][4:]), int(window[0][4:]) + 64)]
+    size = window_size(1)
+    window = sorted(pool.claim(1)[0].token.id for _ in range(size))  # one whole window, claimed one by one
+    assert window == [f"tok-{i:03d}" for i in range(int(window[0][4:]), int(window[0][4:]) + size)]
     assert pool.walk_from == window[-1]
     assert pool.claim(1)[0].token.id > window[-1]  # the next window starts where this one ended
 

@@ -4,13 +4,12 @@ and credentials that do not work. Every pilot is the built zipapp run as a subpr
 from __future__ import annotations
 
 import collections
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Site, a_node_dies_mid_task, wait_for
+from conftest import REPO, Site, a_node_dies_mid_task, one_line_error, wait_for
 from servers.pouchdb import ADMIN, MEMBER, PouchDBServer
 
 from pools.conftest import couch_config
@@ -23,14 +22,6 @@ RECORD = ["/bin/sh", "-c", 'echo "$1" >> "$2"', "record"]  # one write with O_AP
 
 def executions(log: Path) -> collections.Counter[str]:
     return collections.Counter(log.read_text().split()) if log.exists() else collections.Counter()
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 @pytest.mark.parametrize("slots", [1, 2])

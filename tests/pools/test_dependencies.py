@@ -15,6 +15,7 @@ from agent.errors import DependencyError, TokenError
 from agent.identity import Identity
 from agent.pools import NewToken, Pool, Saved
 from agent.pools import local as local_module
+from agent.pools.base import ADD_BATCH
 from agent.pools.local import LocalPool
 from agent.pools.picas import new_token
 from agent.token import Outcome, Result, State, make_report
@@ -189,3 +190,18 @@ def test_couchdb_claims_release_what_a_pilot_that_died_after_its_report_left_wai
         assert pool.get("y").state is State.WAITING
         assert [lease.token.id for lease in pool.claim(2)] == ["y"]
         assert pool.get("z").state is State.WAITING  # still waits on y
+
+
+def test_a_streamed_local_add_links_tokens_across_its_batches(tmp_path: Path) -> None:
+    """The local add writes a batch at a time and links `after` once the whole input is in: a token may
+    name one that comes batches later, and a cycle through the last batch still refuses all of it."""
+    size = 2 * ADD_BATCH + 5
+    later = f"t{size - 1}"
+    with LocalPool(tmp_path / "p.db", Identity("pilot-a", "node1", None), 10.0, create=True) as pool:
+        pool.add([token("t0", later), *(token(f"t{i}") for i in range(1, size))])
+        assert pool.get("t0").state is State.WAITING
+        assert (pool.counts().todo, pool.counts().waiting) == (size - 1, 1)
+        with pytest.raises(DependencyError, match="cycle"):
+            cycle = [token("c0", f"c{size - 1}"), *(token(f"c{i}") for i in range(1, size - 1))]
+            pool.add([*cycle, token(f"c{size - 1}", "c0")])
+        assert pool.counts().total == size  # the refused input left nothing behind

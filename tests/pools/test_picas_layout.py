@@ -146,7 +146,8 @@ def test_conflict_backoff_is_jittered_grows_and_is_capped() -> None:
 
 
 def test_windows_and_lease_scans_scale_within_bounds() -> None:
-    assert window_size(1) == window_size(2) == 64
+    assert window_size(1) == 16  # one slot: few candidates held, few met by other pilots first
+    assert window_size(2) == 32
     assert window_size(8) == 128
     assert window_size(1000) == 500
     assert lease_scan_interval(600) == 60

@@ -1,0 +1,46 @@
+"""`tokens add` into CouchDB, end to end through pilot.pyz: resumable, not atomic (see docs/sizing.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import Site, one_line_error
+from servers.pouchdb import PouchDBServer
+
+from agent.errors import ExitCode
+from pools.conftest import couch_config
+
+pytestmark = pytest.mark.couchdb
+
+
+def test_couchdb_add_stopped_by_a_duplicate_says_what_is_in_and_a_second_run_finishes(
+    site: Site, pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    """Resumable, not atomic: the error names the duplicate and how much of the input is in the pool;
+    the same command, once the input is fixed, adds the rest and nothing twice."""
+    site.write(couch_config(site.folder, pouchdb, couch_db, ["/bin/true"]))
+    assert site.run("init").returncode == 0
+    (site.folder / "old.jsonl").write_text(json.dumps({"id": "taken", "x": "old"}) + "\n")
+    assert site.run("tokens", "add", "--jsonl", "old.jsonl").returncode == 0
+    count, deep = 9_000, 6_500  # in the fourth batch of 2,000
+    rows = [{"id": f"p-{n}", "x": n} for n in range(count)]
+    rows[deep] = {"id": "taken", "x": "new"}
+    path = site.folder / "params.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    line = one_line_error(site.run("tokens", "add", "--jsonl", "params.jsonl"), ExitCode.POOL)
+    assert "token 'taken': already in the pool" in line and "with other fields" in line
+    assert "the input's first 8000 tokens (up to 'p-7999') are in the pool, none after them" in line
+    docs = pouchdb.docs(couch_db)
+    assert docs["taken"]["x"] == "old"  # left as it was
+    assert sorted(k for k in docs if k.startswith("p-")) == sorted(f"p-{n}" for n in range(8000) if n != deep)
+
+    rows[deep] = {"id": "p-fixed", "x": deep}
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    again = site.run("tokens", "add", "--jsonl", "params.jsonl")
+    assert again.returncode == 0, again.stderr
+    assert f"added {count - 7999} tokens" in again.stdout  # p-8000 to p-8999 and p-fixed
+    assert "7999 already there with the same fields, skipped" in again.stdout
+    docs = pouchdb.docs(couch_db)
+    assert len(docs) == count + 1
+    assert site.status()["todo"] == count + 1
