@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 from agent import template
 from agent.errors import ConfigError
+from agent.resources import NodeSpec, Request, parse_cores, parse_gpus, parse_memory
 from agent.units import parse_duration, parse_size
 
 if sys.version_info >= (3, 11):
@@ -109,6 +110,10 @@ class TaskConfig:
     kill_grace: float
     max_attempts: int
     log_tail: int  # bytes of stdout and stderr kept on the token
+    request: Request = field(
+        default_factory=Request
+    )  # what a token without the fields cores, gpus, memory asks
+    enforce_memory: bool = False  # kill a task over its memory request (reason "memory")
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,7 @@ class PilotConfig:
     black_hole_failures: int  # consecutive failures of different tokens that stop the pilot; 0: never
     black_hole_window: float
     min_free_space: int  # bytes that must be free in workdir before the first claim
+    node: NodeSpec = field(default_factory=NodeSpec)  # cores, gpus, memory ("auto": None) and binding
     start_jitter: float = 0.0  # the first claim waits a random part of this: an array's herd spreads out
 
 
@@ -474,9 +480,59 @@ def _task(table: _Table, cache: CacheConfig) -> TaskConfig:
         kill_grace=table.duration("kill_grace", 10.0),
         max_attempts=table.integer("max_attempts", 1, minimum=1),
         log_tail=table.size("log_tail", 4096),
+        request=_request(table),
+        enforce_memory=table.boolean("enforce_memory", False),
     )
     table.finish()
     return config
+
+
+def _request(table: _Table) -> Request:
+    """``[task] cores``, ``gpus``, ``memory``: what a token without those fields asks."""
+    values = {}
+    for name, default, parse in (
+        ("cores", 1, parse_cores),
+        ("gpus", 0, parse_gpus),
+        ("memory", "0", parse_memory),
+    ):
+        value = table.raw(name, default, (int, str), "a number or a string")
+        try:
+            values[name] = parse(value)
+        except ValueError as err:
+            raise table.error(name, str(err)) from None
+    cores, max_cores = values["cores"]
+    return Request(cores=cores, max_cores=max_cores, gpus=values["gpus"], memory=values["memory"])
+
+
+def _node(table: _Table) -> NodeSpec:
+    """``[pilot] cores``, ``gpus``, ``memory`` ("auto" or a value) and ``bind``."""
+    cores = table.raw("cores", "auto", (int, str), '"auto" or a number of cores')
+    if cores == "auto":
+        cores = None
+    elif isinstance(cores, str) or cores < 1:
+        raise table.error("cores", f'expected "auto" or a number of cores >= 1, got {cores!r}')
+    gpus = table.raw("gpus", "auto", (int, str, list), '"auto", a list of device ids or 0')
+    if gpus == "auto":
+        gpus = None
+    elif gpus == 0:
+        gpus = ()
+    elif isinstance(gpus, list) and all(
+        isinstance(gpu, (str, int)) and not isinstance(gpu, bool) for gpu in gpus
+    ):
+        gpus = tuple(str(gpu) for gpu in gpus)
+        if len(set(gpus)) != len(gpus):
+            raise table.error("gpus", f"a device id is listed twice in {list(gpus)}")
+    else:
+        raise table.error("gpus", f'expected "auto", a list of device ids like ["0", "1"] or 0, got {gpus!r}')
+    memory = table.string("memory", "auto")
+    if memory == "auto":
+        memory_bytes = None
+    else:
+        try:
+            memory_bytes = parse_size(memory)
+        except ValueError as err:
+            raise table.error("memory", f'expected "auto" or {err}') from None
+    return NodeSpec(cores=cores, gpus=gpus, memory=memory_bytes, bind=table.boolean("bind", True))
 
 
 def _pilot(table: _Table, base: Path, environ: Mapping[str, str]) -> PilotConfig:
@@ -490,6 +546,7 @@ def _pilot(table: _Table, base: Path, environ: Mapping[str, str]) -> PilotConfig
         black_hole_failures=table.integer("black_hole_failures", 3),
         black_hole_window=table.duration("black_hole_window", 600.0),
         min_free_space=table.size("min_free_space", 100 * 10**6),
+        node=_node(table),
         start_jitter=table.duration("start_jitter", 0.0),
     )
     table.finish()

@@ -6,7 +6,6 @@ arrives, or a timer is due (a task's timeout, a lease renewal, the next look at 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -20,12 +19,14 @@ from agent.errors import CERTIFICATE_FAILED, ExitCode, PilotError, ServerUnreach
 from agent.guard import Guard
 from agent.identity import Identity
 from agent.journal import Journal
+from agent.memory import MemoryWatch
 from agent.outage import Outage, first_claim_delay
 from agent.pools import Lease, Pool, Saved
 from agent.reporter import Reporter
-from agent.runner import Payload, Stop
+from agent.resources import Book, Fit, Node, detect
+from agent.runner import Stop
 from agent.signals import Signals
-from agent.sweep import sweep_leftovers
+from agent.tasks import Running, Tasks
 from agent.token import NewToken, Outcome, Report, Result, State, make_report
 from agent.units import format_duration
 from agent.walltime import TOKEN_ESTIMATE, Walltime, token_estimate
@@ -43,12 +44,6 @@ class Ending:
 
     code: ExitCode
     reason: str
-
-
-@dataclass
-class Running:
-    lease: Lease
-    payload: Payload
 
 
 @dataclass
@@ -86,6 +81,7 @@ class Pilot:
         cache_paths: Mapping[str, str],
         signals: Optional[Signals] = None,
         guard: Optional[Guard] = None,
+        node: Optional[Node] = None,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], float] = time.time,
     ) -> None:
@@ -107,11 +103,18 @@ class Pilot:
             "PILOT_ID": identity.pilot_id,
             "PILOT_CONFIG_DIR": self.config_dir,
         }
-        self.running: dict[str, Running] = {}
+        pilot = config.pilot
+        self.tasks = Tasks(self.folder, pilot.keep_workdirs, pilot.slots, pilot.kill_leftovers_after)
+        self.running = self.tasks.running  # token id: Running
         self.claimed_early: list[Lease] = []  # claimed with a report, not started yet
-        self.spare_folders: list[str] = []  # emptied folders of finished tasks, for the next ones
-        self.unswept: dict[str, str] = {}  # cookie: token id, of tasks that ended since the last sweep
-        self.sweep_due: Optional[float] = None  # when their detached leftovers are killed
+        # Which task holds which cores, GPUs and memory, and what a claim may take (resources.py).
+        node = node or detect(pilot.node, environ, slots=pilot.slots)
+        self.book = Book(node, config.task.request, pilot.slots)
+        self.claim_fit: Optional[Fit] = None  # what the claims about to be made may take
+        self.short_fit: Optional[Fit] = None  # what the last claim that came back short could take
+        self.next_probe = 0.0  # when to look for a token bigger than what is free (see _probe)
+        self.left_behind: Optional[int] = None  # todo tokens none fits, counted once when idle
+        self.memory_watch = MemoryWatch(config.task.enforce_memory)
         self.outage = Outage(config.server.max_outage)
         self.journal = Journal(config.pilot.workdir / "journal", identity.pilot_id)
         self.reporter = Reporter(pool, self.journal, self.outage, clock, self._children_refused)
@@ -150,34 +153,85 @@ class Pilot:
                     self._heed_signals()  # before reaping: a task killed along with us is interrupted
                     for running, result in self._finished():
                         self._report(running, result)
+                    self.memory_watch.enforce(self.clock(), [task.payload for task in self.tasks])
                     if self.guard is not None:
                         self.guard.check()
                     self._heed_suspects()
                     self._keep_leases()
-                    self._sweep_leftovers()
+                    self.tasks.sweep(self.clock())
             finally:
                 self._abandon()
-                self._sweep_leftovers(final=True)
+                self.tasks.sweep(self.clock(), final=True)
                 self.journal.close()
-                self._tidy_pilot_folder()
+                self.tasks.tidy_pilot_folder()
                 log.info("tasks: %s", self.tally)
 
     # -- claim -------------------------------------------------------------------------------------
 
     def _claim(self) -> list[Lease]:
+        held = self.book.held
+        if held is not None and self.book.take_held(held.item.token.id) is not None:
+            self.claimed_early.append(held.item)  # the token waiting for room has it now: first
         if self.claimed_early:
             return self._early_claims()
         wanted = self._claims_wanted()
         if not wanted:
             return []
+        leases = self._probe(wanted)
+        return leases + self._claim_from_pool(wanted, self.claim_fit)
+
+    def _claim_from_pool(self, wanted: int, fit: Optional[Fit]) -> list[Lease]:
         try:
-            leases = self.pool.claim(wanted)
+            leases = self.pool.claim(wanted, fit)
         except ServerUnreachable as err:
             self.reporter.unreachable(err)
             return []
         self.reporter.reachable()
         self._claimed(wanted, leases)
-        return leases
+        return self._placed(leases)
+
+    def _probe(self, wanted: int) -> list[Lease]:
+        """Now and then, while tasks run and some cores are free, claim a token that fits the node but not
+        what is free: it is held until it fits, so claims of what fits now do not pass it over for ever.
+        Called where a claim is about to be made (walltime, max_tasks and the like allow one)."""
+        now = self.clock()
+        fit = self.book.probe_fit(now, self._patience()) if now >= self.next_probe else None
+        max_tasks = self.config.pilot.max_tasks
+        if fit is None or (max_tasks and self.claimed + wanted >= max_tasks):
+            return []
+        self.next_probe = now + probe_interval(self._patience())
+        try:
+            leases = self.pool.claim(1, fit)
+        except ServerUnreachable as err:
+            self.reporter.unreachable(err)
+            return []
+        self.claimed += len(leases)
+        return self._placed(leases)
+
+    def _placed(self, leases: list[Lease]) -> list[Lease]:
+        """Claimed tokens that got their cores, GPUs and memory; the others are held or given back."""
+        ready = []
+        for lease in leases:
+            token = lease.token
+            placed = self.book.place(token.id, token.fields, lease, self.clock())
+            if placed.grant is not None:
+                ready.append(lease)
+            elif placed.charged:
+                folder = self.tasks.folder_for(token.id, len(token.attempts))
+                now = self.wallclock()
+                self._report_now(lease, Result(Outcome.NOT_STARTED, placed.reason, now, now), folder)
+            elif placed.reason:
+                self._give_back(lease, placed.reason)
+            elif log.isEnabledFor(logging.INFO):
+                log.info("held until it fits: %s", placed.request, extra={"token": token.id})
+        return ready
+
+    def _patience(self) -> float:
+        """How long a held token lets smaller ones start beside it: one expected task duration."""
+        return self.walltime.estimator.expected()
+
+    def _claims_stopped(self) -> bool:
+        return bool(self.stopping or self.draining or self.breaker.tripped or len(self.journal))
 
     def _early_claims(self) -> list[Lease]:
         """Tokens claimed along with the last reports. They passed max_tasks and the walltime when claimed;
@@ -190,7 +244,8 @@ class Pilot:
 
     def _give_back_early(self, reason: str) -> None:
         leases, self.claimed_early = self.claimed_early, []
-        for lease in leases:
+        held = self.book.drop_held()
+        for lease in [*leases, *([held] if held is not None else [])]:
             self._give_back(lease, reason)
 
     def _claimed(self, wanted: int, leases: list[Lease]) -> None:
@@ -198,7 +253,11 @@ class Pilot:
         self.claimed += len(leases)
         if len(leases) < wanted:
             self.next_claim = now + self.empty_poll
-            if not leases and not self.running:
+            # Room was left that nothing in the pool fits: claim again before empty_poll only when
+            # more than that is free.
+            fit = self.claim_fit
+            self.short_fit = None if fit is None else fit.after([lease.token.fields for lease in leases])
+            if not leases and not self.running and not self.book.grants:
                 self._note_idle(now)
         if leases:
             self.idle_since = None
@@ -210,6 +269,8 @@ class Pilot:
         may come back (their pilot may be dead), and then at most pilot.idle_timeout."""
         if self.idle_since is None:
             self.idle_since = now
+        if self.left_behind is None:
+            self._note_left_behind()
         if not self.config.pilot.idle_timeout:
             self.locked_elsewhere = 0
             return
@@ -218,11 +279,27 @@ class Pilot:
         except ServerUnreachable as err:
             self.reporter.unreachable(err)
 
+    def _note_left_behind(self) -> None:
+        """Idle with everything free: the todo tokens left are ones no claim of this pilot can take."""
+        try:
+            self.left_behind = self.pool.counts().todo
+        except ServerUnreachable as err:
+            self.reporter.unreachable(err)
+            return
+        if self.left_behind:
+            log.warning(
+                "%d todo token(s) left for a bigger node: none fits this one (%s)",
+                self.left_behind,
+                self.book.node,
+            )
+
     def _claims_wanted(self) -> int:
-        """How many tokens to claim now: free slots, unless draining, stopping, or the pool was just empty."""
-        if self.stopping or self.draining or self.breaker.tripped or len(self.journal):
+        """How many tokens to claim now: what fits in the free cores (see Book.fit), unless draining,
+        stopping, or the pool was just empty. Sets ``claim_fit``, what they may take."""
+        if self._claims_stopped():
             return 0  # a journal to send means the server was away: results first, then new work
-        free = self.config.pilot.slots - len(self.running) - len(self.claimed_early)
+        self.claim_fit = self.book.fit(self.clock(), self._patience())
+        free = 0 if self.claim_fit is None else self.claim_fit.tasks
         max_tasks = self.config.pilot.max_tasks
         if max_tasks:
             if self.claimed >= max_tasks:
@@ -230,7 +307,9 @@ class Pilot:
                 return 0
             free = min(free, max_tasks - self.claimed)
         now = self.clock()
-        if free <= 0 or now < self.next_claim or not self.outage.may_try(now):
+        # Fewer than wanted means nothing more fits now; what is freed since may fit what did not.
+        waiting = now < self.next_claim and not (self.claim_fit and self.claim_fit.exceeds(self.short_fit))
+        if free <= 0 or waiting or not self.outage.may_try(now):
             return 0
         verdict = self.walltime.verdict(now)
         if verdict is not None:
@@ -241,15 +320,19 @@ class Pilot:
     # -- walltime: a token's own estimate -----------------------------------------------------------
 
     def _fits(self, lease: Lease) -> bool:
-        """False for a token whose own estimate (field ``expected_duration``) does not fit before the job's
-        end: it goes back to todo uncharged, for a pilot with more time, and this pilot drains."""
+        """False for a token whose own estimate (field ``expected_duration``), else what tasks of its size
+        took here, does not fit before the job's end: it goes back to todo uncharged, for a pilot with
+        more time, and this pilot drains."""
         token = lease.token
         try:
             estimate = token_estimate(token.fields)
         except ValueError as err:
             log.warning("ignoring the token's %s: %s", TOKEN_ESTIMATE, err, extra={"token": token.id})
             return True
-        verdict = None if estimate is None else self.walltime.verdict(self.clock(), estimate, TOKEN_ESTIMATE)
+        basis = TOKEN_ESTIMATE
+        if estimate is None:  # tasks of its size may have been measured
+            estimate, basis = self.walltime.size_estimate(len(self.book.grants[token.id].cpus)) or (None, "")
+        verdict = None if estimate is None else self.walltime.verdict(self.clock(), estimate, basis)
         if verdict is None:
             return True
         self._give_back(lease, f"not started: {verdict}")
@@ -258,20 +341,23 @@ class Pilot:
 
     def _give_back(self, lease: Lease, reason: str) -> None:
         """A claimed token this pilot will not start: back to todo, not charged."""
-        folder = runner.task_folder(self.folder, lease.token.id, len(lease.token.attempts))
+        self.book.release(lease.token.id)
+        folder = self.tasks.folder_for(lease.token.id, len(lease.token.attempts))
         self._deliver(lease, Result(Outcome.INTERRUPTED, reason, None, self.wallclock()), folder)
 
     # -- run ---------------------------------------------------------------------------------------
 
     def _run(self, lease: Lease) -> None:
         token = lease.token
+        grant = self.book.grants[token.id]
         attempt_number = len(token.attempts)
-        folder = runner.task_folder(self.folder, token.id, attempt_number)
+        folder = self.tasks.folder_for(token.id, attempt_number)
         values = template.token_values(token.id, token.fields, self.cache_paths)
         values.update({"pilot.config_dir": self.config_dir, "pilot.task_dir": folder})
         try:
             argv = [template.render(word, values) for word in self.config.task.command]
         except (template.MissingField, template.UnsafeValue) as err:
+            self.book.release(token.id)
             now = self.wallclock()
             self._report_now(lease, Result(Outcome.NOT_STARTED, str(err), now, now), folder)
             return
@@ -280,15 +366,11 @@ class Pilot:
             **template.task_environment(token.id, token.fields, self.cache_paths),
             "PILOT_TASK_DIR": folder,
             children.ENV: str(children.path_in(folder)),
+            **grant.environment(self.config.task.env),
         }
         if self.guard is not None:
             self.guard.start()  # once, before the first task: a pilot with nothing to do never needs one
-        folder_ready = False
-        if self.spare_folders:
-            spare = self.spare_folders.pop()
-            folder_ready = runner.take_over(spare, folder)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("task folder: the emptied %s, renamed", spare, extra={"token": token.id})
+        folder_ready = self.tasks.ready_folder(folder, token.id)
         started = runner.start(
             token_id=token.id,
             argv=argv,
@@ -299,25 +381,20 @@ class Pilot:
             clock=self.clock,
             wallclock=self.wallclock,
             folder_ready=folder_ready,
+            cpus=grant.cpus if self.book.node.bind else None,
+            cores=len(grant.cpus),
+            memory=grant.memory,
         )
         if isinstance(started, Result):
+            self.book.release(token.id)
             self._report_now(lease, started, folder)
             return
-        self.running[token.id] = Running(lease, started)
+        self.tasks.add(Running(lease, started))
         if log.isEnabledFor(logging.INFO):
             log.info("started (attempt %d): %s", attempt_number, " ".join(argv), extra={"token": token.id})
 
     def _finished(self) -> list[tuple[Running, Result]]:
-        now = self.clock()
-        done = []
-        for token_id, running in list(self.running.items()):
-            running.payload.tick(now)
-            if running.payload.poll():
-                del self.running[token_id]
-                done.append((running, running.payload.finish(self.config.task.log_tail, self.wallclock)))
-                self.unswept[running.payload.cookie] = token_id
-                if self.sweep_due is None:
-                    self.sweep_due = now + self.config.pilot.kill_leftovers_after
+        done = self.tasks.finished(self.clock(), self.config.task.log_tail, self.wallclock)
         if done and not self.running:
             self.next_claim = 0.0  # idle now: look at the pool again before deciding it is empty
         return done
@@ -326,6 +403,7 @@ class Pilot:
 
     def _report(self, running: Running, result: Result) -> None:
         """A task ended: report it with the tokens it added; claim its successor in the same round trip."""
+        self.book.release(running.lease.token.id)
         result, new = children.collect(result, running.payload.folder, running.lease.token)
         self._report_now(running.lease, result, running.payload.folder, claim=True, new=new)
 
@@ -353,17 +431,20 @@ class Pilot:
     ) -> None:
         report = replace(make_report(lease.token, result, self.config.task.max_attempts), children=new)
         wanted = self._claims_wanted() if claim else 0
+        if wanted:
+            self.claimed_early += self._probe(wanted)
+            self.claim_fit = self.book.fit(self.clock(), self._patience())  # what the held one leaves
         report, (saved, leases) = self.reporter.refusing(
-            lease, report, lambda sent: self.reporter.send(lease, sent, wanted)
+            lease, report, lambda sent: self.reporter.send(lease, sent, wanted, self.claim_fit)
         )
         if saved is not None:
             self._count(lease, report, saved)
         if wanted and saved is not None:
             self._claimed(wanted, leases)
-            self.claimed_early += leases  # started by the loop's next claim step
+            self.claimed_early += self._placed(leases)  # started by the loop's next claim step
         if result.outcome in (Outcome.DONE, Outcome.FAILED) and result.duration is not None:
-            self.walltime.estimator.record(result.duration)
-        self._tidy_task_folder(folder, report)
+            self.walltime.record(result.duration, result.cores)
+        self.tasks.tidy_folder(folder, report)
 
     def _children_refused(self, lease: Lease, report: Report, err: PilotError) -> Report:
         return children.refused(lease.token, report, err, self.config.task.max_attempts)
@@ -467,6 +548,8 @@ class Pilot:
         self.next_renewal = now + self.config.server.lease / 3
         held = [running.lease for running in self.running.values()]
         held += [suspect.lease for suspect in self.suspects.values()]
+        waiting = self.book.held
+        held += [waiting.item] if waiting is not None else []
         try:
             renewal = self.pool.renew(held)
         except ServerUnreachable as err:
@@ -474,10 +557,17 @@ class Pilot:
             return
         self.reporter.reachable()
         for lease in renewal.renewed:
+            if waiting is not None and waiting.item.token.id == lease.token.id:
+                waiting.item = lease
+                continue
             holder = self.running.get(lease.token.id) or self.suspects[lease.token.id]
             holder.lease = lease
         for lease in renewal.lost:
             extra = {"token": lease.token.id}
+            if waiting is not None and waiting.item.token.id == lease.token.id:
+                self.book.drop_held()
+                log.warning("lease lost while it waited for room (token reset or taken)", extra=extra)
+                continue
             if self.suspects.pop(lease.token.id, None) is not None:
                 log.warning(
                     "lease lost while its failure was held back; the failure is not reported", extra=extra
@@ -556,7 +646,8 @@ class Pilot:
         if self.idle_since is None:
             return None
         if not self.locked_elsewhere:
-            return Ending(ExitCode.OK, "pool empty: nothing left to claim")
+            left = f"; {self.left_behind} todo token(s) left, none fits this node" if self.left_behind else ""
+            return Ending(ExitCode.OK, "pool empty: nothing left to claim" + left)
         waited = self.config.pilot.idle_timeout
         if self.clock() - self.idle_since < waited:
             return None
@@ -575,16 +666,21 @@ class Pilot:
                 wake.append(event)
         if self.running or self.suspects:  # held failures keep their leases too
             wake.append(self.next_renewal)
-        if not self.stopping and not self.draining and len(self.running) < self.config.pilot.slots:
+        if not self.stopping and not self.draining and self.book.fit(now, self._patience()) is not None:
             wake.append(self.next_claim)
+        if self.running and self.book.held is None and self.book.fit(now, self._patience()) is not None:
+            wake.append(self.next_probe)
         if self.idle_since is not None:
             wake.append(self.idle_since + self.config.pilot.idle_timeout)
         if self.outage.down or len(self.journal):
             wake.append(self.outage.next_try)
         if self.breaker.streak:
             wake.append(self.breaker.streak[0][1] + self.breaker.window)
-        if self.sweep_due is not None:
-            wake.append(self.sweep_due)
+        look = self.memory_watch.due(now, [task.payload for task in self.tasks])
+        if look is not None:
+            wake.append(look)
+        if self.tasks.sweep_due is not None:
+            wake.append(self.tasks.sweep_due)
         return max(0.0, min(wake) - now)
 
     def _abandon(self) -> None:
@@ -606,46 +702,6 @@ class Pilot:
                     extra={"token": token_id},
                 )
 
-    def _sweep_leftovers(self, *, final: bool = False) -> None:
-        """Kill what finished tasks left running outside their process group: at most
-        pilot.kill_leftovers_after after they ended, and all of it when the pilot ends (as a batch job's
-        end would; a grid node's next job should not find them). One /proc sweep serves every task that
-        ended since the last, so short tasks do not pay a sweep each."""
-        if not final and (self.sweep_due is None or self.clock() < self.sweep_due):
-            return
-        ended, self.unswept, self.sweep_due = self.unswept, {}, None
-        spared = {task.payload.cookie for task in self.running.values()}
-        killed = sweep_leftovers(runner.COOKIE_PREFIX, spared)
-        if not killed:
-            return
-        total = sum(killed.values())
-        whose = [f"{token} ({killed.pop(cookie)})" for cookie, token in ended.items() if cookie in killed]
-        if killed:  # started, after the last sweep, by tasks that ended before it
-            whose.append(f"earlier tasks ({sum(killed.values())})")
-        log.warning(
-            "killed %d process(es) that finished tasks had left running, detached: %s",
-            total,
-            ", ".join(whose),
-        )
-
-    # -- folders -----------------------------------------------------------------------------------
-
-    def _tidy_task_folder(self, folder: str, report: Report) -> None:
-        keep = self.config.pilot.keep_workdirs
-        if keep == "always" or (keep == "failed" and report.state is not State.DONE):
-            return
-        if len(self.spare_folders) < self.config.pilot.slots and runner.emptied(folder):
-            self.spare_folders.append(folder)  # the next task's folder, renamed
-        else:
-            runner.remove_folder(folder)
-
-    def _tidy_pilot_folder(self) -> None:
-        for spare in self.spare_folders:
-            runner.remove_folder(spare)
-        self.spare_folders = []
-        with contextlib.suppress(OSError):
-            self.folder.rmdir()  # only when empty: kept task folders stay
-
     def _announce(self) -> None:
         ident = self.identity
         job = f", batch job {ident.batch_job}" if ident.batch_job else ""
@@ -659,7 +715,14 @@ class Pilot:
             self.config.pilot.slots,
             self.folder,
         )
+        for line in self.book.node.found:
+            log.info("node: %s", line)
         log.info("%s", self.walltime.describe(self.clock()))
+
+
+def probe_interval(patience: float) -> float:
+    """Seconds between looks for a token bigger than what is free: a few per expected task duration."""
+    return max(1.0, min(30.0, patience / 4))
 
 
 def _took(result: Result) -> str:

@@ -16,6 +16,7 @@ from agent.errors import DependencyError, PilotError, ServerUnreachable, TokenEr
 from agent.journal import Journal, orphans
 from agent.outage import Outage
 from agent.pools import Lease, Pool, Saved
+from agent.resources import Fit
 from agent.token import Report
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,9 @@ class Reporter:
         self.clock = clock
         self.refused = refused
 
-    def send(self, lease: Lease, report: Report, claim: int = 0) -> tuple[Optional[Saved], list[Lease]]:
+    def send(
+        self, lease: Lease, report: Report, claim: int = 0, fit: Optional[Fit] = None
+    ) -> tuple[Optional[Saved], list[Lease]]:
         """Report now, and claim up to ``claim`` tokens in the same round trip. When the server is away,
         or older reports wait in the journal, the report joins the journal (None) and nothing is claimed."""
         if self.outage.down or len(self.journal):
@@ -50,7 +53,7 @@ class Reporter:
             return None, []
         try:
             if claim:
-                saved, leases = self.pool.report_and_claim(lease, report, claim)
+                saved, leases = self.pool.report_and_claim(lease, report, claim, fit)
             else:
                 saved, leases = self.pool.report(lease, report), []
         except ServerUnreachable as err:

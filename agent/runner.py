@@ -27,7 +27,7 @@ from agent.identity import random_prefix, unique_ids
 from agent.spawn import Process, spawn_task
 from agent.sweep import COOKIE_VARIABLE, sweep
 from agent.token import Outcome, Result
-from agent.units import format_duration
+from agent.units import format_duration, format_size
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 log = logging.getLogger(__name__)
@@ -56,9 +56,13 @@ class Payload:
         timeout: Optional[float],
         kill_grace: float,
         clock: Callable[[], float],
+        cores: Optional[int] = None,
+        memory: int = 0,
         program: str = "",
     ) -> None:
         self.token_id = token_id
+        self.cores = cores  # given to it, for the record
+        self.memory = memory  # bytes it asked for; 0: none
         self.program = program  # argv[0], for the reason of a start that failed in a spawner thread
         self.process = process
         self.folder = folder
@@ -137,6 +141,10 @@ class Payload:
         outcome, reason, code, sig = self._classify()
         stdout_tail, stderr_tail = (read_tail(fd, tail_bytes) for fd in self.outputs)
         _close(self.outputs)
+        usage = self.process.usage
+        max_rss = None if usage is None else usage.ru_maxrss * 1024  # Linux counts KiB
+        if self.memory and max_rss is not None and max_rss > self.memory and outcome is not Outcome.MEMORY:
+            reason += f"; peak RSS {format_size(max_rss)}, over its memory request {format_size(self.memory)}"
         return Result(
             outcome=outcome,
             reason=reason,
@@ -146,6 +154,10 @@ class Payload:
             signal=sig,
             stdout_tail=stdout_tail,
             stderr_tail=stderr_tail,
+            cores=self.cores,
+            cpu_user=None if usage is None else round(usage.ru_utime, 3),
+            cpu_system=None if usage is None else round(usage.ru_stime, 3),
+            max_rss=max_rss,
         )
 
     def _classify(self) -> tuple[Outcome, str, Optional[int], Optional[int]]:
@@ -172,9 +184,12 @@ def start(
     clock: Callable[[], float] = time.monotonic,
     wallclock: Callable[[], float] = time.time,
     folder_ready: bool = False,
+    cpus: Optional[Sequence[int]] = None,
+    cores: Optional[int] = None,
+    memory: int = 0,
 ) -> Payload | Result:
     """Start the task in ``folder`` (created here unless ``folder_ready``) with stdout and stderr streamed
-    to files there.
+    to files there, bound to ``cpus`` when given.
 
     Returns a Payload, or a NOT_STARTED Result saying why the process could not start.
     """
@@ -194,7 +209,7 @@ def start(
         for name in ("stdout", "stderr"):
             outputs.append(os.open(os.path.join(folder, name), _OUTPUT_FLAGS, 0o644))
         stdio = (_devnull(), outputs[0], outputs[1])
-        process = spawn_task(argv, {**env, COOKIE_VARIABLE: cookie}, folder, stdio)
+        process = spawn_task(argv, {**env, COOKIE_VARIABLE: cookie}, folder, stdio, cpus)
     except OSError as error:
         _close(outputs)
         return Result(Outcome.NOT_STARTED, _start_failure(error, argv[0], folder), started, wallclock())
@@ -208,6 +223,8 @@ def start(
         timeout=timeout,
         kill_grace=kill_grace,
         clock=clock,
+        cores=cores,
+        memory=memory,
         program=argv[0],
     )
 

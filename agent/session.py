@@ -9,11 +9,13 @@ import time
 from collections.abc import Mapping
 
 from agent.config import CacheConfig, Config
+from agent.errors import ConfigError
 from agent.guard import Guard
 from agent.health import check_node
 from agent.identity import Identity
 from agent.pilot import Ending, Pilot
 from agent.pools import Pool
+from agent.resources import ResourceError, detect
 from agent.signals import Signals
 from agent.spawn import background
 from agent.walltime import Walltime, find_end
@@ -27,6 +29,10 @@ def run_pilot(config: Config, pool: Pool, identity: Identity, environ: Mapping[s
         # A node that cannot run tasks must not take tokens: check it before anything is claimed.
         for line in check_node(config, environ):
             log.info("node check: %s", line)
+        try:
+            node = detect(config.pilot.node, environ, slots=config.pilot.slots)
+        except ResourceError as err:
+            raise ConfigError(config.path, "pilot.cores", str(err)) from None
         end = find_end(config.walltime, environ, time.time(), time.monotonic())
         walltime = Walltime(end, config.walltime)
         # The entries stay held (shared flock) until the pilot ends, so no eviction takes them from tasks.
@@ -40,6 +46,7 @@ def run_pilot(config: Config, pool: Pool, identity: Identity, environ: Mapping[s
                 cache_paths=cache_paths,
                 signals=signals,
                 guard=guard,
+                node=node,
             )
             return pilot.run()
 

@@ -23,7 +23,7 @@ import sys
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 # What Popen's restore_signals puts back to the default in the child: CPython ignores both.
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
@@ -34,6 +34,7 @@ class Process(Protocol):
     """What the runner needs of a started process; ``subprocess.Popen`` is one."""
 
     pid: int
+    usage: Optional[Any]  # os.wait4's account once reaped, where the process type keeps one
 
     def poll(self) -> Optional[int]: ...
 
@@ -41,11 +42,15 @@ class Process(Protocol):
 
 
 class Spawned:
-    """A process started with posix_spawn, reaped as Popen reaps: returncode is -N when killed by N."""
+    """A started process, reaped as Popen reaps (returncode is -N when killed by N) but with ``wait4``,
+    which also gives the kernel's account of what it used (``usage``: CPU times, peak RSS) at no cost.
+    A process Popen started is reaped here too, and its Popen told the return code."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, popen: Optional[subprocess.Popen[bytes]] = None) -> None:
         self.pid = pid
+        self.popen = popen
         self.returncode: Optional[int] = None
+        self.usage: Optional[Any] = None  # os.wait4's resource.struct_rusage, once reaped
 
     def poll(self) -> Optional[int]:
         if self.returncode is None:
@@ -59,12 +64,15 @@ class Spawned:
 
     def _reap(self, flags: int) -> None:
         try:
-            pid, status = os.waitpid(self.pid, flags)
+            pid, status, usage = os.wait4(self.pid, flags)
         except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): its status is lost; Popen says 0
             self.returncode = 0
             return
         if pid:
             self.returncode = os.waitstatus_to_exitcode(status)
+            self.usage = usage
+            if self.popen is not None:
+                self.popen.returncode = self.returncode
 
 
 class Starting:
@@ -91,6 +99,10 @@ class Starting:
             self.settled.set()
         if self.process is None or self.process.poll() is not None:
             os.kill(os.getpid(), signal.SIGCHLD)
+
+    @property
+    def usage(self) -> Optional[Any]:
+        return None if self.process is None else self.process.usage
 
     @property
     def pid(self) -> int:
@@ -140,15 +152,32 @@ def background(slots: int) -> Iterator[None]:
 
 
 def spawn_task(
-    argv: Sequence[str], env: Mapping[str, str], folder: str, stdio: tuple[int, int, int]
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    folder: str,
+    stdio: tuple[int, int, int],
+    cpus: Optional[Collection[int]] = None,
 ) -> Process:
-    """``spawn`` for a task, whose descriptors stay open until it is reaped. Inside ``background``, it
-    returns at once a ``Starting``, whose ``error`` says why if the start fails."""
+    """``spawn`` for a task, whose descriptors stay open until it is reaped, bound to ``cpus`` if given.
+    Inside ``background``, it returns at once a ``Starting``, whose ``error`` says why if the start
+    fails; the binding is then the spawner thread's, around its Popen (affinity is per thread)."""
     if not _BACKGROUND:
-        return spawn(argv, env, folder, stdio)
+        with pinned(cpus):
+            return spawn(argv, env, folder, stdio)
     starting = Starting()
-    _BACKGROUND[0].submit(starting.start, lambda: _popen(argv, env, folder, stdio))
+    _BACKGROUND[0].submit(starting.start, lambda: _pinned_popen(argv, env, folder, stdio, cpus))
     return starting
+
+
+def _pinned_popen(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    folder: str,
+    stdio: tuple[int, int, int],
+    cpus: Optional[Collection[int]],
+) -> Process:
+    with pinned(cpus):
+        return _popen(argv, env, folder, stdio)
 
 
 def spawn(
@@ -176,7 +205,7 @@ def _popen(
     # Popen's child keeps the signal mask of the thread that starts it.
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if blocked else None
     try:
-        return subprocess.Popen(
+        popen = subprocess.Popen(
             list(argv),
             cwd=folder,
             env=env,
@@ -186,6 +215,7 @@ def _popen(
             start_new_session=True,
             close_fds=True,
         )
+        return Spawned(popen.pid, popen)
     finally:
         if previous is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
@@ -220,6 +250,26 @@ def _posix_spawn(
 
 
 _FOUND: dict[tuple[str, str], str] = {}
+
+
+_OWN_CPUS: list[set[int]] = []  # the pilot's own CPU affinity, read once
+
+
+@contextlib.contextmanager
+def pinned(cpus: Optional[Collection[int]]) -> Iterator[None]:
+    """The pilot's thread bound to ``cpus`` while it starts a process, which inherits the binding (and
+    passes it on to its children): posix_spawn has no affinity attribute, and Popen's preexec_fn would
+    cost a fork. Two system calls; the pilot's own binding comes back after."""
+    if cpus is None:
+        yield
+        return
+    if not _OWN_CPUS:
+        _OWN_CPUS.append(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, _OWN_CPUS[0])
 
 
 def executable(program: str, env: Mapping[str, str]) -> str:

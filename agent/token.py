@@ -33,10 +33,11 @@ class Outcome(str, enum.Enum):
     UNHEALTHY = "node-unhealthy"  # given back uncharged because the node looks broken
     RESET = "reset"  # put back by `pilot reset --locked`
     CANCELLED = "cancelled"  # stopped by `pilot.pyz tokens cancel`: to error, not charged
+    MEMORY = "memory"  # used more memory than it asked for, with task.enforce_memory: killed
 
     @property
     def charged(self) -> bool:
-        return self in (Outcome.FAILED, Outcome.TIMEOUT, Outcome.NOT_STARTED)
+        return self in (Outcome.FAILED, Outcome.TIMEOUT, Outcome.NOT_STARTED, Outcome.MEMORY)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ class Attempt:
     signal: Optional[int] = None
     outcome: Optional[str] = None  # an Outcome value; None while the attempt is under way
     reason: str = ""
+    # What the task used, from the kernel's account of its reaped process (and the children it reaped).
+    cores: Optional[int] = None  # cores it was given
+    cpu_user: Optional[float] = None  # seconds
+    cpu_system: Optional[float] = None
+    max_rss: Optional[int] = None  # bytes, of its largest process
 
     def to_json(self) -> dict[str, Any]:
         # By hand, not dataclasses.asdict: this runs for every attempt at every claim and report.
@@ -104,6 +110,10 @@ class Result:
     signal: Optional[int] = None
     stdout_tail: bytes = b""
     stderr_tail: bytes = b""
+    cores: Optional[int] = None  # as on Attempt
+    cpu_user: Optional[float] = None
+    cpu_system: Optional[float] = None
+    max_rss: Optional[int] = None
 
     @property
     def duration(self) -> Optional[float]:
@@ -155,6 +165,10 @@ def close_attempt(attempt: Attempt, result: Result) -> Attempt:
         signal=result.signal,
         outcome=result.outcome.value,
         reason=result.reason,
+        cores=result.cores,
+        cpu_user=result.cpu_user,
+        cpu_system=result.cpu_system,
+        max_rss=result.max_rss,
     )
 
 

@@ -96,6 +96,20 @@ class Walltime:
         self.end = end
         self.margin = config.margin
         self.estimator = Estimator(config.expected)
+        self.sizes: dict[int, Estimator] = {}  # per task size (cores given): tasks of 16 cores run longer
+
+    def record(self, seconds: float, cores: Optional[int] = None) -> None:
+        self.estimator.record(seconds)
+        if cores is not None:
+            self.sizes.setdefault(cores, Estimator(self.estimator.configured)).record(seconds)
+
+    def size_estimate(self, cores: int) -> Optional[tuple[float, str]]:
+        """What a task of this size is expected to take, and the basis, once tasks of its size were
+        measured; None before (the estimator over all sizes answers then)."""
+        estimator = self.sizes.get(cores)
+        if estimator is None or len(estimator.durations) < estimator.min_samples:
+            return None
+        return estimator.expected(), f"measured over {len(estimator.durations)} tasks of {cores} core(s)"
 
     def left(self, now: float) -> Optional[float]:
         """Seconds until the job's end, or None when there is no known limit."""

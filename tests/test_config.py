@@ -7,6 +7,7 @@ from conftest import to_toml
 
 from agent.config import Secret, expand_path, load
 from agent.errors import ConfigError
+from agent.resources import NodeSpec, Request
 
 MINIMAL = {"task": {"command": ["python3", "run.py", "{input}"]}}
 
@@ -156,6 +157,40 @@ def test_walltime_override_wins(tmp_path: Path) -> None:
     assert load(path, {}).walltime.limit == 36000
     assert load(path, {}, walltime_override=60).walltime.limit == 60
     assert load(write(tmp_path, to_toml(MINIMAL)), {}).walltime.limit is None
+
+
+def test_resource_keys_default_to_auto_and_one_core_per_task(tmp_path: Path) -> None:
+    config = load(write(tmp_path, to_toml(MINIMAL)), {})
+    assert config.pilot.node == NodeSpec(cores=None, gpus=None, memory=None, bind=True)
+    assert config.task.request == Request(1, 1, 0, 0) and config.task.enforce_memory is False
+
+
+def test_resource_keys_declared(tmp_path: Path) -> None:
+    sections = {
+        **MINIMAL,
+        "pilot": {"cores": 8, "gpus": ["0", 1], "memory": "240GB", "bind": False},
+        "task": {**MINIMAL["task"], "cores": "4-16", "gpus": 1, "memory": "2GiB", "enforce_memory": True},
+    }
+    config = load(write(tmp_path, to_toml(sections)), {})
+    assert config.pilot.node == NodeSpec(cores=8, gpus=("0", "1"), memory=240 * 10**9, bind=False)
+    assert config.task.request == Request(4, 16, 1, 2 * 2**30) and config.task.enforce_memory
+    assert load(write(tmp_path, to_toml({**MINIMAL, "pilot": {"gpus": 0}})), {}).pilot.node.gpus == ()
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "problem"),
+    [
+        ("pilot", {"cores": 0}, 'pilot.cores: expected "auto" or a number of cores >= 1, got 0'),
+        ("pilot", {"cores": "many"}, "pilot.cores: expected \"auto\" or a number of cores >= 1, got 'many'"),
+        ("pilot", {"gpus": ["0", "0"]}, "pilot.gpus: a device id is listed twice"),
+        ("pilot", {"memory": "lots"}, 'pilot.memory: expected "auto" or expected a size'),
+        ("task", {"cores": "16-4"}, "task.cores: expected a range of at least 1 core, low to high"),
+        ("task", {"gpus": -1}, "task.gpus: expected a GPU count >= 0, got -1"),
+    ],
+)
+def test_wrong_resource_keys_name_the_key(tmp_path: Path, section: str, values: dict, problem: str) -> None:
+    sections = {**MINIMAL, section: {**MINIMAL.get(section, {}), **values}}
+    assert problem in error_of(tmp_path, to_toml(sections))
 
 
 def test_start_jitter_is_a_duration_off_by_default(tmp_path: Path) -> None:

@@ -345,3 +345,16 @@ def test_site_config_examples_load_and_ask_the_batch_system(tmp_path: Path, name
     config = load(config_file, {"HOME": str(tmp_path), "TMPDIR": str(tmp_path)})
     assert config.walltime.limit is None  # "auto"
     assert config.walltime.margin >= 300 and config.task.kill_grace < 30  # inside Slurm's KillWait
+
+
+def test_expected_durations_per_task_size_once_measured() -> None:
+    walltime = Walltime(End(None, "none"), WalltimeConfig(limit=None, margin=60.0, expected=600.0))
+    for seconds in (10.0, 10.0):
+        walltime.record(seconds, cores=1)
+    walltime.record(100.0, cores=16)
+    assert walltime.size_estimate(1) is None  # two of three samples
+    walltime.record(10.0, cores=1)
+    estimate = walltime.size_estimate(1)
+    assert estimate is not None and estimate[0] == 12.0 and "3 tasks of 1 core(s)" in estimate[1]
+    assert walltime.size_estimate(16) is None and walltime.size_estimate(4) is None
+    assert walltime.estimator.expected() == 120.0  # over all sizes: 90th percentile x 1.2

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from agent.errors import NotSupported, PoolError, ServerUnreachable, TokenError
 from agent.identity import Identity
+from agent.resources import Fit
 from agent.token import Attempt, NewToken, Report, State, Token
 
 
@@ -143,8 +144,12 @@ class Pool(abc.ABC):
         return self.add(tokens)
 
     @abc.abstractmethod
-    def claim(self, n: int) -> list[Lease]:
-        """Lease up to ``n`` claimable tokens (todo, or locked with an expired lease); none twice, ever."""
+    def claim(self, n: int, fit: Optional[Fit] = None) -> list[Lease]:
+        """Lease up to ``n`` claimable tokens (todo, or locked with an expired lease); none twice, ever.
+
+        With ``fit``, only tokens whose cores, GPUs and memory fit in it together (``Fit.pick``), chosen
+        by the server where the backend can; a backend that cannot look into tokens may ignore it (the
+        pilot gives a token that does not fit back at once)."""
 
     @abc.abstractmethod
     def renew(self, leases: Sequence[Lease]) -> Renewal:
@@ -154,7 +159,9 @@ class Pool(abc.ABC):
     def report(self, lease: Lease, report: Report) -> Saved:
         """Close the lease's attempt with the report's result and move the token to the report's state."""
 
-    def report_and_claim(self, lease: Lease, report: Report, n: int) -> tuple[Saved, list[Lease]]:
+    def report_and_claim(
+        self, lease: Lease, report: Report, n: int, fit: Optional[Fit] = None
+    ) -> tuple[Saved, list[Lease]]:
         """Report one result and claim up to ``n`` more: what a pilot does each time a task ends.
 
         This default makes the two calls; a backend that can do both in one round trip (one SQLite
@@ -164,7 +171,7 @@ class Pool(abc.ABC):
         """
         saved = self.report(lease, report)
         try:
-            return saved, self.claim(n) if n > 0 else []
+            return saved, self.claim(n, fit) if n > 0 else []
         except ServerUnreachable:
             return saved, []  # the report is in; the pilot's next claim finds the server away
 
@@ -285,3 +292,8 @@ def _last_end(token: Token) -> Optional[float]:
 
 def missing_id(token_id: str, where: str) -> TokenError:
     return TokenError(token_id, f"not in the pool {where}; nothing was deleted")
+
+
+def fit_left(fit: Optional[Fit], leases: Sequence[Lease]) -> Optional[Fit]:
+    """What is left of a claim's ``fit`` once these leases were claimed (None: no fit)."""
+    return None if fit is None else fit.after([lease.token.fields for lease in leases])

@@ -44,9 +44,11 @@ from agent.pools.base import (
     Renewal,
     Saved,
     batches,
+    fit_left,
     missing_id,
 )
 from agent.pools.httpauth import auth_headers, refusal
+from agent.resources import Fit, stored_needs
 from agent.token import Attempt, Outcome, Report, Result, State, Token
 
 log = logging.getLogger(__name__)
@@ -263,23 +265,26 @@ class CouchDBPool(Pool):
 
     # -- claim -------------------------------------------------------------------------------------
 
-    def claim(self, n: int) -> list[Lease]:
+    def claim(self, n: int, fit: Optional[Fit] = None) -> list[Lease]:
         if n <= 0:
             return []
         now = self.clock()
         leases = self._settle_uncertain(n, now) if self.uncertain else []
         scanned = False
         if self._lease_scan_due(now):
-            leases += self._claim_expired(n, now)
+            leases += self._claim_expired(n, now, fit_left(fit, leases))
             scanned = True
         conflict_rounds = 0
         while len(leases) < n:
-            docs = self._candidates(n - len(leases))
+            left = fit_left(fit, leases)
+            if left is not None and left.tasks < 1:
+                break
+            docs = self._candidates(n - len(leases), left)
             if not docs and not leases and self._sweep_waiting():
-                docs = self._candidates(n - len(leases))
+                docs = self._candidates(n - len(leases), left)
             if not docs:
                 if not scanned and self._plan().scans:  # todo is empty: dead pilots' tokens are left
-                    leases += self._claim_expired(n - len(leases), self.clock())
+                    leases += self._claim_expired(n - len(leases), self.clock(), left)
                 break
             try:
                 got, conflicts = self._lock(docs, self.clock())
@@ -369,16 +374,35 @@ class CouchDBPool(Pool):
         log.info("%d token(s) claimed just before the server went away are ours", len(kept))
         return kept[:n]
 
-    def _candidates(self, wanted: int) -> list[dict[str, Any]]:
-        """Up to ``wanted`` tokens to try: from the last window if fresh enough, else a new window."""
+    def _candidates(self, wanted: int, fit: Optional[Fit] = None) -> list[dict[str, Any]]:
+        """Up to ``wanted`` tokens to try: from the last window if fresh enough, else a new window. With a
+        fit, those of the window that fit together; a new window (read with the fit's selector) when none
+        of the last one does."""
         now = self.clock()
         if now - self.candidates_read > CANDIDATES_MAX_AGE:
             self.candidates, self.walk_from = [], None
+        if fit is not None:
+            picked = self._pick(fit, wanted)
+            if picked:
+                return picked
+            self.candidates = self._window(window_size(wanted), now, fit)
+            self.candidates_read = now
+            self.window_conflicts = 0
+            return self._pick(fit, wanted)
         if len(self.candidates) < wanted:
             self.candidates = self._window(window_size(wanted), now)
             self.candidates_read = now
             self.window_conflicts = 0
         picked, self.candidates = self.candidates[:wanted], self.candidates[wanted:]
+        return picked
+
+    def _pick(self, fit: Fit, wanted: int) -> list[dict[str, Any]]:
+        """The window's tokens that fit together, taken out of it; the others stay for later claims."""
+        chosen = set(
+            replace(fit, tasks=min(fit.tasks, wanted)).pick([picas.needs_of(d) for d in self.candidates])
+        )
+        picked = [doc for i, doc in enumerate(self.candidates) if i in chosen]
+        self.candidates = [doc for i, doc in enumerate(self.candidates) if i not in chosen]
         return picked
 
     def _tally(self, claimed: int, conflicts: int) -> None:
@@ -391,30 +415,30 @@ class CouchDBPool(Pool):
         if self.window_conflicts >= WINDOW_CONFLICTS:
             self.candidates, self.walk_from = [], None
 
-    def _window(self, size: int, now: float) -> list[dict[str, Any]]:
+    def _window(self, size: int, now: float, fit: Optional[Fit] = None) -> list[dict[str, Any]]:
         """The next window of todo tokens, shuffled. A pilot starts at a random place and walks on from
         there, window after window, so pilots keep to their own stretches of the tokens: windows at random
         places meet the others' more and more as the pool drains."""
         docs: list[dict[str, Any]] = []
         if self.walk_from is not None:
-            docs, position = self._read_window(size, skip=0, after=self.walk_from)
+            docs, position = self._read_window(size, skip=0, after=self.walk_from, fit=fit)
         if not docs:  # a new pilot, a jump, or the walk reached the end: start again at random
-            docs, position = self._random_window(size)
+            docs, position = self._random_window(size, fit)
         self.walk_from = position if len(docs) >= size else None
         claimable = [doc for doc in docs if picas.claimable(doc, now)]
         self.rng.shuffle(claimable)
         return claimable
 
-    def _random_window(self, size: int) -> tuple[list[dict[str, Any]], Any]:
+    def _random_window(self, size: int, fit: Optional[Fit] = None) -> tuple[list[dict[str, Any]], Any]:
         if self.window_rows is None:  # first read: learn the size, or every pilot reads the same tokens
             self.window_rows = self._range_size()
         skip = 0
         if self.window_rows > size:
             skip = self.rng.randrange(self.window_rows - size + 1)
-        docs, position = self._read_window(size, skip=skip, after=None)
+        docs, position = self._read_window(size, skip=skip, after=None, fit=fit)
         if not docs and skip:
             skip = 0
-            docs, position = self._read_window(size, skip=0, after=None)
+            docs, position = self._read_window(size, skip=0, after=None, fit=fit)
         if len(docs) < size:  # a short read tells the size exactly
             self.window_rows = skip + len(docs)
         return docs, position
@@ -428,11 +452,16 @@ class CouchDBPool(Pool):
             count = self._rows(self.design, "todo", limit=0).get("total_rows")
         return count if isinstance(count, int) else 0
 
-    def _read_window(self, size: int, *, skip: int, after: Any) -> tuple[list[dict[str, Any]], Any]:
+    def _read_window(
+        self, size: int, *, skip: int, after: Any, fit: Optional[Fit] = None
+    ) -> tuple[list[dict[str, Any]], Any]:
         """Up to ``size`` todo tokens (and the position to walk on from), after the position ``after``
-        (None: from the start, past ``skip`` of them)."""
+        (None: from the start, past ``skip`` of them); with a fit, only tokens that fit alone, chosen by
+        the server through the todo index (a site's own todo view is filtered here)."""
         if self._plan().find:
             selector = picas.todo_selector("" if after is None else after)
+            if fit is not None:
+                selector = picas.fit_selector(selector, fit)
             docs = self._find(selector, picas.TODO_INDEX, size + (after is not None), skip)
             if after is not None:
                 docs = [doc for doc in docs if doc.get("_id") != after]
@@ -444,7 +473,7 @@ class CouchDBPool(Pool):
         docs = [row["doc"] for row in rows if isinstance(row.get("doc"), dict)]
         return docs, rows[-1].get("key") if rows else None
 
-    def _claim_expired(self, wanted: int, now: float) -> list[Lease]:
+    def _claim_expired(self, wanted: int, now: float, fit: Optional[Fit] = None) -> list[Lease]:
         """Tokens whose lease expired: their pilot is gone. A site's own todo view takes only those that
         were claimed through the same design document."""
         self.next_lease_scan = now + lease_scan_interval(self.lease_seconds)
@@ -455,6 +484,11 @@ class CouchDBPool(Pool):
             and doc.get("type") == "token"
             and (self._plan().find or (picas.lease_of(doc) or {}).get("design") == self.design)
         ]
+        if fit is not None:
+            docs = [
+                docs[i]
+                for i in replace(fit, tasks=min(fit.tasks, wanted)).pick([picas.needs_of(d) for d in docs])
+            ]
         if not docs:
             return []
         got, _ = self._lock(docs[:wanted], now)
@@ -581,15 +615,17 @@ class CouchDBPool(Pool):
             self._settle_dependents(doc, State.ERROR)
         return len(written)
 
-    def report_and_claim(self, lease: Lease, report: Report, n: int) -> tuple[Saved, list[Lease]]:
+    def report_and_claim(
+        self, lease: Lease, report: Report, n: int, fit: Optional[Fit] = None
+    ) -> tuple[Saved, list[Lease]]:
         """The report and the claims in one ``_bulk_docs`` request. On pouchdb-server a request costs
         about ten times what one more document in it does, so this nearly halves a task's server time.
         Falls back to two calls when the todo window is empty or a scan for expired leases is due."""
         now = self.clock()
         fast = n > 0 and not self._lease_scan_due(now) and not self.uncertain
-        docs = self._candidates(n) if fast else []
+        docs = self._candidates(n, fit) if fast else []
         if not docs:
-            return super().report_and_claim(lease, report, n)
+            return super().report_and_claim(lease, report, n, fit)
         reported = picas.reported(lease.handle, lease.lease_id, len(lease.token.attempts) - 1, report, now)
         children = self._children(report, now)
         pending = self._claims(docs, now)
@@ -612,7 +648,9 @@ class CouchDBPool(Pool):
         if len(leases) < n:  # others took them first: go on as claim() does, past conflicts
             # If the server went away just now, the report is in; the pilot's next claim finds out.
             with contextlib.suppress(ServerUnreachable):
-                leases += self.claim(n - len(leases))
+                left = fit_left(fit, leases)
+                if left is None or left.tasks > 0:
+                    leases += self.claim(n - len(leases), left)
         return saved, leases
 
     def report(self, lease: Lease, report: Report) -> Saved:
@@ -670,6 +708,7 @@ class CouchDBPool(Pool):
                 dependents=plan.dependents.get(token.id, ()),
                 failed=plan.failed.get(token.id),
                 now=now,
+                needs=_needs(token.fields),
             )
             for token in tokens
         ]
@@ -793,6 +832,10 @@ class CouchDBPool(Pool):
                     f"field {taken[0]!r} is kept for PiCaS and pilot bookkeeping; rename it; "
                     + _added_before(given, batch),
                 )
+            try:
+                stored_needs(token.fields)  # checked before the batch is written
+            except ValueError as err:
+                raise TokenError(token.id, f"{err}; {_added_before(given, batch)}") from None
             if docs.setdefault(token.id, token.fields) != token.fields:
                 raise TokenError(
                     token.id, f"given twice with different fields; {_added_before(given, batch)}"
@@ -1145,6 +1188,15 @@ def _query(params: Mapping[str, Any]) -> str:
     return urlencode(
         {k: json.dumps(v) if not isinstance(v, str) else v for k, v in params.items()}, safe='[]",'
     )
+
+
+def _needs(fields: Mapping[str, Any]) -> Optional[dict[str, int]]:
+    """The token's request as numbers; a wrong one (only a task's new token can have it: ``add`` refused
+    them) is left out, and the pilot that claims the token says what is wrong."""
+    try:
+        return stored_needs(fields)
+    except ValueError:
+        return None
 
 
 def _added_before(given: int, batch: Sequence[NewToken]) -> str:

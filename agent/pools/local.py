@@ -35,12 +35,15 @@ from agent.pools.base import (
     batches,
     missing_id,
 )
+from agent.resources import FIELDS, Fit, stored_needs
 from agent.token import Attempt, Outcome, Report, State, Token, close_attempt
 
 CHECK_PATH = "check that server.path names a pool file"  # what to do about a file that is not one
 
 SCHEMA_VERSION = 2
 CANCELLED = Outcome.CANCELLED.value  # the reason of a cancelled token
+_NEEDS = tuple(f"need_{name}" for name in FIELDS)  # columns added in place to pools made before them
+_ROW = "id, state, fields, attempts, failures, lease_id, lease_expires, " + ", ".join(_NEEDS)
 EXPIRY_SCAN = 5.0  # seconds between looks for expired leases while there is todo work
 BUSY_TIMEOUT_MS = 60_000  # many pilots on one node queue for the write lock; a claim takes microseconds
 
@@ -122,25 +125,38 @@ _WAIT_AGAIN = _COUNT_WAITING + "WHERE id = ?"
 _dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
 
-ADD_ROWS = 100  # rows per INSERT when adding: half SQLite's cost of one per row; 400 variables < 999
+ADD_ROWS = 100  # rows per INSERT when adding: half SQLite's cost of one per row; 700 variables < 999
 
 
-def _insert(db: sqlite3.Connection, rows: Sequence[tuple[str, str, str, float]]) -> None:
+_ADD_COLUMNS = 7  # id, state, fields, updated and the three needs: see _add_row
+
+
+def _add_row(token: NewToken, state: str, now: float) -> tuple[Any, ...]:
+    """A new token's row; a wrong request (cores, gpus, memory) is refused before anything is written."""
+    try:
+        needs = stored_needs(token.fields) or {}
+    except ValueError as err:
+        raise TokenError(token.id, f"{err}; nothing was added") from None
+    return (token.id, state, _dumps(token.fields), now, *map(needs.get, FIELDS))
+
+
+def _insert(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     """New tokens, ADD_ROWS to a statement."""
     groups = [
         list(itertools.chain.from_iterable(rows[at : at + ADD_ROWS])) for at in range(0, len(rows), ADD_ROWS)
     ]
-    full = [group for group in groups if len(group) == 4 * ADD_ROWS]
+    full = [group for group in groups if len(group) == _ADD_COLUMNS * ADD_ROWS]
     if full:
         db.executemany(_insert_sql(ADD_ROWS), full)
     for group in groups[len(full) :]:  # the short last one
-        db.execute(_insert_sql(len(group) // 4), group)
+        db.execute(_insert_sql(len(group) // _ADD_COLUMNS), group)
 
 
 @functools.lru_cache(maxsize=4)
 def _insert_sql(rows: int) -> str:
-    placeholders = ", ".join(["(?, ?, ?, ?)"] * rows)
-    return f"INSERT INTO tokens (id, state, fields, updated) VALUES {placeholders}"  # noqa: S608 - only ?s
+    placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+    columns = "id, state, fields, updated, need_cores, need_gpus, need_memory"
+    return f"INSERT INTO tokens ({columns}) VALUES {placeholders}"  # noqa: S608 - only ?s
 
 
 class LocalPool(Pool):
@@ -196,6 +212,7 @@ class LocalPool(Pool):
                 )
             db.execute("PRAGMA synchronous = NORMAL")
             self._add_view_indexes(db)
+            self._add_needs(db)
         except sqlite3.DatabaseError as err:
             db.close()
             raise PoolError(self.where, f"not a usable pool file: {err}; {CHECK_PATH}") from None
@@ -247,6 +264,40 @@ class LocalPool(Pool):
                 return
             self.view_indexes.add(name)
 
+    def _add_needs(self, db: sqlite3.Connection) -> None:
+        """The columns need_cores, need_gpus, need_memory: the token's own request (resources.stored_needs),
+        NULL where it has no such field and asks the pilot's [task] default. Added to a pool of any age
+        when it is opened, filled from its tokens' fields (one transaction); the schema version stays,
+        so older pilots still read the pool (they leave the columns NULL for the tokens they add)."""
+        if _NEEDS[0] in self._columns(db):
+            return
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as err:
+            if "readonly" not in str(err):
+                raise
+            return  # a pool file we may not write is read as it is: no claims are made on it
+        try:
+            if _NEEDS[0] not in self._columns(db):  # another pilot may have done it meanwhile
+                for column in _NEEDS:
+                    db.execute(f"ALTER TABLE tokens ADD COLUMN {column} INTEGER")
+                rows = db.execute("SELECT seq, fields FROM tokens").fetchall()
+                for seq, fields in rows:
+                    needs = _needs_or_none(json.loads(fields))
+                    if needs:
+                        db.execute(
+                            "UPDATE tokens SET need_cores = ?, need_gpus = ?, need_memory = ? WHERE seq = ?",
+                            (*(needs.get(name) for name in FIELDS), seq),
+                        )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _columns(db: sqlite3.Connection) -> set[str]:
+        return {row[1] for row in db.execute("PRAGMA table_info(tokens)")}
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, holding SQLite's write lock from the start (no read-then-upgrade race)."""
@@ -296,7 +347,7 @@ class LocalPool(Pool):
                 self.vet_batch(batch)
                 db.execute("SAVEPOINT batch")
                 try:
-                    _insert(db, [(token.id, todo, _dumps(token.fields), now) for token in batch])
+                    _insert(db, [_add_row(token, todo, now) for token in batch])
                 except sqlite3.IntegrityError:
                     db.execute("ROLLBACK TO batch")  # so the search below sees what was there before it
                     duplicate = self._duplicate(db, batch)
@@ -338,9 +389,13 @@ class LocalPool(Pool):
         for token in tokens:
             failed = plan.failed.get(token.id)
             try:
+                needs = stored_needs(token.fields) or {}
+            except ValueError as err:
+                raise TokenError(token.id, f"{err}; nothing was added") from None
+            try:
                 db.execute(
-                    "INSERT INTO tokens (id, state, fields, updated, waiting, reason) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO tokens (id, state, fields, updated, waiting, reason, need_cores, need_gpus, "
+                    "need_memory) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         token.id,
                         State.TODO.value if failed is None else State.ERROR.value,
@@ -348,6 +403,7 @@ class LocalPool(Pool):
                         now,
                         len(plan.waiting_on[token.id]),
                         None if failed is None else dependencies.failure_reason(failed),
+                        *map(needs.get, FIELDS),
                     ),
                 )
             except sqlite3.IntegrityError:
@@ -377,31 +433,36 @@ class LocalPool(Pool):
             seen.add(token.id)
         raise AssertionError("an integrity error without a duplicate id")  # the schema has no other
 
-    def claim(self, n: int) -> list[Lease]:
+    def claim(self, n: int, fit: Optional[Fit] = None) -> list[Lease]:
         if n <= 0:
             return []
         with self._write() as db:
-            return self._claim(db, n, self.clock())
+            return self._claim(db, n, self.clock(), fit)
 
-    def report_and_claim(self, lease: Lease, report: Report, n: int) -> tuple[Saved, list[Lease]]:
+    def report_and_claim(
+        self, lease: Lease, report: Report, n: int, fit: Optional[Fit] = None
+    ) -> tuple[Saved, list[Lease]]:
         """Both in one transaction: one lock and one commit per task instead of two."""
         with self._write() as db:
             saved = self._report(db, lease, report)
-            return saved, self._claim(db, n, self.clock()) if n > 0 else []
+            return saved, self._claim(db, n, self.clock(), fit) if n > 0 else []
 
-    def _claim(self, db: sqlite3.Connection, n: int, now: float) -> list[Lease]:
+    def _claim(self, db: sqlite3.Connection, n: int, now: float, fit: Optional[Fit] = None) -> list[Lease]:
         # Tokens of dead pilots first, but look for them only every few seconds (a lease is minutes
         # long) or when todo is empty: one query less for almost every claim.
         scan = now >= self._next_expiry_scan
-        rows = self._expired(db, now, n) if scan else []
+        rows = self._expired(db, now, n, fit) if scan else []
         if len(rows) < n:
+            fits, values = _fit_condition(fit)
             rows += db.execute(
-                "SELECT id, state, fields, attempts, failures, lease_id, lease_expires FROM tokens "
-                "WHERE state = 'todo' AND waiting = 0 ORDER BY seq LIMIT ?",
-                (n - len(rows),),
+                f"SELECT {_ROW} FROM tokens WHERE state = 'todo' AND waiting = 0{fits} ORDER BY seq LIMIT ?",  # noqa: S608
+                (*values, _candidates(n - len(rows), fit)),
             ).fetchall()
         if not rows and not scan:
-            rows = self._expired(db, now, n)
+            rows = self._expired(db, now, n, fit)
+        if fit is not None:  # each fits alone; take those that fit together
+            rows = [rows[i] for i in fit.pick([_stored(row) for row in rows])]
+        rows = rows[:n]
         leases = [self._lease(row, now) for row in rows]
         for lease in leases:  # one at a time: execute costs less than executemany for the usual one
             db.execute(
@@ -417,16 +478,17 @@ class LocalPool(Pool):
             )
         return leases
 
-    def _expired(self, db: sqlite3.Connection, now: float, n: int) -> list[Any]:
+    def _expired(self, db: sqlite3.Connection, now: float, n: int, fit: Optional[Fit] = None) -> list[Any]:
         self._next_expiry_scan = now + min(EXPIRY_SCAN, self.lease_seconds / 4)
+        fits, values = _fit_condition(fit)
         return db.execute(
-            "SELECT id, state, fields, attempts, failures, lease_id, lease_expires FROM tokens "
-            "WHERE state = 'locked' AND lease_expires < ? ORDER BY lease_expires LIMIT ?",
-            (now, n),
+            f"SELECT {_ROW} FROM tokens WHERE state = 'locked' AND lease_expires < ?{fits} "  # noqa: S608
+            "ORDER BY lease_expires LIMIT ?",
+            (now, *values, _candidates(n, fit)),
         ).fetchall()
 
     def _lease(self, row: sqlite3.Row, now: float) -> Lease:
-        token_id, state, fields, attempts_json, failures, _, old_expiry = row
+        token_id, state, fields, attempts_json, failures, _, old_expiry = row[:7]
         attempts = [Attempt.from_json(a) for a in json.loads(attempts_json)]
         if state == State.LOCKED.value and attempts and attempts[-1].outcome is None:
             # Its pilot went away without a word: close that attempt as the lease ran out.
@@ -693,3 +755,42 @@ def _token(row: Sequence[Any]) -> Token:
     shown = State.WAITING if state == State.TODO.value and waiting else State(state)
     why = reason or "" if shown is State.ERROR else ""
     return Token(token_id, json.loads(fields), shown, attempts, failures, why)
+
+
+def _fit_condition(fit: Optional[Fit]) -> tuple[str, tuple[int, ...]]:
+    """The SQL condition for tokens that fit alone, and its values; a token without a request column
+    asks the pilot's default."""
+    if fit is None:
+        return "", ()
+    text, values = _fits(fit)
+    if fit.beyond is not None:  # and not in what is free: a probe for a token to hold
+        beyond, more = _fits(fit.beyond)
+        text, values = f"{text} AND NOT ({beyond})", (*values, *more)
+    return f" AND {text}", values
+
+
+def _fits(fit: Fit) -> tuple[str, tuple[int, ...]]:
+    default = fit.default
+    text = "coalesce(need_cores, ?) <= ? AND coalesce(need_gpus, ?) <= ?"
+    values: tuple[int, ...] = (default.cores, fit.cores, default.gpus, fit.gpus)
+    if fit.memory is not None:
+        text += " AND coalesce(need_memory, ?) <= ?"
+        values += (default.memory, fit.memory)
+    return text, values
+
+
+def _candidates(n: int, fit: Optional[Fit]) -> int:
+    """Rows to read for ``n`` claims: with a fit, a few more, as some that fit alone may not together."""
+    return n if fit is None or n == 1 else 2 * n + 8
+
+
+def _stored(row: Any) -> dict[str, int]:
+    return {name: value for name, value in zip(FIELDS, row[7:10]) if value is not None}
+
+
+def _needs_or_none(fields: Any) -> Optional[dict[str, int]]:
+    """A stored token's request; a field it is wrong in is left to the pilot, which says so at claim."""
+    try:
+        return stored_needs(fields) if isinstance(fields, dict) else None
+    except ValueError:
+        return None

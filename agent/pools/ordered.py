@@ -20,7 +20,19 @@ from typing import Any, Optional
 from agent.children import POOL
 from agent.errors import TokenError
 from agent.identity import Identity
-from agent.pools.base import PAGE, Counts, Lease, Listed, NewToken, Pool, ReasonCount, Renewal, Saved
+from agent.pools.base import (
+    PAGE,
+    Counts,
+    Lease,
+    Listed,
+    NewToken,
+    Pool,
+    ReasonCount,
+    Renewal,
+    Saved,
+    fit_left,
+)
+from agent.resources import Fit
 from agent.token import Report, State, Token
 
 
@@ -44,31 +56,34 @@ class OrderedPools(Pool):
 
     # -- Pool --------------------------------------------------------------------------------------
 
-    def claim(self, n: int) -> list[Lease]:
+    def claim(self, n: int, fit: Optional[Fit] = None) -> list[Lease]:
+        """In order of priority; with a fit, each pool may take what the ones before it left."""
         leases: list[Lease] = []
         for name in self.names:
             if len(leases) >= n:
                 break
-            leases += self._wrap(name, self.pools[name].claim(n - len(leases)))
+            leases += self._wrap(name, self.pools[name].claim(n - len(leases), fit_left(fit, leases)))
         return leases
 
     def report(self, lease: Lease, report: Report) -> Saved:
         name, inner = self._owner(lease)
         return self.pools[name].report(inner, self._children_elsewhere(name, report))
 
-    def report_and_claim(self, lease: Lease, report: Report, n: int) -> tuple[Saved, list[Lease]]:
+    def report_and_claim(
+        self, lease: Lease, report: Report, n: int, fit: Optional[Fit] = None
+    ) -> tuple[Saved, list[Lease]]:
         """In one round trip when the token came from the first pool; else the report, then claims in
         order of priority."""
         name, inner = self._owner(lease)
         report = self._children_elsewhere(name, report)
         if name != self.names[0] or n <= 0:
-            return self.pools[name].report(inner, report), self.claim(n) if n > 0 else []
-        saved, leases = self.pools[name].report_and_claim(inner, report, n)
+            return self.pools[name].report(inner, report), self.claim(n, fit) if n > 0 else []
+        saved, leases = self.pools[name].report_and_claim(inner, report, n, fit)
         leases = self._wrap(name, leases)
         for other in self.names[1:]:
             if len(leases) >= n:
                 break
-            leases += self._wrap(other, self.pools[other].claim(n - len(leases)))
+            leases += self._wrap(other, self.pools[other].claim(n - len(leases), fit_left(fit, leases)))
         return saved, leases
 
     def _children_elsewhere(self, name: str, report: Report) -> Report:

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from agent.dependencies import failure_reason
+from agent.resources import FIELDS, Fit
 from agent.token import Attempt, Outcome, Report, State, Token, close_attempt
 
 OURS = "pilot"  # the one key of a token document that holds what picas does not know
@@ -175,6 +176,46 @@ def waiting_selector() -> dict[str, Any]:
     return {"type": "token", "done": 0, "lock": WAITING_LOCK, "_id": {"$gte": ""}}
 
 
+def fit_selector(selector: Mapping[str, Any], fit: Fit) -> dict[str, Any]:
+    """``selector`` and tokens that fit alone, under one ``$and`` (pouchdb-server finds no index for an
+    ``$and`` beside the indexed fields). A token's request is what pilot.pyz wrote under ``pilot.needs``
+    when it added the token (ranges and sizes as numbers), else its own field where that is a number
+    (written by another client; a string collates above every number, so it is left out), else the
+    default when it has no such field."""
+    conditions = []
+    for name, free, default in (
+        ("cores", fit.cores, fit.default.cores),
+        ("gpus", fit.gpus, fit.default.gpus),
+        ("memory", fit.memory, fit.default.memory),
+    ):
+        if free is None:
+            continue
+        stored = f"{OURS}.needs.{name}"
+        branches: list[dict[str, Any]] = [
+            {stored: {"$lte": free}},
+            {stored: {"$exists": False}, name: {"$lte": free}},
+        ]
+        if default <= free:
+            branches.append({stored: {"$exists": False}, name: {"$exists": False}})
+        conditions.append({"$or": branches})
+    return {"$and": [dict(selector), *conditions]}
+
+
+_NEVER = 2**62  # a request no node has: a field that is neither a stored need nor a number
+
+
+def needs_of(doc: Mapping[str, Any]) -> dict[str, int]:
+    """The token's request as ``fit_selector`` reads it, for choosing among documents read."""
+    stored = ours(doc).get("needs")
+    needs = {k: v for k, v in stored.items() if isinstance(v, int)} if isinstance(stored, dict) else {}
+    for name in FIELDS:
+        if name in needs or name not in doc:
+            continue
+        value = doc[name]
+        needs[name] = value if isinstance(value, int) and not isinstance(value, bool) else _NEVER
+    return needs
+
+
 def expired_selector(now: float) -> dict[str, Any]:
     return {"pilot.lease.expires": {"$lt": now}}
 
@@ -310,9 +351,11 @@ def new_token(
     dependents: Sequence[str] = (),
     failed: Optional[str] = None,
     now: float = 0.0,
+    needs: Optional[Mapping[str, int]] = None,
 ) -> dict[str, Any]:
     """A todo token as picas's ``create_tokens`` makes it (a ``Task`` with ``type: "token"``); waiting
-    while ``waiting_on`` is not empty, failed at once when ``failed`` (a dependency) is in error."""
+    while ``waiting_on`` is not empty, failed at once when ``failed`` (a dependency) is in error; its
+    resource request as numbers under ``pilot.needs``, where it has one, for claims to compare."""
     doc: dict[str, Any] = {
         "_id": token_id,
         "type": "token",
@@ -330,6 +373,8 @@ def new_token(
     if waiting_on:
         mine["waiting_on"] = list(waiting_on)
         doc["lock"] = WAITING_LOCK
+    if needs:
+        mine["needs"] = dict(needs)
     if mine:
         doc[OURS] = mine
     if failed is not None:

@@ -37,6 +37,7 @@ from agent.identity import Identity
 from agent.pools import topos_layout as layout
 from agent.pools.base import Counts, Lease, NewToken, Pool, ReasonCount, Renewal, Saved
 from agent.pools.httpauth import auth_headers, refusal
+from agent.resources import Fit, stored_needs
 from agent.token import Report, State, Token, close_attempt
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class ToposPool(Pool):
         self.reached = False  # the server has answered as ToPoS does at least once
         self.stored: dict[str, str] = {}  # lease id: the result token already written for it
         self.unread: list[tuple[str, str, float]] = []  # handed to us, unread: token id, lock, when
+        self.released_unfit = 0  # claimed tokens too big for what was free, released at once
         self.ambiguous: set[str] = set()  # lease ids whose result PUT got no clear answer
         self.listings: dict[str, tuple[float, list[dict[str, Any]]]] = {}  # pool: (read at, rows)
 
@@ -159,11 +161,38 @@ class ToposPool(Pool):
         return PoolError(self.where, f"{what}: {problem or 'unexpected answer'} ({detail})")
 
     def close(self) -> None:
+        if self.released_unfit:
+            log.info(
+                "pool: %d claimed token(s) did not fit what was free and were released at once "
+                "(ToPoS cannot choose by size)",
+                self.released_unfit,
+            )
         self.http.close()
 
     # -- claim -------------------------------------------------------------------------------------
 
-    def claim(self, n: int) -> list[Lease]:
+    def claim(self, n: int, fit: Optional[Fit] = None) -> list[Lease]:
+        """Up to ``n`` tokens. ToPoS cannot look into tokens, so with a ``fit`` (what is free on the
+        node) the claimed tokens that do not fit are released at once, their locks deleted: each such
+        hand-out still counts in the token's lease count, which is all ToPoS keeps (see docs/topos.md)."""
+        leases = self._claim_some(n)
+        if fit is None or not leases:
+            return leases
+        taken = set(fit.pick([_needs(lease.token.fields) for lease in leases]))
+        unfit = [lease for number, lease in enumerate(leases) if number not in taken]
+        for lease in unfit:
+            self._release(lease.lease_id)
+        if unfit:
+            self.released_unfit += len(unfit)
+            log.info(
+                "released %d claimed token(s) that do not fit what is free now (%d so far): %s",
+                len(unfit),
+                self.released_unfit,
+                ", ".join(lease.token.id for lease in unfit),
+            )
+        return [lease for number, lease in enumerate(leases) if number in taken]
+
+    def _claim_some(self, n: int) -> list[Lease]:
         leases: list[Lease] = self._settle_unread(n) if self.unread else []
         tries = 0
         while len(leases) < n and tries < n + CLAIM_TRIES:
@@ -620,3 +649,12 @@ def _is_result(row: Mapping[str, Any]) -> bool:
     """A result token of ours in the error pool (named result-<id>, JSON), not a moved token."""
     name = str(row.get("Original Name") or "")
     return name.startswith("result-") and str(row.get("Content-Type", "")).startswith(layout.JSON)
+
+
+def _needs(fields: Mapping[str, Any]) -> Optional[dict[str, int]]:
+    """A token's request as numbers; a wrong one counts as none here, and the pilot that runs the token
+    says what is wrong with it."""
+    try:
+        return stored_needs(fields)
+    except ValueError:
+        return None

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[2]
 QCG_SERVICE = REPO / ".deps" / "qcg-venv" / "bin" / "qcg-pm-service"
@@ -55,27 +55,38 @@ def qcg_pilotjob(count: int, cores: int) -> float:
             },
             {"request": "control", "command": "finishAfterAllTasksDone"},
         ]
-        (folder / "reqs.json").write_text(json.dumps(requests))
-        argv = [str(QCG_SERVICE), "--file-path", "reqs.json", "--nodes", str(cores), "--log", "warning"]
-        start = time.perf_counter()
-        subprocess.run(
-            [*argv, "--wd", str(folder)],
-            cwd=folder,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        took = time.perf_counter() - start
-        iterations = [
-            json.loads(line)
-            for report in folder.glob(".qcgpjm-service-*/jobs.report")
-            for line in report.read_text().splitlines()
-            if line.startswith('{"name": "t:')
-        ]
+        took = qcg_service(folder, requests, cores)
+        iterations = [record for record in qcg_report(folder) if str(record.get("name", "")).startswith("t:")]
         succeeded = sum(iteration["state"] == "SUCCEED" for iteration in iterations)
         if succeeded != count:
             raise SystemExit(f"QCG-PilotJob: {succeeded} of {count} iterations succeeded")
         return took
+
+
+def qcg_service(folder: Path, requests: list[dict[str, Any]], cores: int) -> float:
+    """Seconds for QCG-PilotJob's service in local mode (``--nodes CORES``: one node of that many cores)
+    to take ``requests`` from a file in ``folder`` and finish, its start-up included."""
+    (folder / "reqs.json").write_text(json.dumps(requests))
+    argv = [str(QCG_SERVICE), "--file-path", "reqs.json", "--nodes", str(cores), "--log", "warning"]
+    start = time.perf_counter()
+    subprocess.run(
+        [*argv, "--wd", str(folder)],
+        cwd=folder,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - start
+
+
+def qcg_report(folder: Path) -> list[dict[str, Any]]:
+    """The jobs (and iterations) QCG-PilotJob reported in ``folder``, with their final states."""
+    return [
+        json.loads(line)
+        for report in folder.glob(".qcgpjm-service-*/jobs.report")
+        for line in report.read_text().splitlines()
+        if line.startswith("{")
+    ]
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from agent.errors import PoolError, TokenError
 from agent.identity import Identity
 from agent.pools import NewToken, Saved
 from agent.pools.local import LocalPool
+from agent.resources import Fit, Request
 from agent.token import Outcome, Result, State, make_report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,6 +155,7 @@ CLAIMER = """
 import json, sys
 from agent.identity import Identity
 from agent.pools.local import LocalPool
+from agent.resources import Fit, Request
 from agent.pools import NewToken
 from agent.token import Outcome, Result, make_report
 pool = LocalPool(sys.argv[1], Identity(sys.argv[2], "h", None), 600)
@@ -185,3 +187,85 @@ def test_many_processes_claiming_at_once_never_share_a_token(tmp_path: Path) -> 
     every = [token for got in claimed for token in got]
     assert len(every) == len(set(every)) == 2000
     assert sum(1 for got in claimed if got) > 1  # they really competed
+
+
+# -- claims that fit ------------------------------------------------------------------------------
+
+# The tokens table as pilot.pyz wrote it before tokens had resource requests (schema version 1).
+PRE_RESOURCES_SCHEMA = """
+CREATE TABLE tokens (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL CHECK (state IN ('todo', 'locked', 'done', 'error')), fields TEXT NOT NULL,
+    attempts TEXT NOT NULL DEFAULT '[]', failures INTEGER NOT NULL DEFAULT 0, lease_id TEXT,
+    lease_expires REAL, exit_code INTEGER, reason TEXT, stdout_tail BLOB, stderr_tail BLOB, updated REAL
+);
+CREATE INDEX tokens_state ON tokens (state, seq);
+"""
+
+
+def fit(cores: int, gpus: int = 0, memory: int | None = None, tasks: int = 10, default_cores: int = 1) -> Fit:
+    return Fit(cores, gpus, memory, Request(default_cores, default_cores, 0, 0), tasks)
+
+
+def test_claims_take_only_tokens_that_fit_together(tmp_path: Path) -> None:
+    with pool_for(tmp_path / "p.db", "pilot-a", Clock()) as pool:
+        pool.add(
+            [
+                NewToken("big", {"cores": 8}),
+                NewToken("four", {"cores": "4-16"}),
+                NewToken("plain", {}),
+                NewToken("gpu", {"gpus": 1}),
+                NewToken("mem", {"memory": "2GB"}),
+                NewToken("two", {"cores": 2}),
+            ]
+        )
+        assert [lease.token.id for lease in pool.claim(10, fit(4, memory=10**9))] == ["four"]
+        assert [lease.token.id for lease in pool.claim(10, fit(3, memory=10**9))] == ["plain", "two"]
+        assert [lease.token.id for lease in pool.claim(1, fit(8, gpus=1, memory=10**10))] == ["big"]
+        assert pool.claim(10, fit(1, memory=10**9)) == []  # gpu needs a GPU, mem 2 GB
+        assert [lease.token.id for lease in pool.claim(10, fit(2, 1, 3 * 10**9))] == ["gpu", "mem"]
+
+
+def test_a_probe_takes_the_oldest_token_that_fits_the_node_but_not_what_is_free(tmp_path: Path) -> None:
+    with pool_for(tmp_path / "p.db", "pilot-a", Clock()) as pool:
+        pool.add([NewToken("one", {}), NewToken("too-big", {"cores": 9}), NewToken("four", {"cores": 4})])
+        probe = Fit(8, 0, None, Request(), 1, beyond=fit(2))
+        assert [lease.token.id for lease in pool.claim(1, probe)] == ["four"]
+        assert pool.claim(1, probe) == []
+
+
+def test_tokens_without_fields_ask_the_pilots_default(tmp_path: Path) -> None:
+    with pool_for(tmp_path / "p.db", "pilot-a", Clock()) as pool:
+        pool.add([NewToken("plain", {}), NewToken("one", {"cores": 1})])
+        assert [lease.token.id for lease in pool.claim(5, fit(1, default_cores=2))] == ["one"]
+        assert [lease.token.id for lease in pool.claim(5, fit(2, default_cores=2))] == ["plain"]
+
+
+def test_a_token_with_a_wrong_request_is_refused_naming_the_field(tmp_path: Path) -> None:
+    with (
+        pool_for(tmp_path / "p.db", "pilot-a", Clock()) as pool,
+        pytest.raises(TokenError, match=r"bad.*field cores"),
+    ):
+        pool.add([NewToken("bad", {"cores": "many"})])
+
+
+def test_a_pool_made_before_resource_requests_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(str(path))
+    db.executescript(PRE_RESOURCES_SCHEMA)
+    db.execute("PRAGMA user_version = 1")
+    for token_id, fields in (("a", {"cores": 4}), ("b", {"input": 1}), ("c", {"memory": "1KB", "gpus": 1})):
+        db.execute(
+            "INSERT INTO tokens (id, state, fields) VALUES (?, 'todo', ?)", (token_id, json.dumps(fields))
+        )
+    db.commit()
+    db.close()
+    with pool_for(path, "pilot-a", Clock()) as pool:
+        assert pool.counts().todo == 3
+        assert [lease.token.id for lease in pool.claim(5, fit(3, gpus=1, memory=10**6))] == ["b", "c"]
+        assert [lease.token.id for lease in pool.claim(5, fit(4))] == ["a"]
+    with pool_for(path, "pilot-b", Clock()) as pool:  # opened again: nothing to migrate, still works
+        pool.add([NewToken("d", {})])
+        assert [lease.token.id for lease in pool.claim(5)] == ["d"]
+    columns = [row[1] for row in sqlite3.connect(str(path)).execute("PRAGMA table_info(tokens)")]
+    assert columns[-3:] == ["need_cores", "need_gpus", "need_memory"]

@@ -314,3 +314,26 @@ def test_a_wrong_url_is_one_line_naming_the_redirect_or_the_missing_topos(
     line = one_line_error(site.run("status"), 3)
     assert "not a ToPoS answer" in line, line
     assert "<" not in line
+
+
+def test_a_token_too_big_for_the_node_is_released_at_once_and_left_in_the_pool(
+    site: Site, topos: ToposServer, reaper: list
+) -> None:
+    """ToPoS cannot choose tokens by size: a claimed token that does not fit is released (its lock
+    deleted) at once, stays in the pool for a bigger node, and the pilot says how often that happened."""
+    pool = topos.new_pool()
+    ran = site.folder / "ran.log"
+    pilot = {"slots": 2, "cores": 2, "bind": False}
+    site.write(topos_config(site.folder, topos, pool, [*RECORD, "{id}", str(ran)], pilot=pilot))
+    tokens = site.folder / "tokens.jsonl"
+    tokens.write_text(
+        "".join(json.dumps({"input": str(i), "cores": 4 if i == 3 else 1}) + "\n" for i in range(6))
+    )
+    assert site.run("tokens", "add", "--jsonl", str(tokens)).returncode == 0
+    run_pilots(site, reaper, 1)
+    assert len(executions(ran)) == 5  # every token that fits ran
+    left = topos.token_ids(pool)
+    assert len(left) == 1  # the big one, not run, not locked
+    assert json.loads(topos.token(pool, left[0]).body)["cores"] == 4
+    assert "did not fit what was free and were released at once" in logs(site, 1)[0]
+    assert site.status()["locked"] == 0

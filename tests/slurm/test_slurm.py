@@ -8,6 +8,7 @@ reason; they never skip.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -184,3 +185,26 @@ def test_second_term_kills_tasks_that_ignore_the_first_at_once(slurm: SlurmClust
         )
         assert row["failures"] == 0
     assert slurm.wait_done(job, timeout=40) == ["CANCELLED"]
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_auto_cores_under_slurm_are_the_jobs_cpus(slurm: SlurmCluster, site: Site, cpus: int) -> None:
+    # The test node declares 4 CPUs on a smaller machine and binds nothing (task/none): the job's
+    # affinity is the whole machine, so only Slurm's count says 1.
+    records = site.folder / "records"
+    records.mkdir()
+    command = [sys.executable, str(REPO / "tests" / "tasks" / "sized.py"), str(records), "{id}", "0.1"]
+    site.write(
+        local_config(site.folder, command, pilot={"slots": cpus}, walltime={"margin": "5s", "expected": "5s"})
+    )
+    site.add_tokens([{"id": f"t{i}", "cores": 1 + i % cpus} for i in range(4)])
+    log = site.folder / "job.log"
+    job = slurm.sbatch(
+        "--time=2", f"--cpus-per-task={cpus}", f"--output={log}", str(pilot_job(site)), env=site.env
+    )
+    assert slurm.wait_done(job, timeout=150) == ["COMPLETED"], log.read_text()
+    text = log.read_text()
+    assert f"node: cores: {cpus} (CPU affinity " in text and f"SLURM_CPUS_ON_NODE {cpus}" in text, text
+    assert site.status()["done"] == 4
+    for path in records.glob("*.json"):
+        assert int(json.loads(path.read_text())["env"]["PILOT_CORES"]) <= cpus

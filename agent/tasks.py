@@ -1,0 +1,112 @@
+"""The running tasks' bookkeeping: which lease each runs for, their folders (and the emptied ones kept for
+the next tasks), and the sweep for what finished tasks left running. The loop decides; this keeps count."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from agent import runner
+from agent.pools import Lease
+from agent.runner import Payload
+from agent.sweep import sweep_leftovers
+from agent.token import Report, Result, State
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Running:
+    lease: Lease
+    payload: Payload
+
+
+class Tasks:
+    def __init__(self, folder: Path, keep_workdirs: str, spares: int, kill_leftovers_after: float) -> None:
+        self.folder = folder  # the pilot's folder, holding one folder per task
+        self.keep_workdirs = keep_workdirs
+        self.spares = spares  # emptied folders kept at most
+        self.kill_leftovers_after = kill_leftovers_after
+        self.running: dict[str, Running] = {}
+        self.spare_folders: list[str] = []  # emptied folders of finished tasks, for the next ones
+        self.unswept: dict[str, str] = {}  # cookie: token id, of tasks that ended since the last sweep
+        self.sweep_due: Optional[float] = None  # when their detached leftovers are killed
+
+    def __len__(self) -> int:
+        return len(self.running)
+
+    def __iter__(self) -> Iterator[Running]:
+        return iter(list(self.running.values()))
+
+    def add(self, running: Running) -> None:
+        self.running[running.lease.token.id] = running
+
+    def folder_for(self, token_id: str, attempt: int) -> str:
+        return runner.task_folder(self.folder, token_id, attempt)
+
+    def ready_folder(self, folder: str, token_id: str) -> bool:
+        """Rename an emptied folder to be this task's, if there is one; True when ``folder`` is there."""
+        if not self.spare_folders:
+            return False
+        spare = self.spare_folders.pop()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("task folder: the emptied %s, renamed", spare, extra={"token": token_id})
+        return runner.take_over(spare, folder)
+
+    def finished(
+        self, now: float, log_tail: int, wallclock: Callable[[], float]
+    ) -> list[tuple[Running, Result]]:
+        """The tasks that ended since the last look, with their results; their leftovers are swept at
+        most ``kill_leftovers_after`` from now."""
+        done = []
+        for token_id, running in list(self.running.items()):
+            running.payload.tick(now)
+            if running.payload.poll():
+                del self.running[token_id]
+                done.append((running, running.payload.finish(log_tail, wallclock)))
+                self.unswept[running.payload.cookie] = token_id
+                if self.sweep_due is None:
+                    self.sweep_due = now + self.kill_leftovers_after
+        return done
+
+    def sweep(self, now: float, *, final: bool = False) -> None:
+        """Kill what finished tasks left running outside their process group: at most
+        pilot.kill_leftovers_after after they ended, and all of it when the pilot ends (as a batch job's
+        end would; a grid node's next job should not find them). One /proc sweep serves every task that
+        ended since the last, so short tasks do not pay a sweep each."""
+        if not final and (self.sweep_due is None or now < self.sweep_due):
+            return
+        ended, self.unswept, self.sweep_due = self.unswept, {}, None
+        spared = {task.payload.cookie for task in self.running.values()}
+        killed = sweep_leftovers(runner.COOKIE_PREFIX, spared)
+        if not killed:
+            return
+        total = sum(killed.values())
+        whose = [f"{token} ({killed.pop(cookie)})" for cookie, token in ended.items() if cookie in killed]
+        if killed:  # started, after the last sweep, by tasks that ended before it
+            whose.append(f"earlier tasks ({sum(killed.values())})")
+        log.warning(
+            "killed %d process(es) that finished tasks had left running, detached: %s",
+            total,
+            ", ".join(whose),
+        )
+
+    def tidy_folder(self, folder: str, report: Report) -> None:
+        keep = self.keep_workdirs
+        if keep == "always" or (keep == "failed" and report.state is not State.DONE):
+            return
+        if len(self.spare_folders) < self.spares and runner.emptied(folder):
+            self.spare_folders.append(folder)  # the next task's folder, renamed
+        else:
+            runner.remove_folder(folder)
+
+    def tidy_pilot_folder(self) -> None:
+        for spare in self.spare_folders:
+            runner.remove_folder(spare)
+        self.spare_folders = []
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()  # only when empty: kept task folders stay

@@ -1,0 +1,159 @@
+"""Tasks of different sizes on one node, end to end through pilot.pyz on the local pool: packing, binding,
+GPUs, tokens too big for the node, no starvation, memory enforcement and what each task used."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from conftest import REPO, Site, local_config, pool_rows
+from sized_tasks import check_packing, mixed_tokens, overlapping, read_records, sized_command
+
+BURN = REPO / "tests" / "tasks" / "burn.py"
+CPUS = sorted(os.sched_getaffinity(0))
+
+
+def run_pilot(site: Site) -> str:
+    done = site.run("run", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def test_mixed_sizes_on_four_declared_cores_never_oversubscribe_and_run_once(site: Site) -> None:
+    # This machine has 2 CPUs: 4 declared cores are handed out as logical CPUs 0-3, unbound.
+    records = site.folder / "records"
+    records.mkdir()
+    tokens = mixed_tokens(24)
+    site.write(
+        local_config(site.folder, sized_command(records), pilot={"cores": 4, "bind": False, "slots": 8})
+    )
+    site.add_tokens(tokens)
+    log = run_pilot(site)
+    assert "node: cores: 4 (pilot.cores), not bound (pilot.bind = false)" in log
+    ran = read_records(records)
+    assert check_packing(ran, tokens, 4, bound=False) > 2  # tasks really ran side by side
+    assert site.status()["done"] == 24
+
+
+def test_tasks_are_bound_to_their_own_real_cpus(site: Site) -> None:
+    records = site.folder / "records"
+    records.mkdir()
+    cores = len(CPUS)
+    tokens = [{"id": f"t{i:03d}", "cores": 1 + (i % 3 == 2) * (cores - 1), "seconds": 0.3} for i in range(12)]
+    site.write(local_config(site.folder, sized_command(records), pilot={"slots": cores}))  # cores = "auto"
+    site.add_tokens(tokens)
+    log = run_pilot(site)
+    assert f"node: cores: {cores} (CPU affinity {cores}" in log
+    ran = read_records(records)
+    check_packing(ran, tokens, cores, bound=True)
+    if cores > 1:
+        assert overlapping(ran), "one-core tasks should have run side by side"
+
+
+def test_a_whole_node_token_among_one_core_tokens_runs_before_the_pool_is_empty(site: Site) -> None:
+    records = site.folder / "records"
+    records.mkdir()
+    ones = [{"id": f"one-{i:03d}", "cores": 1, "seconds": round(0.2 + 0.07 * (i % 5), 2)} for i in range(60)]
+    tokens = [*ones[:3], {"id": "whole", "cores": 4, "seconds": 0.2}, *ones[3:]]
+    site.write(
+        local_config(
+            site.folder,
+            sized_command(records),
+            pilot={"cores": 4, "bind": False, "slots": 8},
+            walltime={"expected": "1s"},  # the patience of a held token: one expected duration
+        )
+    )
+    site.add_tokens(tokens)
+    log = run_pilot(site)
+    ran = read_records(records)
+    check_packing(ran, tokens, 4, bound=False)
+    whole = next(record for record in ran if record["token"] == "whole")
+    after = [record for record in ran if record["start"] >= whole["end"]]
+    assert len(after) >= 20, f"only {len(after)} one-core tasks started after the whole-node one"
+    assert "token=whole INFO held until it fits: 4 core(s)" in log
+
+
+def test_declared_gpus_each_task_sees_only_its_own(site: Site) -> None:
+    records = site.folder / "records"
+    records.mkdir()
+    tokens = [{"id": f"g{i:02d}", "gpus": [1, 0, 2][i % 3], "cores": 1, "seconds": 0.3} for i in range(9)]
+    site.write(
+        local_config(
+            site.folder,
+            sized_command(records),
+            pilot={"cores": 4, "bind": False, "gpus": ["0", "1", "2"], "slots": 8},
+        )
+    )
+    site.add_tokens(tokens)
+    log = run_pilot(site)
+    assert "node: GPUs: 0, 1, 2 (pilot.gpus)" in log
+    ran = read_records(records)
+    asked = {token["id"]: token["gpus"] for token in tokens}
+    for record in ran:
+        env = record["env"]
+        seen = [gpu for gpu in env["CUDA_VISIBLE_DEVICES"].split(",") if gpu]
+        assert len(seen) == asked[record["token"]], record
+        assert env["CUDA_VISIBLE_DEVICES"] == env["ROCR_VISIBLE_DEVICES"] == env["PILOT_GPUS"]
+        assert set(seen) <= {"0", "1", "2"}
+    for a, b in overlapping(ran):
+        first, second = (set(filter(None, r["env"]["CUDA_VISIBLE_DEVICES"].split(","))) for r in (a, b))
+        assert not first & second, f"{a['token']} and {b['token']} shared GPUs {first & second}"
+    assert len(ran) == 9
+
+
+def test_a_token_bigger_than_the_node_stays_todo_and_the_pilot_says_so(site: Site) -> None:
+    records = site.folder / "records"
+    records.mkdir()
+    tokens = [
+        {"id": "fits", "cores": 2, "seconds": 0.1},
+        {"id": "too-big", "cores": 5, "seconds": 0.1},
+        {"id": "too-many-gpus", "gpus": 1, "seconds": 0.1},
+    ]
+    site.write(
+        local_config(site.folder, sized_command(records), pilot={"cores": 4, "bind": False, "gpus": 0})
+    )
+    site.add_tokens(tokens)
+    log = run_pilot(site)
+    assert "2 todo token(s) left for a bigger node: none fits this one (4 core(s), 0 GPU(s)" in log
+    assert "pilot ends (exit 0): pool empty: nothing left to claim; 2 todo token(s) left" in log
+    rows = {row["id"]: row for row in pool_rows(site.folder / "pool.db")}
+    assert rows["fits"]["state"] == "done"
+    for name in ("too-big", "too-many-gpus"):
+        assert rows[name]["state"] == "todo" and rows[name]["attempts"] == []  # never claimed
+
+
+def test_memory_enforcement_kills_the_task_over_its_request_and_nothing_else(site: Site) -> None:
+    command = [sys.executable, str(BURN), "{mb}", "0", "{seconds}"]
+    site.write(
+        local_config(
+            site.folder,
+            command,
+            task={"memory": "120MB", "enforce_memory": True},
+            pilot={"slots": 2, "cores": 2, "bind": False},
+        )
+    )
+    site.add_tokens([{"id": "within", "mb": 40, "seconds": 2}, {"id": "over", "mb": 400, "seconds": 5}])
+    log = run_pilot(site)
+    rows = {row["id"]: row for row in pool_rows(site.folder / "pool.db")}
+    assert rows["within"]["state"] == "done"
+    assert rows["over"]["state"] == "error"
+    attempt = rows["over"]["attempts"][-1]
+    assert attempt["outcome"] == "memory"
+    assert attempt["reason"].startswith("memory: ") and "over its request of 114.4MiB" in attempt["reason"]
+    assert attempt["ended"] - attempt["started"] < 4  # killed within its 5 s, not at its end
+    assert "token=over WARNING memory:" in log
+
+
+def test_each_attempt_records_cpu_seconds_and_peak_rss(site: Site) -> None:
+    command = [sys.executable, str(BURN), "200", "1.0"]
+    site.write(local_config(site.folder, command))
+    site.add_tokens([{"id": "burner"}])
+    run_pilot(site)
+    (row,) = pool_rows(site.folder / "pool.db")
+    attempt = row["attempts"][-1]
+    assert attempt["cpu_user"] + attempt["cpu_system"] >= 0.95  # process_time: user and system
+    assert attempt["cpu_user"] + attempt["cpu_system"] < 5
+    assert 200 * 2**20 <= attempt["max_rss"] < 400 * 2**20
+    assert attempt["cores"] == 1
+    shown = site.run("tokens", "show", "burner")
+    assert '"cpu_user":' in shown.stdout and '"max_rss":' in shown.stdout
