@@ -58,3 +58,39 @@ def test_utilisation_is_busy_over_slots_times_life() -> None:
     assert report.outcomes() == {"done": 2, "failed": 1, "running": 1}
     assert report.attempts_per_token == {1: 4}
     assert report.failures_by("host") == [("node", 1)]
+
+
+def test_core_hours_asked_against_used_from_the_attempts_that_recorded_them() -> None:
+    """Two 4-core attempts of an hour that kept 2 and 1 cores busy: 8 core-hours asked, 3 used; an
+    attempt without the resource figures (an older pilot's) is left out, not counted as idle."""
+    measured = [
+        {
+            "pilot": "a",
+            "host": "n",
+            "claimed": 0,
+            "started": 0,
+            "ended": 3600,
+            "outcome": "done",
+            "cores": 4,
+            "cpu_user": 7000.0,
+            "cpu_system": 200.0,
+        },
+        {
+            "pilot": "a",
+            "host": "n",
+            "claimed": 0,
+            "started": 0,
+            "ended": 3600,
+            "outcome": "done",
+            "cores": 4,
+            "cpu_user": 3000.0,
+            "cpu_system": 600.0,
+        },
+    ]
+    older = [{"pilot": "b", "host": "n", "claimed": 0, "started": 0, "ended": 3600, "outcome": "done"}]
+    summary = figures.build([("t1", "done", measured), ("t2", "done", older)], 7200.0).summary()
+    assert summary["core_hours_asked"] == pytest.approx(8.0)
+    assert summary["core_hours_used"] == pytest.approx(3.0)
+    assert summary["cpu_efficiency"] == pytest.approx(0.375)
+    without = figures.build([("t2", "waiting", older)], 7200.0).summary()
+    assert "core_hours_asked" not in without and without["waiting"] == 1

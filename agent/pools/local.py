@@ -690,7 +690,8 @@ class LocalPool(Pool):
         after = -1
         while True:
             rows = self._read(
-                "SELECT seq, id, state, attempts FROM tokens WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, id, CASE WHEN state = 'todo' AND waiting > 0 THEN 'waiting' ELSE state END, "
+                "attempts FROM tokens WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after, page_size),
             )
             for _, token_id, state, attempts in rows:

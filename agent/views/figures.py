@@ -286,6 +286,7 @@ class Report:
     attempts_per_token: dict[int, int]
     pilots: list[Pilot]
     durations: list[float] = field(default_factory=list)
+    cores: Optional[CoreHours] = None  # what the attempts asked and used, where they recorded it
     _curves: Optional[dict[str, list[float]]] = field(default=None, repr=False)
 
     def curves(self) -> dict[str, list[float]]:
@@ -330,6 +331,7 @@ class Report:
             "pilots": len(self.pilots),
             "hosts": len({p.host for p in self.pilots}),
             "utilisation": self.utilisation(),
+            **(self.cores.as_json() if self.cores is not None else {}),
         }
 
     def as_json(self) -> dict[str, Any]:
@@ -368,10 +370,35 @@ class Report:
         }
 
 
+@dataclass
+class CoreHours:
+    """Core-hours asked (cores given times the attempt's wall time) against used (the CPU seconds the
+    kernel counted for the task's processes), over the attempts that recorded both (resources.md)."""
+
+    asked: float = 0.0  # core-seconds
+    used: float = 0.0  # CPU seconds
+    attempts: int = 0
+
+    def add(self, attempt: Mapping[str, Any], span: Span) -> None:
+        cores, user, system = attempt.get("cores"), attempt.get("cpu_user"), attempt.get("cpu_system")
+        if isinstance(cores, int) and isinstance(user, (int, float)) and isinstance(system, (int, float)):
+            self.asked += cores * span.busy
+            self.used += user + system
+            self.attempts += 1
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "core_hours_asked": round(self.asked / 3600, 4),
+            "core_hours_used": round(self.used / 3600, 4),
+            "cpu_efficiency": round(self.used / self.asked, 4) if self.asked > 0 else None,
+        }
+
+
 def build(histories: Iterable[History], now: float) -> Report:
     """The report of these tokens (read once, in one pass: ``histories`` may stream a million)."""
     spans: list[Span] = []
-    counts = {"todo": 0, "locked": 0, "done": 0, "error": 0}
+    counts = {"todo": 0, "locked": 0, "done": 0, "error": 0, "waiting": 0}
+    cores = CoreHours()
     per_token: dict[int, int] = {}
     durations: list[float] = []
     total = 0
@@ -379,8 +406,9 @@ def build(histories: Iterable[History], now: float) -> Report:
         total += 1
         counts[state] += 1
         per_token[len(attempts)] = per_token.get(len(attempts), 0) + 1
-        for span in spans_of(token_id, attempts, now):
+        for attempt, span in zip(attempts, spans_of(token_id, attempts, now)):
             spans.append(span)
+            cores.add(attempt, span)
             if span.outcome == "done":
                 durations.append(span.busy)
     start = min((s.start for s in spans), default=now)
@@ -398,4 +426,5 @@ def build(histories: Iterable[History], now: float) -> Report:
         attempts_per_token=per_token,
         pilots=pilots(spans, lane_of),
         durations=durations,
+        cores=cores if cores.attempts else None,
     )

@@ -102,6 +102,14 @@ def summary(report: Report) -> str:
         ("hosts", data["hosts"], str(data["hosts"])),
         ("utilisation", data["utilisation"], _percent(data["utilisation"])),
     ]
+    if data["waiting"]:
+        rows.insert(5, ("waiting", data["waiting"], str(data["waiting"])))
+    if "core_hours_asked" in data:  # attempts that recorded their cores and CPU times (resources.md)
+        rows += [
+            ("core_hours_asked", data["core_hours_asked"], f"{data['core_hours_asked']:.3f}"),
+            ("core_hours_used", data["core_hours_used"], f"{data['core_hours_used']:.3f}"),
+            ("cpu_efficiency", data["cpu_efficiency"], _percent(data["cpu_efficiency"])),
+        ]
     cells = "".join(
         f'<tr><th>{esc(key.replace("_", " "))}</th><td id="summary-{esc(key)}" data-key="{esc(key)}" '
         f'data-value="{esc("" if value is None else value)}">{esc(text)}</td></tr>'
