@@ -1,0 +1,224 @@
+"""The soak's backends: each starts its real server as the tests do, writes the [server] section, makes
+the server go away for the outage and come back, counts the pool's states while the soak runs, and reads
+every token at the end, straight from the server (sqlite3, urllib), never through the code under test.
+
+What an outage is per backend:
+- local: there is no server; the pool file's write lock is held for the outage (``BEGIN EXCLUSIVE`` from
+  the soak, as a long `sqlite3` session or a backup would): every claim, renewal and report waits on it;
+- CouchDB: pouchdb-server (data on disk) is stopped and started again;
+- ToPoS: Apache is stopped and started again (MariaDB stays up: the pilots meet connection errors).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import sqlite3
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from servers.pouchdb import PouchDBServer  # noqa: E402
+
+DATABASE = "soak"
+STATES = ("todo", "waiting", "locked", "done", "error")
+
+
+@dataclass
+class Final:
+    """One token as the pool holds it at the end, the same shape on every backend."""
+
+    id: str
+    state: str  # todo, waiting, locked, done or error
+    fields: dict[str, Any]
+    attempts: list[dict[str, Any]]  # Attempt.to_json() objects, oldest first
+    failures: int  # charged failures, as the pool counts them
+    reason: str = ""  # why it is in error, where the pool says (cancelled, dependency x failed)
+    extra: dict[str, Any] = field(default_factory=dict)  # backend-specific: PiCaS error entries, ...
+
+
+class Backend(abc.ABC):
+    """One real pool server for one scenario."""
+
+    name: str
+    outage_kind: str  # what the outage is, for the figures
+    #: what the pool can do beyond plain tokens: "sizes", "after", "children", "cancel", "lock-expiry"
+    features: frozenset[str] = frozenset()
+    #: why a feature is missing, for the table
+    missing: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    def server_section(self) -> dict[str, Any]:
+        """The [server] keys the pilots need (lease, timeout and max_outage are the scenario's)."""
+
+    @abc.abstractmethod
+    def go_away(self) -> None:
+        """Start the outage."""
+
+    @abc.abstractmethod
+    def come_back(self) -> None:
+        """End the outage."""
+
+    @abc.abstractmethod
+    def counts(self) -> Optional[dict[str, int]]:
+        """How many tokens are in each state now; None when the server does not answer."""
+
+    @abc.abstractmethod
+    def finals(self) -> dict[str, Final]:
+        """Every token of the pool at the end, by id."""
+
+
+# -- local ------------------------------------------------------------------------------------------
+
+
+class LocalBackend(Backend):
+    name = "local"
+    outage_kind = "pool file's write lock held"
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.path = folder / "pool.db"
+        self.holder: Optional[sqlite3.Connection] = None
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def stop(self) -> None:
+        self.come_back()
+
+    def server_section(self) -> dict[str, Any]:
+        return {"backend": "local", "path": str(self.path)}
+
+    def go_away(self) -> None:
+        holder = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # in WAL mode: no writer until we end it; readers go on
+        self.holder = holder
+
+    def come_back(self) -> None:
+        holder, self.holder = self.holder, None
+        if holder is not None:
+            holder.execute("ROLLBACK")
+            holder.close()
+
+    def _rows(self, query: str) -> list[sqlite3.Row]:
+        with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5) as db:
+            db.row_factory = sqlite3.Row
+            return db.execute(query).fetchall()
+
+    def _columns(self) -> set[str]:
+        return {row["name"] for row in self._rows("PRAGMA table_info(tokens)")}
+
+    def counts(self) -> Optional[dict[str, int]]:
+        try:
+            waiting = "waiting" in self._columns()
+            rows = self._rows(
+                "SELECT state, waiting > 0 AS w, count(*) AS n FROM tokens GROUP BY state, w"
+                if waiting
+                else "SELECT state, 0 AS w, count(*) AS n FROM tokens GROUP BY state"
+            )
+        except sqlite3.Error:
+            return None
+        found = dict.fromkeys(STATES, 0)
+        for row in rows:
+            found["waiting" if row["state"] == "todo" and row["w"] else row["state"]] += row["n"]
+        return found
+
+    def finals(self) -> dict[str, Final]:
+        waiting = "waiting" in self._columns()
+        waiting_column = "waiting" if waiting else "0 AS waiting"  # a pool made before dependencies
+        rows = self._rows(
+            f"SELECT id, state, fields, attempts, failures, reason, {waiting_column} FROM tokens"  # noqa: S608
+        )
+        finals = {}
+        for row in rows:
+            state = "waiting" if row["state"] == "todo" and row["waiting"] else row["state"]
+            finals[row["id"]] = Final(
+                id=row["id"],
+                state=state,
+                fields=json.loads(row["fields"]),
+                attempts=json.loads(row["attempts"]),
+                failures=row["failures"],
+                reason=row["reason"] or "",
+            )
+        return finals
+
+
+# -- CouchDB ----------------------------------------------------------------------------------------
+
+
+class CouchBackend(Backend):
+    name = "couchdb"
+    outage_kind = "pouchdb-server stopped"
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.server = PouchDBServer(folder / "server", auth=False, in_memory=False)
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def server_section(self) -> dict[str, Any]:
+        return {"backend": "couchdb", "url": self.server.url, "database": DATABASE}
+
+    def go_away(self) -> None:
+        self.server.stop()
+
+    def come_back(self) -> None:
+        if self.server.process is None:
+            self.server.start()
+
+    def counts(self) -> Optional[dict[str, int]]:
+        try:
+            answer = self.server.request(
+                "GET", f"/{DATABASE}/_design/Monitor/_view/overview_total?group=true"
+            )
+        except OSError:
+            return None
+        if answer.status != 200:
+            return None
+        found = {row["key"]: row["value"] for row in answer.body["rows"]}
+        return {state: int(found.get(state, 0)) for state in STATES}
+
+    def finals(self) -> dict[str, Final]:
+        return {token_id: couch_final(doc) for token_id, doc in self.server.docs(DATABASE).items()}
+
+
+def couch_state(doc: dict[str, Any]) -> str:
+    """The PiCaS view a token is in, from its lock, done and exit_code (as the Monitor views say); a
+    waiting token (lock -1) is in none."""
+    if doc["lock"] == -1:
+        return "waiting"
+    if doc["lock"] and doc["done"]:
+        return "done" if doc["exit_code"] == 0 else "error"
+    return "locked" if doc["lock"] else "todo"
+
+
+def couch_final(doc: dict[str, Any]) -> Final:
+    ours = doc.get("pilot", {})
+    return Final(
+        id=doc["_id"],
+        state=couch_state(doc),
+        fields=doc,
+        attempts=ours.get("attempts", []),
+        failures=ours.get("failures", 0),
+        reason=ours.get("reason", "") or "",
+        extra={"picas_errors": len(doc.get("error", []))},
+    )
+
+
+BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend, "couchdb": CouchBackend}

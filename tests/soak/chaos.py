@@ -1,0 +1,127 @@
+"""The soak's chaos: what goes wrong while the pilots run, each part deciding from the scenario's clock
+and random generator when it strikes, and doing it.
+
+- Kills: at random times (KILL_GAP apart) a random pilot is SIGKILLed; mostly the whole node dies (the
+  pilot and its tasks' process groups), sometimes the pilot alone, whose guard process then kills its
+  tasks. The scenario gives the node a new pilot.
+- Outage: once a third of the tokens are finished the server goes away for 30 seconds (what that means
+  per backend: backends.py).
+- The black hole (node 0) is not here: it is the environment its pilots get (scenario.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+KILL_GAP = (3.0, 9.0)  # seconds between kills, uniform
+NODE_KILL_SHARE = 0.75  # of kills take the whole node (pilot and tasks); the rest the pilot alone
+OUTAGE_AFTER = 1 / 3  # of the tokens finished when the server goes away
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the pilot's tasks: each leads its own session)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class Kill:
+    """One SIGKILL of a pilot: when, and whether its tasks died with it."""
+
+    at: float
+    whole_node: bool
+    tasks: list[int]
+
+
+def kill_pilot(pid: int, whole_node: bool) -> Kill:
+    """SIGKILL the pilot; with ``whole_node`` its tasks too, as when the node dies. The pilot is stopped
+    first so that it starts no task and reports nothing between the two."""
+    os.kill(pid, signal.SIGSTOP)
+    tasks = children(pid)
+    os.kill(pid, signal.SIGKILL)
+    at = time.time()
+    if whole_node:
+        for task in tasks:
+            for kill in (os.killpg, os.kill):  # its group, or itself if it has none of its own yet
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    kill(task, signal.SIGKILL)
+    return Kill(at, whole_node, tasks)
+
+
+@dataclass
+class Kills:
+    """When the next pilot dies, and whether alone."""
+
+    rng: random.Random
+    next_at: float = 0.0
+
+    def start(self, now: float) -> None:
+        self.next_at = now + self.rng.uniform(*KILL_GAP)
+
+    def due(self, now: float) -> Optional[bool]:
+        """None, or True (the whole node) / False (the pilot alone) when a kill is due now."""
+        if now < self.next_at:
+            return None
+        self.next_at = now + self.rng.uniform(*KILL_GAP)
+        return self.rng.random() < NODE_KILL_SHARE
+
+    def victim(self, candidates: list[int]) -> int:
+        return self.rng.choice(sorted(candidates))
+
+
+@dataclass
+class Outage:
+    """The server goes away once ``share`` of the tokens are finished, for ``seconds``."""
+
+    seconds: float
+    total: int
+    go_away: Callable[[], None]
+    come_back: Callable[[], None]
+    share: float = OUTAGE_AFTER
+    down_since: Optional[float] = None
+    window: tuple[float, float] = (0.0, 0.0)  # (went away, came back), epoch seconds
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    @property
+    def done(self) -> bool:
+        return bool(self.window[0])
+
+    def tend(self, now: float, finished: Optional[int], started: float) -> None:
+        """Start the outage when enough tokens are finished; end it after ``seconds``."""
+        if self.down_since is not None:
+            if now - self.down_since >= self.seconds:
+                self.end()
+            return
+        if not self.done and finished is not None and finished >= self.total * self.share:
+            print(
+                f"  {finished} tokens finished after {now - started:.0f}s: the server goes away", flush=True
+            )
+            self.go_away()
+            self.down_since = time.time()
+
+    def end(self) -> None:
+        if self.down_since is None:
+            return
+        self.come_back()
+        self.window = (self.down_since, time.time())
+        self.down_since = None
+        print(f"  server back after {self.window[1] - self.window[0]:.0f}s", flush=True)

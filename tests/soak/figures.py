@@ -1,0 +1,114 @@
+"""The soak's figures: one table per backend of what happened (tokens/s, attempts by outcome, kills,
+conflicts, journal replays, black-hole trips, ...), and one table of the checks with a column per
+backend, so a run over every backend ends with the two side by side."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from checks import Analysis, codes_of
+
+
+def figures(analysis: Analysis) -> list[tuple[str, str]]:
+    scenario, args, events = analysis.scenario, analysis.args, analysis.logs.events
+    elapsed = (scenario.finished or time.time()) - scenario.started
+    attempts = [attempt for history in analysis.history.values() for attempt in history]
+    by_outcome = collections.Counter(attempt["outcome"] for attempt in attempts)
+    modes = collections.Counter(final.fields.get("mode") for final in analysis.finals.values())
+    final = collections.Counter(analysis.states.values())
+    successes = collections.Counter(run.token for run in analysis.runs.values() if run.code == 0)
+    codes = codes_of(scenario.pilots)
+    kills = collections.Counter(pilot.killed for pilot in scenario.pilots if pilot.killed)
+    holes = [pilot for pilot in scenario.pilots if pilot.black_hole]
+    given_back = collections.Counter(
+        analysis.black_hole(a) for a in attempts if a["outcome"] == "node-unhealthy"
+    )
+    fresh, earlier = analysis.black_hole_charges(earlier=False), analysis.black_hole_charges(earlier=True)
+    orphans = sum(
+        1
+        for run in analysis.runs.values()
+        if run.end is not None
+        and run.pilot in analysis.by_id
+        and (analysis.by_id[run.pilot].ended or run.end) < run.end
+    )
+    down, up = scenario.outage.window
+    ended = sum(run.end is not None for run in analysis.runs.values())
+    exit_codes = dict(sorted(codes.items(), key=str))
+    rows = [
+        ("tokens", f"{len(analysis.finals)}: {modes['ok']} ok, {modes['flaky']} flaky, {modes['bad']} bad"),
+        (
+            "finished",
+            f"{final['done']} done, {final['error']} error ({len(analysis.burnt)} burnt by the black hole)",
+        ),
+        ("wall time", f"{elapsed:.0f}s to an empty pool, {len(analysis.finals) / elapsed:.1f} tokens/s"),
+        ("attempts", f"{len(attempts)}: " + ", ".join(f"{n} {o}" for o, n in by_outcome.most_common())),
+        ("runs", f"{len(analysis.runs)} started, {ended} ended by themselves"),
+        ("tokens done twice", f"{sum(n > 1 for n in successes.values())} ran successfully more than once"),
+        (
+            "runs overlapping done",
+            ", ".join(f"{n} {what}" for what, n in analysis.overlaps.items()) or "none",
+        ),
+        ("orphans", f"{orphans} runs ended after their pilot was killed (never reported)"),
+        ("pilots", f"{len(scenario.pilots)} on {args.pilots} nodes; exit codes {exit_codes}"),
+        ("kills", f"{kills['node']} whole nodes, {kills['pilot']} pilots alone (SIGKILL)"),
+        (
+            "outage",
+            f"{scenario.backend.outage_kind} {down - scenario.started:.0f}s into the run "
+            f"for {up - down:.0f}s",
+        ),
+        (
+            "journal",
+            f"{events['journaled']} reports journaled; {events['sent from own journal']} sent by "
+            f"their pilot, {events['adopted from dead pilots']} by the next pilot on the node",
+        ),
+        ("conflicts", f"{events['conflicts']} reports refused: the lease had moved on"),
+        (
+            "leases",
+            f"{events['claimed again after a lease expired']} tokens claimed again after expiry, "
+            f"{events['leases lost']} leases lost",
+        ),
+        (
+            "black hole",
+            f"{len(holes)} pilots, {codes_of(holes)[7]} tripped (exit 7), {given_back[True]} "
+            f"tokens given back uncharged; charged {sum(fresh.values())} tokens that had not failed "
+            f"(at most {max(fresh.values(), default=0)} per pilot), {sum(earlier.values())} that had",
+        ),
+        (
+            "other nodes",
+            f"{codes_of(p for p in scenario.pilots if not p.black_hole)[7]} pilots tripped the breaker, "
+            f"{given_back[False]} tokens given back uncharged",
+        ),
+        ("reports", ", ".join(f"{n} {what}" for what, n in analysis.reports.most_common())),
+    ]
+    if analysis.report_delays:
+        delay = f"at most {max(analysis.report_delays):.1f}s after the run ended"
+        rows.append(("unsent successes", f"{delay} (in memory until sent or journaled)"))
+    return rows
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    """A plain-text table, also valid Markdown (docs/soak.md shows it as printed)."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    print(f"\n== {title}")
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
+
+
+def checks_table(analyses: list[Analysis]) -> None:
+    """One row per check, one column per backend: ok, FAIL (n problems), or n/a and why."""
+    header = ["check", *(a.scenario.backend.name for a in analyses)]
+    names: list[str] = []
+    cells: dict[tuple[str, str], str] = {}
+    for analysis in analyses:
+        for result in analysis.results:
+            if result.name not in names:
+                names.append(result.name)
+            text = result.status
+            if result.status == "FAIL":
+                text = f"FAIL ({len(result.problems)})"
+            elif result.not_applicable:
+                text = f"n/a: {result.not_applicable}"
+            cells[(result.name, analysis.scenario.backend.name)] = text
+    rows = [[name, *(cells.get((name, b), "") for b in header[1:])] for name in names]
+    print_table("checks per backend", header, rows)
