@@ -12,7 +12,9 @@ What an outage is per backend:
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import json
+import re
 import sqlite3
 import sys
 from dataclasses import dataclass, field
@@ -47,6 +49,8 @@ class Backend(abc.ABC):
     outage_kind: str  # what the outage is, for the figures
     #: what the pool can do beyond plain tokens: "sizes", "after", "children", "cancel", "lock-expiry"
     features: frozenset[str] = frozenset()
+    #: every hand-out counts against max_attempts (ToPoS keeps no other tally than its lease count)
+    counts_every_handout = False
     #: why a feature is missing, for the table
     missing: ClassVar[dict[str, str]] = {}
 
@@ -221,4 +225,96 @@ def couch_final(doc: dict[str, Any]) -> Final:
     )
 
 
+# -- ToPoS ------------------------------------------------------------------------------------------
+
+
+class ToposBackend(Backend):
+    """The real ToPoS 4.1 (tests/servers/topos.py): Apache with mod_php and a private MariaDB."""
+
+    name = "topos"
+    outage_kind = "Apache stopped"
+    counts_every_handout = True
+    missing: ClassVar[dict[str, str]] = {
+        "sizes": "ToPoS keeps no per-token resources",
+        "after": "ToPoS has no dependencies",
+        "children": "ToPoS has no tokens added by tasks",
+        "cancel": "ToPoS has no cancel",
+    }
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        from servers.topos import ToposServer  # only where the ToPoS fixture is
+
+        folder.chmod(0o755)  # Apache's www-data workers read ToPoS's files in here
+        self.server = ToposServer(folder / "topos")
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def server_section(self) -> dict[str, Any]:
+        return {"backend": "topos", "url": self.server.url, "pool": DATABASE}
+
+    def go_away(self) -> None:
+        self.server.stop_apache()
+
+    def come_back(self) -> None:
+        if self.server.apache is None:
+            self.server.start_apache()
+
+    def page_count(self, pool: str, kind: str) -> int:
+        answer = self.server.request("GET", f"pools/{pool}/", headers={"Accept": "text/plain"})
+        found = re.search(rf"(\d+) {kind}", answer.text)
+        return int(found.group(1)) if answer.status == 200 and found else 0
+
+    def counts(self) -> Optional[dict[str, int]]:
+        try:
+            tokens, locks = self.page_count(DATABASE, "tokens"), self.page_count(DATABASE, "locks")
+            done = self.page_count(f"{DATABASE}.done", "tokens")
+            error = self.page_count(f"{DATABASE}.error", "tokens") // 2  # each token beside its result
+        except OSError:
+            return None
+        return {"todo": tokens - locks, "waiting": 0, "locked": locks, "done": done, "error": error}
+
+    def documents(self, pool: str) -> list[tuple[str, bytes]]:
+        """(token id, body) of every token in ``pool``, read eight at a time."""
+        ids = [row["Name"] for row in self.server.listing(pool)]
+
+        def body(token_id: str) -> tuple[str, bytes]:
+            answer = self.server.token(pool, int(token_id))
+            if answer.status != 200:
+                raise RuntimeError(f"ToPoS: {pool} token {token_id}: HTTP {answer.status}")
+            return token_id, answer.body
+
+        with concurrent.futures.ThreadPoolExecutor(8) as workers:
+            return list(workers.map(body, ids))
+
+    def finals(self) -> dict[str, Final]:
+        """Results from the done and error pools (JSON documents of type pilot-result), and whatever is
+        still in the pool as todo (the checks then say it is not finished)."""
+        finals: dict[str, Final] = {}
+        for pool in (f"{DATABASE}.done", f"{DATABASE}.error"):
+            for _, body in self.documents(pool):
+                document = json.loads(body)
+                if document.get("type") != "pilot-result":
+                    continue  # a token moved to the error pool, beside its result
+                token_id = str(document["token"])
+                finals[token_id] = Final(
+                    id=token_id,
+                    state=document["state"],
+                    fields=json.loads(document.get("content") or "{}"),
+                    attempts=document.get("attempts", []),
+                    failures=int(document.get("failures") or 0),
+                    reason=document.get("reason", ""),
+                    extra={"leases": document.get("leases")},
+                )
+        for token_id, body in self.documents(DATABASE):
+            finals.setdefault(token_id, Final(token_id, "todo", json.loads(body), [], 0))
+        return finals
+
+
 BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend, "couchdb": CouchBackend}
+if (HERE.parent / "servers" / "topos.py").exists():  # the ToPoS fixture, where ToPoS is supported
+    BACKENDS["topos"] = ToposBackend

@@ -6,6 +6,9 @@ and random generator when it strikes, and doing it.
   tasks. The scenario gives the node a new pilot.
 - Outage: once a third of the tokens are finished the server goes away for 30 seconds (what that means
   per backend: backends.py).
+- Freezes: now and then a pilot with running tasks is stopped (SIGSTOP, its tasks go on) for longer than
+  its lease, then continued: its locks expire while its tasks run, other pilots take the tokens, and when
+  it wakes its renewals and reports meet a lease that moved on.
 - The black hole (node 0) is not here: it is the environment its pilots get (scenario.py).
 """
 
@@ -82,6 +85,66 @@ class Kills:
 
     def victim(self, candidates: list[int]) -> int:
         return self.rng.choice(sorted(candidates))
+
+
+FREEZE_GAP = (15.0, 30.0)  # seconds between freezes, uniform
+# Also a freeze as soon as the todo tokens first drop to each of these: with todo tokens left other
+# pilots take those first, and a frozen pilot's expired leases are taken over only near the end.
+LATE_FREEZES = (60, 20)
+
+
+@dataclass
+class Freeze:
+    pid: int
+    at: float
+    until: float
+    tasks: list[int]
+    woke: Optional[float] = None
+
+
+@dataclass
+class Freezes:
+    """Pilots stopped for ``seconds`` (more than the lease) while their tasks run."""
+
+    rng: random.Random
+    seconds: float
+    next_at: float = 0.0
+    frozen: list[Freeze] = field(default_factory=list)
+    late: list[int] = field(default_factory=lambda: list(LATE_FREEZES))
+
+    def start(self, now: float) -> None:
+        self.next_at = now + self.rng.uniform(*FREEZE_GAP)
+
+    def tend(self, now: float, candidates: list[int], todo: Optional[int]) -> Optional[Freeze]:
+        """Wake the pilots whose time is up; freeze one of ``candidates`` (pids) with running tasks when
+        one is due (by the clock, or ``todo`` fell to the next of LATE_FREEZES). Returns the new freeze,
+        if any."""
+        for freeze in self.frozen:
+            if freeze.woke is None and now >= freeze.until:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(freeze.pid, signal.SIGCONT)
+                freeze.woke = now
+        late = bool(self.late) and todo is not None and todo <= self.late[0]
+        if now < self.next_at and not late:
+            return None
+        busy = [pid for pid in sorted(candidates) if children(pid)]
+        if not busy:
+            return None
+        self.next_at = now + self.rng.uniform(*FREEZE_GAP)
+        if late:
+            self.late.pop(0)
+        pid = self.rng.choice(busy)
+        os.kill(pid, signal.SIGSTOP)
+        freeze = Freeze(pid, now, now + self.seconds, children(pid))
+        self.frozen.append(freeze)
+        return freeze
+
+    def wake_all(self) -> None:
+        for freeze in self.frozen:
+            if freeze.woke is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(freeze.pid, signal.SIGCONT)
+                freeze.woke = time.time()
 
 
 @dataclass

@@ -21,6 +21,7 @@ from scenario import Pilot, Scenario
 CHARGED = frozenset({"failed", "timeout", "not-started"})
 GUARD_GRACE = 0.25  # seconds a task of a pilot killed alone may still end by itself: the guard is at work
 EXIT_CODES = frozenset({0, 7, -9})  # done or drained, black hole, killed by us
+LEASE_SLACK = 5.0  # seconds after a freeze in which another pilot's claim still counts as taken in it
 LOG_LINE = re.compile(r"^\S+ (\S+) token=(\S+) (\w+) (.*)$")
 
 
@@ -60,6 +61,8 @@ class Logs:
 
     tracebacks: list[str] = field(default_factory=list)
     conflicts: set[str] = field(default_factory=set)  # tokens with a report refused as a conflict
+    # (pilot, token): a failure the black-hole breaker held back whose lease ran out meanwhile
+    held_lost: set[tuple[str, str]] = field(default_factory=set)
     events: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
@@ -93,6 +96,8 @@ def read_logs(pilots: Iterable[Pilot]) -> Logs:
                     logs.events[name] += int(found.group(1)) if found.groups() else 1
             if "conflict: the lease moved" in message:
                 logs.conflicts.add(match.group(2))
+            if "lease lost while its failure was held back" in message:
+                logs.held_lost.add((match.group(1), match.group(2)))
     return logs
 
 
@@ -128,9 +133,13 @@ class Analysis:
         self.states = {token_id: final.state for token_id, final in finals.items()}
         self.results: list[Outcome] = []
         self.burnt: list[str] = []  # working tokens the black hole sent to error
+        self.handouts = scenario.backend.counts_every_handout
+        # working tokens sent to error by hand-outs that were not failures (ToPoS counts every one)
+        self.handout_burnt: list[str] = []
         self.overlaps: collections.Counter[str] = collections.Counter()
         self.reports: collections.Counter[str] = collections.Counter()
         self.report_delays: list[float] = []
+        self.taken_in_freeze = 0  # runs of frozen pilots whose token another pilot claimed meanwhile
 
     def checks(self) -> list[tuple[str, Callable[[], list[str]], Optional[str]]]:
         """(name, check, the feature it needs or None), in the order they are printed."""
@@ -146,6 +155,7 @@ class Analysis:
             ("no report lost", self.no_report_lost, None),
             ("tasks die with their pilot", self.tasks_die_with_their_pilot, None),
             ("no result without its run, no attempt run by two pilots", self.no_phantoms, None),
+            ("a lease that expired in a freeze: the newer attempt kept", self.newer_attempt_kept, None),
             (f"the black hole burnt at most K = {k} tokens per pilot", self.black_hole_bounded, None),
             ("pilots exit 0, 7 or killed, no tracebacks, the soak ran to its end", self.endings, None),
         ]
@@ -187,6 +197,8 @@ class Analysis:
         for token_id, final in sorted(self.finals.items()):
             outcomes = [attempt["outcome"] for attempt in final.attempts]
             charged = sum(outcome in CHARGED for outcome in outcomes)
+            if self.handouts:  # ToPoS: every hand-out is an attempt against max_attempts
+                charged = sum(outcome != "done" for outcome in outcomes)
             if None in outcomes:
                 problems.append(f"{token_id}: an attempt was never closed: {outcomes}")
             if final.state == "done" and (outcomes.count("done") != 1 or outcomes[-1] != "done"):
@@ -214,6 +226,8 @@ class Analysis:
                 charged = [a for a in final.attempts if a["outcome"] in CHARGED]
                 if any(self.black_hole(attempt) for attempt in charged):
                     self.burnt.append(token_id)
+                elif self.handouts and len(charged) < len(final.attempts):
+                    self.handout_burnt.append(token_id)  # counted and printed: ToPoS cannot promise it
                 else:
                     problems.append(f"{token_id}: {mode}, but in error")
         return problems
@@ -265,8 +279,9 @@ class Analysis:
         """Every run that ended while its pilot lived is on the token's history with its outcome, or its
         attempt was closed as lease-expired and that is explained: the pilot was killed before its report
         got out (a success still in memory, in the seconds of HTTP retries before it goes to the journal;
-        a failure held by the black-hole breaker), or the report (from a journal, after the outage) met a
-        newer attempt: a conflict, rightly not forced over it.
+        a failure held by the black-hole breaker), or a failure the breaker held lost its lease (the
+        pilot logs it: renewals failed through the outage), or the report (from a journal, after the
+        outage) met a newer attempt: a conflict, rightly not forced over it.
 
         Fails when: the pilot drops a report the server did not take (no journal: Reporter's
         ServerUnreachable branch returning without keeping it), or a journal is never replayed."""
@@ -277,7 +292,9 @@ class Analysis:
                 continue  # killed with its node, or ended after its pilot died: nobody could report it
             history = self.history.get(run.token, [])
             attempt = history[run.attempt - 1] if run.attempt <= len(history) else None
-            if attempt is None or attempt["pilot"] != run.pilot:
+            # ToPoS: a hand-out nobody reported is listed without its pilot ("?"), as lease-expired
+            unnamed = self.handouts and attempt is not None and attempt["pilot"] == "?"
+            if attempt is None or (attempt["pilot"] != run.pilot and not unnamed):
                 problems.append(f"{run.token} attempt {run.attempt} by {run.pilot}: not on the token")
                 continue
             outcome = attempt["outcome"]
@@ -285,6 +302,8 @@ class Analysis:
                 self.reports["reported"] += 1
             elif outcome == "lease-expired" and run.token in self.logs.conflicts:
                 self.reports["refused as conflicts (the lease moved on while the report waited)"] += 1
+            elif outcome == "lease-expired" and (run.pilot, run.token) in self.logs.held_lost:
+                self.reports["failures held by the breaker while their lease ran out (outage)"] += 1
             elif outcome == "lease-expired" and pilot.killed and run.code:
                 self.reports["failures held by the breaker when their pilot was killed"] += 1
             elif outcome == "lease-expired" and pilot.killed:
@@ -316,6 +335,41 @@ class Analysis:
         problems += [
             f"{token} attempt {n}: run by {count} pilots" for (token, n), count in claims.items() if count > 1
         ]
+        return problems
+
+    def newer_attempt_kept(self) -> list[str]:
+        """A run of a frozen pilot whose token another pilot claimed during the freeze (the lease had
+        expired) is never on the token as done or failed: the newer attempt closed it as lease-expired
+        and the frozen pilot's report, when it woke, was refused as a conflict (or its task stopped as
+        lease-lost). ``self.taken_in_freeze`` counts those runs, so the figure shows the check bit.
+
+        Fails when: a report is not conditional on its lease (the local pool's report without
+        ``AND lease_id = ?``, CouchDB's without the lease check before its write), so the stale pilot's
+        report overwrites the newer attempt."""
+        problems = []
+        self.taken_in_freeze = 0
+        for run in self.runs.values():
+            pilot = self.by_id.get(run.pilot)
+            if pilot is None or not pilot.frozen:
+                continue
+            history = self.history.get(run.token, [])
+            for stopped, until in pilot.frozen:
+                if run.start > stopped or (run.end is not None and run.end < stopped):
+                    continue  # not running when the pilot was stopped
+                later = [
+                    a
+                    for a in history[run.attempt :]
+                    if a["pilot"] != run.pilot and stopped <= a["claimed"] <= until + LEASE_SLACK
+                ]
+                if not later:
+                    continue
+                self.taken_in_freeze += 1
+                mine = history[run.attempt - 1] if run.attempt <= len(history) else None
+                if mine is not None and mine["outcome"] in ("done", "failed"):
+                    problems.append(
+                        f"{run.token} attempt {run.attempt} by frozen {run.pilot}: {mine['outcome']}, "
+                        "though a later attempt claimed it during the freeze"
+                    )
         return problems
 
     def black_hole_bounded(self) -> list[str]:

@@ -8,6 +8,7 @@ import collections
 import time
 
 from checks import Analysis, codes_of
+from scenario import LEASE
 
 
 def figures(analysis: Analysis) -> list[tuple[str, str]]:
@@ -53,6 +54,12 @@ def figures(analysis: Analysis) -> list[tuple[str, str]]:
         ("pilots", f"{len(scenario.pilots)} on {args.pilots} nodes; exit codes {exit_codes}"),
         ("kills", f"{kills['node']} whole nodes, {kills['pilot']} pilots alone (SIGKILL)"),
         (
+            "freezes",
+            f"{len(scenario.freezes.frozen)} pilots stopped {scenario.freezes.seconds:.0f}s (lease "
+            f"{LEASE}s) while {sum(len(f.tasks) for f in scenario.freezes.frozen)} tasks ran; "
+            f"{analysis.taken_in_freeze} of their runs' tokens claimed by another pilot meanwhile",
+        ),
+        (
             "outage",
             f"{scenario.backend.outage_kind} {down - scenario.started:.0f}s into the run "
             f"for {up - down:.0f}s",
@@ -81,6 +88,14 @@ def figures(analysis: Analysis) -> list[tuple[str, str]]:
         ),
         ("reports", ", ".join(f"{n} {what}" for what, n in analysis.reports.most_common())),
     ]
+    if analysis.handouts:
+        rows.append(
+            (
+                "hand-outs burnt",
+                f"{len(analysis.handout_burnt)} working tokens in error after max_attempts hand-outs, not "
+                "all failures (ToPoS counts every hand-out: kills, give-backs, expired locks)",
+            )
+        )
     if analysis.report_delays:
         delay = f"at most {max(analysis.report_delays):.1f}s after the run ended"
         rows.append(("unsent successes", f"{delay} (in memory until sent or journaled)"))

@@ -26,11 +26,12 @@ from typing import Any, Optional
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from backends import Backend  # noqa: E402
-from chaos import Kills, Outage, kill_pilot  # noqa: E402
+from chaos import Freezes, Kills, Outage, kill_pilot  # noqa: E402
 from conftest import alive, pilot_env, to_toml  # noqa: E402
 from workload import Workload  # noqa: E402
 
 LEASE = 10  # seconds: a dead pilot's tokens come back soon
+FREEZE = LEASE * 1.5  # seconds a frozen pilot stays stopped: its leases expire while its tasks run
 BLACK_HOLE_NODE = 0
 BLACK_HOLE_RESTART = 3.0  # seconds before the black-hole node gets its next pilot
 FINISH_TIMEOUT = 180.0  # seconds the pilots get to end once the pool is finished
@@ -48,6 +49,7 @@ class Pilot:
     ended: Optional[float] = None  # when it was killed, or when we saw it exit
     code: Optional[int] = None
     killed: str = ""  # "node" (with its tasks) or "pilot" (alone)
+    frozen: list[tuple[float, float]] = field(default_factory=list)  # (stopped, continued) while it ran
     orphans: list[int] = field(default_factory=list)  # its tasks' pids, left running when killed alone
     pilot_id: str = ""
 
@@ -57,7 +59,18 @@ class Pilot:
 
     def record(self) -> dict[str, Any]:
         """What the soak knows of this pilot, for pilots.json in a kept folder."""
-        names = ("number", "node", "slots", "pilot_id", "started", "ended", "code", "killed", "orphans")
+        names = (
+            "number",
+            "node",
+            "slots",
+            "pilot_id",
+            "started",
+            "ended",
+            "code",
+            "killed",
+            "orphans",
+            "frozen",
+        )
         return {name: getattr(self, name) for name in names} | {"log": self.log.name}
 
 
@@ -83,8 +96,10 @@ class Scenario:
         self.finished: Optional[float] = None  # when the pool had nothing left to do
         self.restarts: dict[int, float] = {}  # node: when it gets its next pilot
         self.kills = Kills(self.rng)
+        self.freezes = Freezes(self.rng, FREEZE)
         self.outage = Outage(args.outage, args.tokens, backend.go_away, backend.come_back)
         self.next_count = 0.0
+        self.counts: Optional[dict[str, int]] = None  # the pool's last counts, read once a second
         self.problems: list[str] = []
 
     # -- set-up ------------------------------------------------------------------------------------
@@ -159,6 +174,16 @@ class Scenario:
         if not whole_node:
             pilot.orphans.extend(kill.tasks)
 
+    def freeze(self, now: float) -> None:
+        """Stop a pilot with running tasks for longer than its lease (not the black hole, whose tasks
+        end at once), and note it on the pilot."""
+        by_pid = {p.process.pid: p for p in self.running.values() if not p.black_hole}
+        frozen = {f.pid for f in self.freezes.frozen if f.woke is None}
+        todo = None if self.counts is None else self.counts["todo"]
+        freeze = self.freezes.tend(now, [pid for pid in by_pid if pid not in frozen], todo)
+        if freeze is not None:
+            by_pid[freeze.pid].frozen.append((freeze.at, freeze.until))
+
     # -- the loop ----------------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -167,6 +192,7 @@ class Scenario:
         for node in range(self.args.pilots):
             self.start_pilot(node)
         self.kills.start(self.started)
+        self.freezes.start(self.started)
         deadline = self.started + self.args.max_minutes * 60
         while self.running or self.finished is None:
             now = time.time()
@@ -176,6 +202,7 @@ class Scenario:
                 whole_node = self.kills.due(now)
                 if whole_node is not None:
                     self.kill(self.running[self.kills.victim(list(self.running))], whole_node)
+                self.freeze(now)
             late = self.finished is not None and now - self.finished > FINISH_TIMEOUT
             if (late or now > deadline) and self.running:
                 self.problems.append(
@@ -213,6 +240,7 @@ class Scenario:
         counts = self.backend.counts()
         if counts is None:
             return
+        self.counts = counts
         self.outage.tend(now, counts["done"] + counts["error"], self.started)
         if self.finished is None and not self.outage.down and not self.unfinished(counts):
             self.finished = now
@@ -223,6 +251,7 @@ class Scenario:
 
     def stop_all(self) -> None:
         self.outage.end()
+        self.freezes.wake_all()
         for pilot in self.running.values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pilot.process.pid, signal.SIGTERM)
