@@ -26,6 +26,22 @@ sys.path.insert(0, str(HERE.parent))
 from servers.pouchdb import PouchDBServer  # noqa: E402
 
 DATABASE = "soak"
+# The soak's parts beyond plain tokens, and the module of agent/ that brings each: a pilot.pyz built
+# without it gets no such part (and its checks say n/a).
+FEATURES = {
+    "sizes": "resources.py",
+    "after": "dependencies.py",
+    "children": "children.py",
+    "cancel": "cancel.py",
+}
+
+
+def built_features() -> frozenset[str]:
+    """The parts this checkout's agent/ has."""
+    agent = HERE.parents[1] / "agent"
+    return frozenset(name for name, module in FEATURES.items() if (agent / module).exists())
+
+
 STATES = ("todo", "waiting", "locked", "done", "error")
 
 
@@ -47,8 +63,8 @@ class Backend(abc.ABC):
 
     name: str
     outage_kind: str  # what the outage is, for the figures
-    #: what the pool can do beyond plain tokens: "sizes", "after", "children", "cancel", "lock-expiry"
-    features: frozenset[str] = frozenset()
+    #: what the pool can do beyond plain tokens (the workload's parts, the checks that need them)
+    features: frozenset[str] = frozenset(FEATURES)
     #: every hand-out counts against max_attempts (ToPoS keeps no other tally than its lease count)
     counts_every_handout = False
     #: why a feature is missing, for the table
@@ -214,13 +230,16 @@ def couch_state(doc: dict[str, Any]) -> str:
 
 def couch_final(doc: dict[str, Any]) -> Final:
     ours = doc.get("pilot", {})
+    state = couch_state(doc)
+    errors = doc.get("error") or []
+    reason = str(errors[-1].get("message", "")) if state == "error" and errors else ""
     return Final(
         id=doc["_id"],
-        state=couch_state(doc),
+        state=state,
         fields=doc,
         attempts=ours.get("attempts", []),
         failures=ours.get("failures", 0),
-        reason=ours.get("reason", "") or "",
+        reason=reason,
         extra={"picas_errors": len(doc.get("error", []))},
     )
 
@@ -234,6 +253,7 @@ class ToposBackend(Backend):
     name = "topos"
     outage_kind = "Apache stopped"
     counts_every_handout = True
+    features = frozenset()
     missing: ClassVar[dict[str, str]] = {
         "sizes": "ToPoS keeps no per-token resources",
         "after": "ToPoS has no dependencies",

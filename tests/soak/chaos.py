@@ -9,6 +9,8 @@ and random generator when it strikes, and doing it.
 - Freezes: now and then a pilot with running tasks is stopped (SIGSTOP, its tasks go on) for longer than
   its lease, then continued: its locks expire while its tasks run, other pilots take the tokens, and when
   it wakes its renewals and reports meet a lease that moved on.
+- Cancels (where the pool has them): twice, a few running tokens and a few waiting ones are cancelled
+  with `pilot.pyz tokens cancel`; the soak watches the cancelled tasks' process groups go.
 - The black hole (node 0) is not here: it is the environment its pilots get (scenario.py).
 """
 
@@ -188,3 +190,67 @@ class Outage:
         self.window = (self.down_since, time.time())
         self.down_since = None
         print(f"  server back after {self.window[1] - self.window[0]:.0f}s", flush=True)
+
+
+CANCEL_AT = (0.45, 0.7)  # shares of the tokens finished when a round of cancels strikes
+CANCEL_RUNNING = 3  # running tokens cancelled per round: long ones (stopped by their pilot) and one
+# short one, whose task often ends by itself before its pilot hears of the cancel (the report races it)
+CANCEL_WAITING = 3  # waiting (or todo) tokens cancelled per round
+
+
+@dataclass
+class Cancel:
+    """One `tokens cancel` round: when, which tokens, and the task processes that ran them then."""
+
+    at: float
+    running: list[str]
+    waiting: list[str]
+    pids: dict[int, str]  # pid of a task running a cancelled token: its token
+    gone: dict[int, float] = field(default_factory=dict)  # pid: when its process group was seen gone
+
+
+def group_alive(pid: int) -> bool:
+    """Whether any process of the group ``pid`` leads is left (the task and what it started)."""
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Cancels:
+    """Rounds of cancels at CANCEL_AT shares of the tokens finished; ``cancel`` runs the command."""
+
+    rng: random.Random
+    total: int
+    cancel: Callable[[list[str]], None]
+    rounds: list[Cancel] = field(default_factory=list)
+    shares: list[float] = field(default_factory=lambda: list(CANCEL_AT))
+
+    def due(self, finished: Optional[int]) -> bool:
+        return bool(self.shares) and finished is not None and finished >= self.total * self.shares[0]
+
+    def strike(self, running: dict[int, str], waiting: list[str]) -> Cancel:
+        """Cancel a few of the ``running`` tasks' tokens (pid: token) and of the ``waiting`` tokens."""
+        self.shares.pop(0)
+        long = sorted((pid, t) for pid, t in running.items() if t.startswith("long-"))
+        short = sorted((pid, t) for pid, t in running.items() if not t.startswith("long-"))
+        chosen = self.rng.sample(long, min(CANCEL_RUNNING - 1, len(long)))
+        chosen += self.rng.sample(short, min(CANCEL_RUNNING - len(chosen), len(short)))
+        late = self.rng.sample(sorted(waiting), min(CANCEL_WAITING, len(waiting)))
+        round_ = Cancel(time.time(), [token for _, token in chosen], late, dict(chosen))
+        self.cancel(round_.running + round_.waiting)
+        print(f"  cancelled {len(round_.running)} running and {len(late)} waiting tokens", flush=True)
+        self.rounds.append(round_)
+        return round_
+
+    def watch(self) -> None:
+        """Note when each cancelled task's process group is gone."""
+        now = time.time()
+        for round_ in self.rounds:
+            for pid in round_.pids:
+                if pid not in round_.gone and not group_alive(pid):
+                    round_.gone[pid] = now

@@ -12,47 +12,25 @@ import collections
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
 
-from backends import Final
-from scenario import Pilot, Scenario
+from backends import FEATURES, Final
+from runlog import Run, read_runs
+from scenario import CORES, LEASE, Pilot, Scenario
 
 CHARGED = frozenset({"failed", "timeout", "not-started"})
 GUARD_GRACE = 0.25  # seconds a task of a pilot killed alone may still end by itself: the guard is at work
 EXIT_CODES = frozenset({0, 7, -9})  # done or drained, black hole, killed by us
+KILL_GRACE = 2.0  # task.kill_grace in the soak's config
+# A cancel reaches the pilot at its next renewal (every lease / 3), which TERMs the task (KILL after the
+# grace); plus a second for this loaded machine and the soak's 0.2 s look.
+CANCEL_BOUND = LEASE / 3 + KILL_GRACE + 1.0
+NOT_CHARGED_ERRORS = ("cancelled", "dependency ")  # reasons of tokens in error without their failures
 LEASE_SLACK = 5.0  # seconds after a freeze in which another pilot's claim still counts as taken in it
 LOG_LINE = re.compile(r"^\S+ (\S+) token=(\S+) (\w+) (.*)$")
 
 
 # -- what the tasks and the pilots wrote -----------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """One run of a task, from the execution log."""
-
-    token: str
-    attempt: int
-    pilot: str
-    start: float
-    end: Optional[float] = None
-    code: Optional[int] = None
-    extra: dict[str, str] = field(default_factory=dict)  # key=value words of its S line
-
-
-def read_runs(path: Path) -> dict[tuple[str, int, str], Run]:
-    runs: dict[tuple[str, int, str], Run] = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        parts = line.split()
-        if parts[0] == "S" and len(parts) >= 5:
-            key = (parts[1], int(parts[2]), parts[3])
-            extra = dict(word.split("=", 1) for word in parts[5:] if "=" in word)
-            runs[key] = Run(parts[1], int(parts[2]), parts[3], float(parts[4]), extra=extra)
-        elif parts[0] == "E" and len(parts) == 7 and (parts[1], int(parts[2]), parts[3]) in runs:
-            run = runs[(parts[1], int(parts[2]), parts[3])]
-            run.end, run.code = float(parts[5]), int(parts[6])
-    return runs
 
 
 @dataclass
@@ -63,6 +41,8 @@ class Logs:
     conflicts: set[str] = field(default_factory=set)  # tokens with a report refused as a conflict
     # (pilot, token): a failure the black-hole breaker held back whose lease ran out meanwhile
     held_lost: set[tuple[str, str]] = field(default_factory=set)
+    # (pilot, token): the pilot found the lease lost and stopped (or dropped the result of) its task
+    lease_lost: set[tuple[str, str]] = field(default_factory=set)
     events: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
@@ -98,6 +78,8 @@ def read_logs(pilots: Iterable[Pilot]) -> Logs:
                 logs.conflicts.add(match.group(2))
             if "lease lost while its failure was held back" in message:
                 logs.held_lost.add((match.group(1), match.group(2)))
+            if "lease lost (token reset or taken by another pilot)" in message:
+                logs.lease_lost.add((match.group(1), match.group(2)))
     return logs
 
 
@@ -136,10 +118,15 @@ class Analysis:
         self.handouts = scenario.backend.counts_every_handout
         # working tokens sent to error by hand-outs that were not failures (ToPoS counts every one)
         self.handout_burnt: list[str] = []
+        self.over_attempted: list[str] = []  # ToPoS: tokens run more than max_attempts times
         self.overlaps: collections.Counter[str] = collections.Counter()
         self.reports: collections.Counter[str] = collections.Counter()
         self.report_delays: list[float] = []
         self.taken_in_freeze = 0  # runs of frozen pilots whose token another pilot claimed meanwhile
+        self.core_peaks: collections.Counter[int] = collections.Counter()  # cores held at a start: times
+        self.dag_checked = 0
+        self.children_seen = 0
+        self.cancel_delays: list[float] = []
 
     def checks(self) -> list[tuple[str, Callable[[], list[str]], Optional[str]]]:
         """(name, check, the feature it needs or None), in the order they are printed."""
@@ -158,13 +145,26 @@ class Analysis:
             ("a lease that expired in a freeze: the newer attempt kept", self.newer_attempt_kept, None),
             (f"the black hole burnt at most K = {k} tokens per pilot", self.black_hole_bounded, None),
             ("pilots exit 0, 7 or killed, no tracebacks, the soak ran to its end", self.endings, None),
+            (
+                f"no pilot's running tasks held more than its {CORES} cores, or two tasks one CPU",
+                self.cores_held,
+                "sizes",
+            ),
+            ("no dependent started before every dependency ended done", self.dependencies_first, "after"),
+            ("every task that succeeded added its children exactly once", self.children_once, "children"),
+            (
+                f"every cancelled token's processes gone within {CANCEL_BOUND:.1f}s, never run again",
+                self.cancels_heeded,
+                "cancel",
+            ),
         ]
 
     def check(self) -> None:
         backend = self.scenario.backend
         for name, check, feature in self.checks():
-            if feature is not None and feature not in backend.features:
-                self.results.append(Outcome(name, [], backend.missing.get(feature, "not on this backend")))
+            if feature is not None and feature not in self.scenario.features:
+                why = backend.missing.get(feature) or f"not in this pilot.pyz (no agent/{FEATURES[feature]})"
+                self.results.append(Outcome(name, [], why))
             else:
                 self.results.append(Outcome(name, check()))
 
@@ -188,7 +188,10 @@ class Analysis:
 
     def finished(self) -> list[str]:
         """Every token is done, with exactly one done attempt and that one last, or in error with its
-        max_attempts charged failures; every attempt on every token is closed.
+        max_attempts charged failures; every attempt on every token is closed. On ToPoS, where every
+        hand-out counts, in error with a charged failure last, at or after hand-out max_attempts; the
+        tokens run more than max_attempts times are counted (a hand-out given back at max_attempts gets
+        one more).
 
         Fails when: the report of a success leaves the token locked, or a failure is not charged
         (next_state returning failures unchanged for FAILED); or CouchDB's report stops appending to the
@@ -203,11 +206,20 @@ class Analysis:
                 problems.append(f"{token_id}: an attempt was never closed: {outcomes}")
             if final.state == "done" and (outcomes.count("done") != 1 or outcomes[-1] != "done"):
                 problems.append(f"{token_id}: done, but its attempts are {outcomes}")
+            elif final.state == "error" and final.reason.startswith(NOT_CHARGED_ERRORS):
+                pass  # cancelled, or a dependency failed: the DAG and cancel checks look at those
+            elif final.state == "error" and self.handouts:
+                # ToPoS: in error at the first charged failure from hand-out max_attempts on
+                if not (charged == final.failures >= self.args.max_attempts and outcomes[-1] in CHARGED):
+                    problems.append(f"{token_id}: error after {final.failures} hand-outs: {outcomes}")
+                elif charged > self.args.max_attempts:
+                    self.over_attempted.append(token_id)
             elif final.state == "error" and not charged == final.failures == self.args.max_attempts:
                 problems.append(f"{token_id}: error after {charged} charged failures: {outcomes}")
             elif final.state not in ("done", "error"):
                 problems.append(f"{token_id}: still {final.state}")
             picas_errors = final.extra.get("picas_errors")
+            charged += final.state == "error" and final.reason.startswith(NOT_CHARGED_ERRORS)  # its entry
             if picas_errors is not None and picas_errors != charged:
                 problems.append(f"{token_id}: {charged} charged failures, {picas_errors} PiCaS error entries")
         return problems
@@ -220,8 +232,10 @@ class Analysis:
         problems = []
         for token_id, final in sorted(self.finals.items()):
             mode, state = final.fields["mode"], final.state
-            if mode == "bad" and state != "error":
+            if mode == "bad" and state != "error" and not final.reason.startswith(NOT_CHARGED_ERRORS):
                 problems.append(f"{token_id}: bad, but {state}")
+            elif final.reason.startswith(NOT_CHARGED_ERRORS):
+                continue  # the DAG and cancel checks look at those
             elif mode != "bad" and state == "error":
                 charged = [a for a in final.attempts if a["outcome"] in CHARGED]
                 if any(self.black_hole(attempt) for attempt in charged):
@@ -280,7 +294,9 @@ class Analysis:
         attempt was closed as lease-expired and that is explained: the pilot was killed before its report
         got out (a success still in memory, in the seconds of HTTP retries before it goes to the journal;
         a failure held by the black-hole breaker), or a failure the breaker held lost its lease (the
-        pilot logs it: renewals failed through the outage), or the report (from a journal, after the
+        pilot logs it: renewals failed through the outage), or the run ended while its pilot could not
+        reach the pool (blocked on the local pool's lock, or frozen) until the lease had run out and the
+        token was claimed again (the pilot logs "lease lost"), or the report (from a journal, after the
         outage) met a newer attempt: a conflict, rightly not forced over it.
 
         Fails when: the pilot drops a report the server did not take (no journal: Reporter's
@@ -311,6 +327,12 @@ class Analysis:
                 self.report_delays.append((pilot.ended or run.end) - run.end)
             elif outcome == "lease-lost":
                 self.reports["stopped by their pilot: lease lost"] += 1
+            elif outcome == "lease-expired" and (run.pilot, run.token) in self.logs.lease_lost:
+                # ended, but before its pilot could report (blocked on the pool through the outage, or
+                # frozen) the lease ran out and the token was claimed again: the pilot logs it, lost
+                self.reports[
+                    "ended while the pool was out of reach; the lease ran out before the report"
+                ] += 1
             else:
                 problems.append(
                     f"{run.token} attempt {run.attempt} by {run.pilot}: exit {run.code}, {outcome}"
@@ -377,14 +399,22 @@ class Analysis:
         tasks worked (that token is bad), and at most K others (failures it held when the pool ran dry),
         and sends at most K working tokens to error.
 
+        On ToPoS a token handed out before counts as failed before (the pilot knows only the lease count),
+        so a black-hole pilot charges it at once: those charges, after hand-outs none of which failed,
+        are counted (``after_interruptions``) and left out of the bound, which ToPoS cannot promise.
+
         Fails when: the breaker (agent/breaker.py) never trips, or the pilot charges the failures it
         holds when it trips (outcome FAILED instead of UNHEALTHY)."""
         k = self.args.black_hole_failures
         fresh = self.black_hole_charges(earlier=False)
         burnt: collections.Counter[str] = collections.Counter()  # working tokens sent to error, per pilot
         for token_id in self.burnt:
-            charged = self.history[token_id]
-            burnt.update({a["pilot"] for a in charged if a["outcome"] in CHARGED and self.black_hole(a)})
+            history = self.history[token_id]
+            for number, attempt in enumerate(history):
+                if attempt["outcome"] in CHARGED and self.black_hole(attempt):
+                    if self.handouts and self.interrupted_only(history[:number]):
+                        continue
+                    burnt[attempt["pilot"]] += 1
         problems = [
             f"black-hole pilot {p} charged {n} tokens that had not failed" for p, n in fresh.items() if n > k
         ]
@@ -393,15 +423,178 @@ class Analysis:
         ]
 
     def black_hole_charges(self, *, earlier: bool) -> collections.Counter[str]:
-        """Charged failures by black-hole pilots, per pilot, of tokens that had (or had not) failed before."""
+        """Charged failures by black-hole pilots, per pilot, of tokens that had (or had not) failed before;
+        on ToPoS, without those that had only been handed out before (``after_interruptions``)."""
         found: collections.Counter[str] = collections.Counter()
         for history in self.history.values():
             for number, attempt in enumerate(history):
                 if attempt["outcome"] in CHARGED and self.black_hole(attempt):
+                    if not earlier and self.handouts and self.interrupted_only(history[:number]):
+                        continue
                     before = any(a["outcome"] in CHARGED for a in history[:number])
                     if before == earlier:
                         found[attempt["pilot"]] += 1
         return found
+
+    def after_interruptions(self) -> int:
+        """ToPoS: black-hole charges of tokens whose earlier hand-outs were all interruptions."""
+        return sum(
+            1
+            for history in self.history.values()
+            for number, attempt in enumerate(history)
+            if attempt["outcome"] in CHARGED
+            and self.black_hole(attempt)
+            and self.interrupted_only(history[:number])
+        )
+
+    @staticmethod
+    def interrupted_only(earlier: list[dict[str, Any]]) -> bool:
+        return bool(earlier) and not any(a["outcome"] in CHARGED for a in earlier)
+
+    def run_end(self, run: Run) -> Optional[float]:
+        """When a run ended: by itself, by its pilot's SIGTERM, or with its node; None when unknown."""
+        if run.end is not None or run.terminated is not None:
+            return run.end if run.end is not None else run.terminated
+        pilot = self.by_id.get(run.pilot)
+        return pilot.ended if pilot is not None and pilot.killed == "node" else None
+
+    def cores_held(self) -> list[str]:
+        """At no instant did a pilot's running tasks hold more than its CORES declared cores, or two of
+        them one CPU ($PILOT_CPUS), and every task got the cores its token asked for. Each run's span is
+        from its own S to E (or T) line, inside the span the pilot holds its cores: no false overlap.
+        A run whose end is unknown (a task killed with SIGKILL alone) counts until its pilot ended.
+
+        Fails when: claims ignore the token's request (Book.fit not passed to the pool, so a pilot takes
+        tokens as if each were one core), or Book.release frees a task's CPUs before it is reaped."""
+        problems = []
+        by_pilot: dict[str, list[Run]] = collections.defaultdict(list)
+        for run in self.runs.values():
+            if run.cores is not None:
+                by_pilot[run.pilot].append(run)
+            asked = self.finals.get(run.token)
+            wanted = asked.fields.get("cores", 1) if asked else None
+            if run.cores is not None and wanted is not None and run.cores != wanted:
+                problems.append(f"{run.token} run {run.attempt}: {run.cores} cores, asked {wanted}")
+            if run.cpus is not None and run.cores is not None and len(run.cpus) != run.cores:
+                problems.append(
+                    f"{run.token} run {run.attempt}: {run.cores} cores on CPUs {sorted(run.cpus)}"
+                )
+        self.core_peaks: collections.Counter[int] = collections.Counter()
+        for pilot_id, runs in by_pilot.items():
+            pilot = self.by_id.get(pilot_id)
+            last = pilot.ended if pilot is not None and pilot.ended else float("inf")
+            spans = sorted((run.start, self.run_end(run) or last, run) for run in runs)
+            active: list[tuple[float, Run]] = []
+            for start, end, run in spans:
+                active = [(e, r) for e, r in active if e > start]
+                held = sum(r.cores or 0 for _, r in active) + (run.cores or 0)
+                self.core_peaks[held] += 1
+                if held > CORES:
+                    problems.append(f"{pilot_id}: {held} cores held when {run.token} started")
+                for _, other in active:
+                    shared = (run.cpus or frozenset()) & (other.cpus or frozenset())
+                    if shared:
+                        problems.append(
+                            f"{pilot_id}: {run.token} and {other.token} both on CPUs {sorted(shared)}"
+                        )
+                active.append((end, run))
+        return problems
+
+    def dependencies_first(self) -> list[str]:
+        """No run of a token with `after` started before every token it names ended done (the done
+        attempt's end, as its pilot saw the task exit); a token whose dependency ended in error never
+        ran, and is in error naming a dependency.
+
+        Fails when: `after` is not kept at add (tokens add dropping it: every merge is claimable at
+        once), or CouchDB releases the dependents in the report's own _bulk_docs (a report that then
+        conflicts leaves them running before their dependency is done)."""
+        problems = []
+        self.dag_checked = 0
+        runs_of: dict[str, list[Run]] = collections.defaultdict(list)
+        for run in self.runs.values():
+            runs_of[run.token].append(run)
+        for token_id, final in sorted(self.finals.items()):
+            after = final.fields.get("after") or []
+            if not after:
+                continue
+            self.dag_checked += 1
+            ends = []
+            for dep in after:
+                other = self.finals.get(dep)
+                done = other is not None and other.state == "done" and other.attempts
+                ends.append(other.attempts[-1]["ended"] if done else None)
+            for run in runs_of[token_id]:
+                if None in ends:
+                    problems.append(f"{token_id} run {run.attempt}: started though a dependency is not done")
+                elif run.start < max(ends):
+                    late = max(ends) - run.start
+                    problems.append(
+                        f"{token_id} run {run.attempt}: started {late:.2f}s before a dependency ended"
+                    )
+            if None in ends and not (final.state == "error" and final.reason.startswith(NOT_CHARGED_ERRORS)):
+                problems.append(
+                    f"{token_id}: a dependency did not end done, yet {final.state} ({final.reason!r})"
+                )
+        return problems
+
+    def children_once(self) -> list[str]:
+        """Every parent that ended done has exactly its `children` child tokens (fields.parent names it,
+        ids <parent>.<line>), and a parent that did not end done has none; each child ran like any token.
+
+        Fails when: children.py names children with a fresh uuid instead of <token id>.<line> (a report
+        sent twice, replayed from a journal after the outage, adds them twice), or the pilot adds the
+        children of a task that failed."""
+        problems = []
+        kids: dict[str, list[str]] = collections.defaultdict(list)
+        for token_id, final in self.finals.items():
+            parent = final.fields.get("parent")
+            if parent:
+                kids[str(parent)].append(token_id)
+        self.children_seen = sum(len(v) for v in kids.values())
+        for token_id, final in sorted(self.finals.items()):
+            wanted = final.fields.get("children")
+            if not wanted:
+                continue
+            found = sorted(kids.get(token_id, []))
+            if final.state == "done":
+                expected = sorted(f"{token_id}.{line}" for line in range(1, int(wanted) + 1))
+                if found != expected:
+                    problems.append(f"{token_id}: done with children {found}, expected {expected}")
+            elif found:
+                problems.append(f"{token_id}: {final.state}, yet children {found}")
+        return problems
+
+    def cancels_heeded(self) -> list[str]:
+        """Every token cancelled is in error as cancelled, or ended done before the cancel (a report
+        that won the race); a run of it that was running is gone (its process group) within CANCEL_BOUND;
+        no run of it starts after the cancel.
+
+        Fails when: the pilot ignores Renewal.cancelled (the task runs to its end), or the pool's cancel
+        leaves a waiting token claimable."""
+        problems = []
+        cancels = self.scenario.cancels
+        self.cancel_delays: list[float] = []
+        for round_ in cancels.rounds if cancels else []:
+            for token_id in round_.running + round_.waiting:
+                final = self.finals.get(token_id)
+                if final is None:
+                    problems.append(f"{token_id}: cancelled, and gone from the pool")
+                    continue
+                done_before = final.state == "done" and final.attempts[-1]["ended"] <= round_.at + 1.0
+                if not (final.state == "error" and final.reason == "cancelled") and not done_before:
+                    problems.append(f"{token_id}: cancelled, but {final.state} ({final.reason!r})")
+                for run in self.runs.values():
+                    if run.token == token_id and run.start > round_.at:
+                        problems.append(f"{token_id}: run {run.attempt} started after the cancel")
+            for pid, token_id in round_.pids.items():
+                gone = round_.gone.get(pid)
+                if gone is None:
+                    problems.append(f"{token_id}: task {pid} still there at the end")
+                    continue
+                self.cancel_delays.append(gone - round_.at)
+                if gone - round_.at > CANCEL_BOUND:
+                    problems.append(f"{token_id}: task {pid} gone {gone - round_.at:.1f}s after the cancel")
+        return problems
 
     def endings(self) -> list[str]:
         """Pilots exit 0, 7, or were killed (-9); no traceback in any pilot's log; the soak ended in time.

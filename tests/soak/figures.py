@@ -88,12 +88,78 @@ def figures(analysis: Analysis) -> list[tuple[str, str]]:
         ),
         ("reports", ", ".join(f"{n} {what}" for what, n in analysis.reports.most_common())),
     ]
+    features = scenario.features
+    if "sizes" in features:
+        sizes = collections.Counter(f.fields.get("cores", 1) for f in analysis.finals.values())
+        peaks = analysis.core_peaks
+        rows.append(
+            (
+                "sizes",
+                "tokens of "
+                + ", ".join(f"{n} x {c} cores" for c, n in sorted(sizes.items()))
+                + f"; cores held at task starts: {dict(sorted(peaks.items()))}",
+            )
+        )
+    if "after" in features:
+        dag = [f for f in analysis.finals.values() if f.id.startswith("dag-")]
+        states = collections.Counter(
+            f.state if not f.reason.startswith("dependency") else "dependency failed" for f in dag
+        )
+        rows.append(
+            (
+                "DAG",
+                f"{len(dag)} tokens in {len({f.id[:6] for f in dag})} groups (split, fan-out, merge); "
+                + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+                + f"; {analysis.dag_checked} with `after` checked",
+            )
+        )
+    if "children" in features:
+        parents = [f for f in analysis.finals.values() if f.fields.get("children")]
+        rows.append(
+            (
+                "children",
+                f"{len(parents)} parents, {sum(f.state == 'done' for f in parents)} done; "
+                f"{analysis.children_seen} children in the pool",
+            )
+        )
+    if "cancel" in features and scenario.cancels is not None:
+        rounds = scenario.cancels.rounds
+        delays = analysis.cancel_delays
+        rows.append(
+            (
+                "cancels",
+                f"{len(rounds)} rounds: {sum(len(r.running) for r in rounds)} running, "
+                f"{sum(len(r.waiting) for r in rounds)} waiting or todo; tasks gone "
+                + (
+                    f"{min(delays):.1f} to {max(delays):.1f}s after the cancel"
+                    if delays
+                    else "(none running)"
+                ),
+            )
+        )
+    missing = [name for name in ("sizes", "after", "children", "cancel") if name not in features]
+    if missing:
+        rows.append(("not run here", ", ".join(scenario.backend.missing.get(m) or m for m in missing)))
     if analysis.handouts:
         rows.append(
             (
                 "hand-outs burnt",
                 f"{len(analysis.handout_burnt)} working tokens in error after max_attempts hand-outs, not "
                 "all failures (ToPoS counts every hand-out: kills, give-backs, expired locks)",
+            )
+        )
+        rows.append(
+            (
+                "black hole after hand-outs",
+                f"{analysis.after_interruptions()} charges by black-hole pilots of tokens handed out before "
+                "but never failed (ToPoS: the lease count looks like failures; not bounded by K)",
+            )
+        )
+        rows.append(
+            (
+                "over max_attempts",
+                f"{len(analysis.over_attempted)} tokens in error ran more than max_attempts = "
+                f"{args.max_attempts} times (a hand-out given back at the last one is run again)",
             )
         )
     if analysis.report_delays:

@@ -26,8 +26,9 @@ from typing import Any, Optional
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from backends import Backend  # noqa: E402
-from chaos import Freezes, Kills, Outage, kill_pilot  # noqa: E402
+from chaos import Cancels, Freezes, Kills, Outage, group_alive, kill_pilot  # noqa: E402
 from conftest import alive, pilot_env, to_toml  # noqa: E402
+from runlog import read_runs  # noqa: E402
 from workload import Workload  # noqa: E402
 
 LEASE = 10  # seconds: a dead pilot's tokens come back soon
@@ -36,6 +37,7 @@ BLACK_HOLE_NODE = 0
 BLACK_HOLE_RESTART = 3.0  # seconds before the black-hole node gets its next pilot
 FINISH_TIMEOUT = 180.0  # seconds the pilots get to end once the pool is finished
 TICK = 0.2
+CORES = 4  # declared on every pilot where tokens have sizes (unbound: the machine may have fewer CPUs)
 
 
 @dataclass
@@ -87,7 +89,8 @@ class Scenario:
         self.pyz = pyz
         self.backend = backend
         self.rng = random.Random(args.seed)
-        self.workload = Workload(args.tokens, backend.features)
+        self.features = backend.features & args.features
+        self.workload = Workload(args.tokens, self.features)
         self.runs_log = folder / "runs.log"
         self.env = pilot_env(folder, folder / "pyz-root")
         self.pilots: list[Pilot] = []
@@ -98,6 +101,7 @@ class Scenario:
         self.kills = Kills(self.rng)
         self.freezes = Freezes(self.rng, FREEZE)
         self.outage = Outage(args.outage, args.tokens, backend.go_away, backend.come_back)
+        self.cancels = Cancels(self.rng, args.tokens, self.cancel) if "cancel" in self.features else None
         self.next_count = 0.0
         self.counts: Optional[dict[str, int]] = None  # the pool's last counts, read once a second
         self.problems: list[str] = []
@@ -120,6 +124,7 @@ class Scenario:
                 "env": {"SOAK_LOG": str(self.runs_log)},
             },
             "pilot": {
+                **({"cores": CORES, "bind": False} if "sizes" in self.features else {}),
                 "slots": slots,
                 "workdir": str(self.folder / "nodes" / "${SOAK_NODE:-admin}"),
                 "black_hole_failures": self.args.black_hole_failures,
@@ -177,7 +182,8 @@ class Scenario:
     def freeze(self, now: float) -> None:
         """Stop a pilot with running tasks for longer than its lease (not the black hole, whose tasks
         end at once), and note it on the pilot."""
-        by_pid = {p.process.pid: p for p in self.running.values() if not p.black_hole}
+        running = self.running.values() if self.finished is None else []
+        by_pid = {p.process.pid: p for p in running if not p.black_hole}
         frozen = {f.pid for f in self.freezes.frozen if f.woke is None}
         todo = None if self.counts is None else self.counts["todo"]
         freeze = self.freezes.tend(now, [pid for pid in by_pid if pid not in frozen], todo)
@@ -202,7 +208,9 @@ class Scenario:
                 whole_node = self.kills.due(now)
                 if whole_node is not None:
                     self.kill(self.running[self.kills.victim(list(self.running))], whole_node)
-                self.freeze(now)
+            self.freeze(now)  # also once the pool is finished: the frozen pilots must wake
+            if self.cancels is not None:
+                self.cancels.watch()
             late = self.finished is not None and now - self.finished > FINISH_TIMEOUT
             if (late or now > deadline) and self.running:
                 self.problems.append(
@@ -241,10 +249,50 @@ class Scenario:
         if counts is None:
             return
         self.counts = counts
-        self.outage.tend(now, counts["done"] + counts["error"], self.started)
+        finished = counts["done"] + counts["error"]
+        self.outage.tend(now, finished, self.started)
+        if self.cancels is not None and not self.outage.down and self.cancels.due(finished):
+            self.strike_cancels()
         if self.finished is None and not self.outage.down and not self.unfinished(counts):
             self.finished = now
             print(f"  pool finished after {now - self.started:.0f}s", flush=True)
+
+    def strike_cancels(self) -> None:
+        """Cancel a few tokens running now (not on a frozen or black-hole pilot, whose renewals are not
+        the point) and a few that have not run yet (DAG tokens still waiting, plain tokens still todo)."""
+        assert self.cancels is not None
+        runs = read_runs(self.runs_log)
+        pilots = {self.pilot_id(p): p for p in self.running.values() if not p.black_hole}
+        frozen = {f.pid for f in self.freezes.frozen if f.woke is None}
+        running = {
+            run.pid: run.token
+            for run in runs.values()
+            if run.end is None
+            and run.terminated is None
+            and run.token.startswith(("long-", "soak-"))
+            and run.pilot in pilots
+            and pilots[run.pilot].process.pid not in frozen
+            and group_alive(run.pid)
+        }
+        started = {run.token for run in runs.values()}
+        unstarted = [line["id"] for line in self.workload.lines() if line["id"] not in started]
+        waiting = [i for i in unstarted if i.startswith("dag-") and not i.endswith("-split")][-6:]
+        waiting += [i for i in unstarted if i.startswith("soak-")][-2:]
+        self.cancels.strike(running, waiting)
+
+    def cancel(self, token_ids: list[str]) -> None:
+        if token_ids:
+            self.admin("tokens", "cancel", *token_ids)
+
+    def pilot_id(self, pilot: Pilot) -> str:
+        """The pilot's id, from the first line of its log that names it."""
+        if not pilot.pilot_id:
+            for line in pilot.log.read_text(errors="replace").splitlines():
+                parts = line.split(" ", 2)
+                if len(parts) == 3 and parts[2].startswith("token="):
+                    pilot.pilot_id = parts[1]
+                    break
+        return pilot.pilot_id
 
     def unfinished(self, counts: dict[str, int]) -> int:
         return counts["todo"] + counts["locked"] + counts["waiting"]

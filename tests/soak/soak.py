@@ -30,7 +30,7 @@ from typing import Optional
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from backends import BACKENDS  # noqa: E402
+from backends import BACKENDS, FEATURES, built_features  # noqa: E402
 from benchmarks.common import ensure_pyz, report  # noqa: E402
 from checks import Analysis  # noqa: E402
 from figures import checks_table, figures  # noqa: E402
@@ -87,7 +87,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=6, help="for the kills")
     parser.add_argument("--max-minutes", type=float, default=12.0, help="per scenario")
     parser.add_argument("--keep", action="store_true", help="keep the soak's folders even when they pass")
+    parser.add_argument(
+        "--features",
+        help=f"the parts to run where the backend has them, comma separated, of {','.join(FEATURES)} "
+        "(default: those whose module this checkout's agent/ has)",
+    )
     args = parser.parse_args()
+    args.features = built_features() if args.features is None else frozenset(args.features.split(",")) - {""}
     names = args.backend or list(BACKENDS)
     pyz = ensure_pyz()
     started = time.time()
