@@ -10,8 +10,8 @@ what its backend can do (``Backend.features``):
 - parents ("children"): tasks that add `children` = K child tokens through $PILOT_NEW_TOKENS;
 - long tokens ("cancel"): 10 to 20 seconds each, for the cancels to find running (chaos.py).
 
-Ids: plain `soak-NNNN`, long `long-NN`, DAG `dag-G-split`, `dag-G-map-I`, `dag-G-merge`, parents `kid-NNN` (their
-children `kid-NNN.<line>`, named by the pilot).
+Ids: plain `soak-NNNN`, long `long-NN`, DAG `dag-G-split`, `dag-G-map-I`, `dag-G-merge`, parents
+`kid-NNN` (their children `kid-NNN.<line>`, named by the pilot).
 """
 
 from __future__ import annotations
