@@ -127,6 +127,7 @@ class Analysis:
         self.dag_checked = 0
         self.children_seen = 0
         self.cancel_delays: list[float] = []
+        self.open_cancelled: set[str] = set()  # cancelled while running, its pilot killed: attempt open
 
     def checks(self) -> list[tuple[str, Callable[[], list[str]], Optional[str]]]:
         """(name, check, the feature it needs or None), in the order they are printed."""
@@ -202,7 +203,10 @@ class Analysis:
             charged = sum(outcome in CHARGED for outcome in outcomes)
             if self.handouts:  # ToPoS: every hand-out is an attempt against max_attempts
                 charged = sum(outcome != "done" for outcome in outcomes)
-            if None in outcomes:
+            open_cancelled = (
+                final.reason == "cancelled" and outcomes[-1:] == [None] and self.died_holding(final)
+            )
+            if None in outcomes and not open_cancelled:
                 problems.append(f"{token_id}: an attempt was never closed: {outcomes}")
             if final.state == "done" and (outcomes.count("done") != 1 or outcomes[-1] != "done"):
                 problems.append(f"{token_id}: done, but its attempts are {outcomes}")
@@ -223,6 +227,15 @@ class Analysis:
             if picas_errors is not None and picas_errors != charged:
                 problems.append(f"{token_id}: {charged} charged failures, {picas_errors} PiCaS error entries")
         return problems
+
+    def died_holding(self, final: Final) -> bool:
+        """Its last attempt's pilot was killed: a cancelled token keeps that attempt open (nobody claims
+        an error token to close it as lease-expired); counted in the figures."""
+        pilot = self.by_id.get(final.attempts[-1]["pilot"]) if final.attempts else None
+        if pilot is not None and pilot.killed:
+            self.open_cancelled.add(final.id)
+            return True
+        return False
 
     def modes(self) -> list[str]:
         """Bad tokens end in error; ok and flaky ones done, unless the black hole charged them.
@@ -387,7 +400,10 @@ class Analysis:
                     continue
                 self.taken_in_freeze += 1
                 mine = history[run.attempt - 1] if run.attempt <= len(history) else None
-                if mine is not None and mine["outcome"] in ("done", "failed"):
+                # A report sent before the stop is fine (it closed the attempt before the next claim);
+                # one of a run the pilot saw end only after it woke came after the newer claim.
+                late = mine is not None and (mine.get("ended") or 0) > stopped
+                if mine is not None and mine["outcome"] in ("done", "failed") and late:
                     problems.append(
                         f"{run.token} attempt {run.attempt} by frozen {run.pilot}: {mine['outcome']}, "
                         "though a later attempt claimed it during the freeze"
@@ -580,12 +596,18 @@ class Analysis:
                 if final is None:
                     problems.append(f"{token_id}: cancelled, and gone from the pool")
                     continue
-                done_before = final.state == "done" and final.attempts[-1]["ended"] <= round_.at + 1.0
-                if not (final.state == "error" and final.reason == "cancelled") and not done_before:
+                # A run claimed before the cancel may end done (its report won the race); a token
+                # whose dependency had failed before stays in error for that; nothing is claimed after.
+                done_before = final.state == "done" and final.attempts[-1]["claimed"] <= round_.at
+                failed_before = final.state == "error" and self.dependency_failed_by(final, round_.at)
+                cancelled = final.state == "error" and final.reason == "cancelled"
+                if not (cancelled or done_before or failed_before):
                     problems.append(f"{token_id}: cancelled, but {final.state} ({final.reason!r})")
-                for run in self.runs.values():
-                    if run.token == token_id and run.start > round_.at:
-                        problems.append(f"{token_id}: run {run.attempt} started after the cancel")
+                for number, attempt in enumerate(final.attempts, start=1):
+                    if attempt["claimed"] > round_.at:
+                        problems.append(f"{token_id}: attempt {number} claimed after the cancel")
+                if cancelled and final.attempts and final.attempts[-1]["outcome"] is None:
+                    self.open_cancelled.add(token_id)
             for pid, token_id in round_.pids.items():
                 gone = round_.gone.get(pid)
                 if gone is None:
@@ -595,6 +617,20 @@ class Analysis:
                 if gone - round_.at > CANCEL_BOUND:
                     problems.append(f"{token_id}: task {pid} gone {gone - round_.at:.1f}s after the cancel")
         return problems
+
+    def dependency_failed_by(self, final: Final, when: float) -> bool:
+        """In error because a dependency failed, and that one ended in error by ``when``."""
+        if not final.reason.startswith("dependency "):
+            return False
+        dep = self.finals.get(final.reason.split()[1])
+        if dep is None or dep.state != "error":
+            return False
+        ended = [a.get("ended") or 0 for a in dep.attempts]
+        return (
+            dep.reason == "cancelled"
+            or dep.reason.startswith("dependency ")
+            or max(ended, default=0) <= when + 1
+        )
 
     def endings(self) -> list[str]:
         """Pilots exit 0, 7, or were killed (-9); no traceback in any pilot's log; the soak ended in time.

@@ -134,7 +134,8 @@ def figures(analysis: Analysis) -> list[tuple[str, str]]:
                     f"{min(delays):.1f} to {max(delays):.1f}s after the cancel"
                     if delays
                     else "(none running)"
-                ),
+                )
+                + f"; {len(analysis.open_cancelled)} left with an open attempt (their pilot was killed)",
             )
         )
     missing = [name for name in ("sizes", "after", "children", "cancel") if name not in features]
