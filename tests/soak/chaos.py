@@ -202,11 +202,12 @@ CANCEL_WAITING = 3  # waiting (or todo) tokens cancelled per round
 class Cancel:
     """One `tokens cancel` round: when, which tokens, and the task processes that ran them then."""
 
-    at: float
+    sent: float  # when `tokens cancel` started
     running: list[str]
     waiting: list[str]
     pids: dict[int, str]  # pid of a task running a cancelled token: its token
     gone: dict[int, float] = field(default_factory=dict)  # pid: when its process group was seen gone
+    at: float = 0.0  # when `tokens cancel` returned: the cancel is in the pool by then
 
 
 def group_alive(pid: int) -> bool:
@@ -243,6 +244,7 @@ class Cancels:
         late = self.rng.sample(sorted(waiting), min(CANCEL_WAITING, len(waiting)))
         round_ = Cancel(time.time(), [token for _, token in chosen], late, dict(chosen))
         self.cancel(round_.running + round_.waiting)
+        round_.at = time.time()
         print(f"  cancelled {len(round_.running)} running and {len(late)} waiting tokens", flush=True)
         self.rounds.append(round_)
         return round_

@@ -23,8 +23,9 @@ GUARD_GRACE = 0.25  # seconds a task of a pilot killed alone may still end by it
 EXIT_CODES = frozenset({0, 7, -9})  # done or drained, black hole, killed by us
 KILL_GRACE = 2.0  # task.kill_grace in the soak's config
 # A cancel reaches the pilot at its next renewal (every lease / 3), which TERMs the task (KILL after the
-# grace); plus a second for this loaded machine and the soak's 0.2 s look.
-CANCEL_BOUND = LEASE / 3 + KILL_GRACE + 1.0
+# grace); plus two seconds for this loaded machine (renewals run late) and the soak's 0.2 s look. Counted
+# from the moment `tokens cancel` returned: the cancel is in the pool by then.
+CANCEL_BOUND = LEASE / 3 + KILL_GRACE + 2.0
 NOT_CHARGED_ERRORS = ("cancelled", "dependency ")  # reasons of tokens in error without their failures
 LEASE_SLACK = 5.0  # seconds after a freeze in which another pilot's claim still counts as taken in it
 LOG_LINE = re.compile(r"^\S+ (\S+) token=(\S+) (\w+) (.*)$")
@@ -338,6 +339,8 @@ class Analysis:
             elif outcome == "lease-expired" and pilot.killed:
                 self.reports["successes not yet sent when their pilot was killed"] += 1
                 self.report_delays.append((pilot.ended or run.end) - run.end)
+            elif outcome == "cancelled" and self.cancelled(run.token):
+                self.reports["stopped or discarded by a cancel"] += 1
             elif outcome == "lease-lost":
                 self.reports["stopped by their pilot: lease lost"] += 1
             elif outcome == "lease-expired" and (run.pilot, run.token) in self.logs.lease_lost:
@@ -581,9 +584,10 @@ class Analysis:
         return problems
 
     def cancels_heeded(self) -> list[str]:
-        """Every token cancelled is in error as cancelled, or ended done before the cancel (a report
-        that won the race); a run of it that was running is gone (its process group) within CANCEL_BOUND;
-        no run of it starts after the cancel.
+        """Every token cancelled is in error as cancelled, or done by a run claimed before the cancel
+        was in the pool (a report that won the race), or in error because a dependency had failed; a
+        run of it that was running is gone (its process group) within CANCEL_BOUND; no attempt of it is
+        claimed once `tokens cancel` has returned.
 
         Fails when: the pilot ignores Renewal.cancelled (the task runs to its end), or the pool's cancel
         leaves a waiting token claimable."""
@@ -617,6 +621,10 @@ class Analysis:
                 if gone - round_.at > CANCEL_BOUND:
                     problems.append(f"{token_id}: task {pid} gone {gone - round_.at:.1f}s after the cancel")
         return problems
+
+    def cancelled(self, token_id: str) -> bool:
+        rounds = self.scenario.cancels.rounds if self.scenario.cancels else []
+        return any(token_id in r.running + r.waiting for r in rounds)
 
     def dependency_failed_by(self, final: Final, when: float) -> bool:
         """In error because a dependency failed, and that one ended in error by ``when``."""
