@@ -212,7 +212,12 @@ class CouchBackend(Backend):
         if answer.status != 200:
             return None
         found = {row["key"]: row["value"] for row in answer.body["rows"]}
-        return {state: int(found.get(state, 0)) for state in STATES}
+        counts = {state: int(found.get(state, 0)) for state in STATES}
+        # Waiting tokens (lock -1) are in no PiCaS view: pilot.pyz's own counts them, where init made it.
+        waiting = self.server.request("GET", f"/{DATABASE}/_design/pilot-waiting/_view/waiting")
+        if waiting.status == 200 and waiting.body["rows"]:
+            counts["waiting"] = int(waiting.body["rows"][0]["value"])
+        return counts
 
     def finals(self) -> dict[str, Final]:
         return {token_id: couch_final(doc) for token_id, doc in self.server.docs(DATABASE).items()}
