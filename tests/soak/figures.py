@@ -8,7 +8,7 @@ import collections
 import time
 
 from checks import Analysis, codes_of
-from scenario import LEASE
+from scenario import CORES, LEASE
 
 
 def figures(analysis: Analysis) -> list[tuple[str, str]]:
@@ -194,3 +194,58 @@ def checks_table(analyses: list[Analysis]) -> None:
             cells[(result.name, analysis.scenario.backend.name)] = text
     rows = [[name, *(cells.get((name, b), "") for b in header[1:])] for name in names]
     print_table("checks per backend", header, rows)
+
+
+def summary_table(analyses: list[Analysis]) -> None:
+    """The main figures side by side, one column per backend (what docs/soak.md shows)."""
+    header = ["figure", *(a.scenario.backend.name for a in analyses)]
+    columns = [summary(analysis) for analysis in analyses]
+    names = [name for name, _ in columns[0]]
+    rows = [[name, *(dict(column).get(name, "") for column in columns)] for name in names]
+    print_table("figures per backend", header, rows)
+
+
+def summary(analysis: Analysis) -> list[tuple[str, str]]:
+    scenario, events = analysis.scenario, analysis.logs.events
+    elapsed = (scenario.finished or time.time()) - scenario.started
+    attempts = [attempt for history in analysis.history.values() for attempt in history]
+    final = collections.Counter(analysis.states.values())
+    kills = collections.Counter(pilot.killed for pilot in scenario.pilots if pilot.killed)
+    holes = [pilot for pilot in scenario.pilots if pilot.black_hole]
+    down, up = scenario.outage.window
+    features = scenario.features
+    cancels = scenario.cancels.rounds if scenario.cancels else []
+    na = "n/a"
+    return [
+        ("tokens (with children)", f"{len(analysis.finals)}: {final['done']} done, {final['error']} error"),
+        ("wall time", f"{elapsed:.0f} s, {len(analysis.finals) / elapsed:.1f} tokens/s"),
+        ("attempts, runs", f"{len(attempts)}, {len(analysis.runs)}"),
+        ("pilots", f"{len(scenario.pilots)}"),
+        ("kills (node, pilot alone)", f"{kills['node']}, {kills['pilot']}"),
+        ("outage", f"{up - down:.0f} s at {down - scenario.started:.0f} s"),
+        ("reports journaled, conflicts", f"{events['journaled']}, {events['conflicts']}"),
+        (
+            "freezes, tokens taken meanwhile",
+            f"{len(scenario.freezes.frozen)}, {analysis.taken_in_freeze}",
+        ),
+        ("black-hole pilots, tripped", f"{len(holes)}, {codes_of(holes)[7]}"),
+        (
+            "cores held at starts (max)",
+            f"{max(analysis.core_peaks, default=0)} of {CORES}" if "sizes" in features else na,
+        ),
+        ("DAG tokens checked", f"{analysis.dag_checked}" if "after" in features else na),
+        ("children", f"{analysis.children_seen}" if "children" in features else na),
+        (
+            "cancelled (running, waiting); slowest stop",
+            f"{sum(len(r.running) for r in cancels)}, {sum(len(r.waiting) for r in cancels)}; "
+            f"{max(analysis.cancel_delays, default=0):.1f} s"
+            if "cancel" in features
+            else na,
+        ),
+        (
+            "ToPoS: burnt by hand-outs, over max_attempts, black hole after hand-outs",
+            f"{len(analysis.handout_burnt)}, {len(analysis.over_attempted)}, {analysis.after_interruptions()}"
+            if analysis.handouts
+            else na,
+        ),
+    ]

@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 from backends import BACKENDS, FEATURES, built_features  # noqa: E402
 from benchmarks.common import ensure_pyz, report  # noqa: E402
 from checks import Analysis  # noqa: E402
-from figures import checks_table, figures  # noqa: E402
+from figures import checks_table, figures, summary_table  # noqa: E402
 from scenario import Scenario  # noqa: E402
 
 
@@ -108,6 +108,7 @@ def main() -> int:
         report(f"figures ({analysis.scenario.backend.name})", figures(analysis))
         analysis.print_checks()
     if analyses:
+        summary_table(analyses)
         checks_table(analyses)
     print(f"\nsoak over {', '.join(names)}: {time.time() - started:.0f}s in all")
     if failed:
