@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from backends import FEATURES, Final
+from chaos import Cancel
 from runlog import Run, read_runs
 from scenario import CORES, LEASE, Pilot, Scenario
 
@@ -225,6 +226,7 @@ class Analysis:
                 problems.append(f"{token_id}: still {final.state}")
             picas_errors = final.extra.get("picas_errors")
             charged += final.state == "error" and final.reason.startswith(NOT_CHARGED_ERRORS)  # its entry
+            charged += final.state == "done" and self.cancelled(token_id)  # a cancel a report then beat
             if picas_errors is not None and picas_errors != charged:
                 problems.append(f"{token_id}: {charged} charged failures, {picas_errors} PiCaS error entries")
         return problems
@@ -595,31 +597,46 @@ class Analysis:
         cancels = self.scenario.cancels
         self.cancel_delays: list[float] = []
         for round_ in cancels.rounds if cancels else []:
-            for token_id in round_.running + round_.waiting:
-                final = self.finals.get(token_id)
-                if final is None:
-                    problems.append(f"{token_id}: cancelled, and gone from the pool")
-                    continue
-                # A run claimed before the cancel may end done (its report won the race); a token
-                # whose dependency had failed before stays in error for that; nothing is claimed after.
-                done_before = final.state == "done" and final.attempts[-1]["claimed"] <= round_.at
-                failed_before = final.state == "error" and self.dependency_failed_by(final, round_.at)
-                cancelled = final.state == "error" and final.reason == "cancelled"
-                if not (cancelled or done_before or failed_before):
-                    problems.append(f"{token_id}: cancelled, but {final.state} ({final.reason!r})")
-                for number, attempt in enumerate(final.attempts, start=1):
-                    if attempt["claimed"] > round_.at:
-                        problems.append(f"{token_id}: attempt {number} claimed after the cancel")
-                if cancelled and final.attempts and final.attempts[-1]["outcome"] is None:
-                    self.open_cancelled.add(token_id)
-            for pid, token_id in round_.pids.items():
-                gone = round_.gone.get(pid)
-                if gone is None:
-                    problems.append(f"{token_id}: task {pid} still there at the end")
-                    continue
-                self.cancel_delays.append(gone - round_.at)
-                if gone - round_.at > CANCEL_BOUND:
-                    problems.append(f"{token_id}: task {pid} gone {gone - round_.at:.1f}s after the cancel")
+            problems += self.cancel_round(round_)
+        return problems
+
+    def cancel_round(self, round_: Cancel) -> list[str]:
+        problems = []
+        for token_id in round_.running + round_.waiting:
+            final = self.finals.get(token_id)
+            if final is None:
+                problems.append(f"{token_id}: cancelled, and gone from the pool")
+                continue
+            # A run claimed before the cancel may end done (its report won the race); a token
+            # whose dependency had failed before stays in error for that; nothing is claimed after.
+            done_before = final.state == "done" and final.attempts[-1]["claimed"] <= round_.at
+            failed_before = final.state == "error" and self.dependency_failed_by(final, round_.at)
+            cancelled = final.state == "error" and final.reason == "cancelled"
+            if not (cancelled or done_before or failed_before):
+                problems.append(f"{token_id}: cancelled, but {final.state} ({final.reason!r})")
+            for number, attempt in enumerate(final.attempts, start=1):
+                if attempt["claimed"] > round_.at:
+                    problems.append(f"{token_id}: attempt {number} claimed after the cancel")
+            if cancelled and final.attempts and final.attempts[-1]["outcome"] is None:
+                self.open_cancelled.add(token_id)
+        for run in self.runs.values():  # running when the cancel was in: stopped within the bound
+            history = self.history.get(run.token, [])
+            claimed = history[run.attempt - 1]["claimed"] if run.attempt <= len(history) else run.start
+            if run.token not in round_.running + round_.waiting or claimed > round_.at:
+                continue
+            end = self.run_end(run)
+            if end is not None and end > round_.at + CANCEL_BOUND and run.pid not in round_.pids:
+                problems.append(
+                    f"{run.token} run {run.attempt}: ran on {end - round_.at:.1f}s after the cancel"
+                )
+        for pid, token_id in round_.pids.items():
+            gone = round_.gone.get(pid)
+            if gone is None:
+                problems.append(f"{token_id}: task {pid} still there at the end")
+                continue
+            self.cancel_delays.append(gone - round_.at)
+            if gone - round_.at > CANCEL_BOUND:
+                problems.append(f"{token_id}: task {pid} gone {gone - round_.at:.1f}s after the cancel")
         return problems
 
     def cancelled(self, token_id: str) -> bool:
