@@ -388,6 +388,9 @@ class Analysis:
         report overwrites the newer attempt."""
         problems = []
         self.taken_in_freeze = 0
+        runs_of: dict[str, list[Run]] = collections.defaultdict(list)
+        for run in self.runs.values():
+            runs_of[run.token].append(run)
         for run in self.runs.values():
             pilot = self.by_id.get(run.pilot)
             if pilot is None or not pilot.frozen:
@@ -396,10 +399,12 @@ class Analysis:
             for stopped, until in pilot.frozen:
                 if run.start > stopped or (run.end is not None and run.end < stopped):
                     continue  # not running when the pilot was stopped
-                later = [
-                    a
-                    for a in history[run.attempt :]
-                    if a["pilot"] != run.pilot and stopped <= a["claimed"] <= until + LEASE_SLACK
+                later = [  # from the execution log: a report over them may have erased them from history
+                    other
+                    for other in runs_of[run.token]
+                    if other.attempt > run.attempt
+                    and other.pilot != run.pilot
+                    and stopped <= other.start <= until + LEASE_SLACK
                 ]
                 if not later:
                     continue
