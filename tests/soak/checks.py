@@ -385,7 +385,7 @@ class Analysis:
 
         Fails when: a report is not conditional on its lease (the local pool's report without
         ``AND lease_id = ?``, CouchDB's without the lease check before its write), so the stale pilot's
-        report overwrites the newer attempt."""
+        report overwrites the newer attempt (run while building: ``AND (lease_id = ? OR 1)``)."""
         problems = []
         self.taken_in_freeze = 0
         runs_of: dict[str, list[Run]] = collections.defaultdict(list)
@@ -491,7 +491,9 @@ class Analysis:
         A run whose end is unknown (a task killed with SIGKILL alone) counts until its pilot ended.
 
         Fails when: claims ignore the token's request (Book.fit not passed to the pool, so a pilot takes
-        tokens as if each were one core), or Book.release frees a task's CPUs before it is reaped."""
+        tokens as if each were one core), or Book.release frees a task's CPUs before it is reaped. Run
+        while building: Book.grant without ``del self.free_cpus[:take]`` held up to 13 cores at once,
+        tasks of 2 and 3 cores on CPU 0 alone."""
         problems = []
         by_pilot: dict[str, list[Run]] = collections.defaultdict(list)
         for run in self.runs.values():
@@ -533,7 +535,9 @@ class Analysis:
 
         Fails when: `after` is not kept at add (tokens add dropping it: every merge is claimable at
         once), or CouchDB releases the dependents in the report's own _bulk_docs (a report that then
-        conflicts leaves them running before their dependency is done)."""
+        conflicts leaves them running before their dependency is done). Run while building: the local
+        pool's _insert writing ``waiting = 0``: 59 problems, maps started before their split ended,
+        merges before their maps."""
         problems = []
         self.dag_checked = 0
         runs_of: dict[str, list[Run]] = collections.defaultdict(list)
@@ -569,7 +573,8 @@ class Analysis:
 
         Fails when: children.py names children with a fresh uuid instead of <token id>.<line> (a report
         sent twice, replayed from a journal after the outage, adds them twice), or the pilot adds the
-        children of a task that failed."""
+        children of a task that failed. Run while building: children.read returning each child twice,
+        the copy under a fresh suffix: every done parent had 10 children."""
         problems = []
         kids: dict[str, list[str]] = collections.defaultdict(list)
         for token_id, final in self.finals.items():
@@ -597,7 +602,8 @@ class Analysis:
         claimed once `tokens cancel` has returned.
 
         Fails when: the pilot ignores Renewal.cancelled (the task runs to its end), or the pool's cancel
-        leaves a waiting token claimable."""
+        leaves a waiting token claimable. Run while building: the pilot's renewal skipping
+        ``renewal.cancelled``: a long task gone 13.9 s after the cancel."""
         problems = []
         cancels = self.scenario.cancels
         self.cancel_delays: list[float] = []
