@@ -226,8 +226,10 @@ class Analysis:
                 problems.append(f"{token_id}: still {final.state}")
             picas_errors = final.extra.get("picas_errors")
             charged += final.state == "error" and final.reason.startswith(NOT_CHARGED_ERRORS)  # its entry
-            charged += final.state == "done" and self.cancelled(token_id)  # a cancel a report then beat
-            if picas_errors is not None and picas_errors != charged:
+            # A cancel that a report then beat leaves its entry on a done token; one that came after
+            # the token ended left none.
+            beaten = final.state == "done" and self.cancelled(token_id) and picas_errors == charged + 1
+            if picas_errors is not None and picas_errors != charged and not beaten:
                 problems.append(f"{token_id}: {charged} charged failures, {picas_errors} PiCaS error entries")
         return problems
 
