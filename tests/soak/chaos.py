@@ -137,7 +137,8 @@ class Freezes:
             self.late.pop(0)
         pid = self.rng.choice(busy)
         os.kill(pid, signal.SIGSTOP)
-        freeze = Freeze(pid, now, now + self.seconds, children(pid))
+        at = time.time()  # not the loop's ``now``: the checks compare the pilot's own times with it
+        freeze = Freeze(pid, at, at + self.seconds, children(pid))
         self.frozen.append(freeze)
         return freeze
 
