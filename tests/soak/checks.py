@@ -428,8 +428,9 @@ class Analysis:
         and sends at most K working tokens to error.
 
         On ToPoS a token handed out before counts as failed before (the pilot knows only the lease count),
-        so a black-hole pilot charges it at once: those charges, after hand-outs none of which failed,
-        are counted (``after_interruptions``) and left out of the bound, which ToPoS cannot promise.
+        so a black-hole pilot charges it at once: those charges, of tokens that never failed where tasks
+        worked, are counted (``after_interruptions``) and left out of the bound, which ToPoS cannot
+        promise (run while building: one black-hole pilot burnt 12 such tokens as the pool ran dry).
 
         Fails when: the breaker (agent/breaker.py) never trips, or the pilot charges the failures it
         holds when it trips (outcome FAILED instead of UNHEALTHY)."""
@@ -475,9 +476,10 @@ class Analysis:
             and self.interrupted_only(history[:number])
         )
 
-    @staticmethod
-    def interrupted_only(earlier: list[dict[str, Any]]) -> bool:
-        return bool(earlier) and not any(a["outcome"] in CHARGED for a in earlier)
+    def interrupted_only(self, earlier: list[dict[str, Any]]) -> bool:
+        """Handed out before, but never failed where tasks worked (on a pilot that is no black hole):
+        what a ToPoS pilot, which sees only the lease count, cannot tell from a token at fault."""
+        return bool(earlier) and not any(a["outcome"] in CHARGED and not self.black_hole(a) for a in earlier)
 
     def run_end(self, run: Run) -> Optional[float]:
         """When a run ended: by itself, by its pilot's SIGTERM, or with its node; None when unknown."""

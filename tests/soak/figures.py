@@ -153,7 +153,8 @@ def figures(analysis: Analysis) -> list[tuple[str, str]]:
             (
                 "black hole after hand-outs",
                 f"{analysis.after_interruptions()} charges by black-hole pilots of tokens handed out before "
-                "but never failed (ToPoS: the lease count looks like failures; not bounded by K)",
+                "but never failed where tasks worked (ToPoS: the lease count looks like failures; not "
+                "bounded by K)",
             )
         )
         rows.append(
