@@ -120,6 +120,7 @@ class Analysis:
         self.handouts = scenario.backend.counts_every_handout
         # working tokens sent to error by hand-outs that were not failures (ToPoS counts every one)
         self.handout_burnt: list[str] = []
+        self.burnt_by_handouts: list[str] = []  # ToPoS: burnt by the black hole after an interruption
         self.over_attempted: list[str] = []  # ToPoS: tokens run more than max_attempts times
         self.overlaps: collections.Counter[str] = collections.Counter()
         self.reports: collections.Counter[str] = collections.Counter()
@@ -439,11 +440,10 @@ class Analysis:
         burnt: collections.Counter[str] = collections.Counter()  # working tokens sent to error, per pilot
         for token_id in self.burnt:
             history = self.history[token_id]
-            for number, attempt in enumerate(history):
-                if attempt["outcome"] in CHARGED and self.black_hole(attempt):
-                    if self.handouts and self.interrupted_only(history[:number]):
-                        continue
-                    burnt[attempt["pilot"]] += 1
+            if self.handouts and any(a["outcome"] not in CHARGED | {"done"} for a in history):
+                self.burnt_by_handouts.append(token_id)  # ToPoS charged an interruption as an attempt
+                continue
+            burnt.update({a["pilot"] for a in history if a["outcome"] in CHARGED and self.black_hole(a)})
         problems = [
             f"black-hole pilot {p} charged {n} tokens that had not failed" for p, n in fresh.items() if n > k
         ]

@@ -154,7 +154,8 @@ def figures(analysis: Analysis) -> list[tuple[str, str]]:
                 "black hole after hand-outs",
                 f"{analysis.after_interruptions()} charges by black-hole pilots of tokens handed out before "
                 "but never failed where tasks worked (ToPoS: the lease count looks like failures; not "
-                "bounded by K)",
+                f"bounded by K); {len(analysis.burnt_by_handouts)} working tokens burnt by black-hole "
+                "pilots after an interruption that ToPoS counted as an attempt",
             )
         )
         rows.append(
