@@ -155,7 +155,8 @@ def figures(analysis: Analysis) -> list[tuple[str, str]]:
                 f"{analysis.after_interruptions()} charges by black-hole pilots of tokens handed out before "
                 "but never failed where tasks worked (ToPoS: the lease count looks like failures; not "
                 f"bounded by K); {len(analysis.burnt_by_handouts)} working tokens burnt by black-hole "
-                "pilots after an interruption that ToPoS counted as an attempt",
+                "pilots after an interruption that ToPoS counted as an attempt; over K: "
+                + ("; ".join(analysis.black_hole_counted) or "none"),
             )
         )
         rows.append(
@@ -245,8 +246,10 @@ def summary(analysis: Analysis) -> list[tuple[str, str]]:
             else na,
         ),
         (
-            "ToPoS: burnt by hand-outs, over max_attempts, black hole after hand-outs",
-            f"{len(analysis.handout_burnt)}, {len(analysis.over_attempted)}, {analysis.after_interruptions()}"
+            "ToPoS (counted): burnt by hand-outs, over max_attempts, black hole after hand-outs",
+            f"{len(analysis.handout_burnt)}, {len(analysis.over_attempted)}, "
+            f"{analysis.after_interruptions()}; "
+            f"black-hole pilots over K: {len(analysis.black_hole_counted)}"
             if analysis.handouts
             else na,
         ),
