@@ -46,8 +46,8 @@ bench: pilot.pyz test-deps  ## run the benchmarks and print figures against same
 	sh tests/benchmarks/install-references.sh
 	$(PY) tests/benchmarks/run.py
 
-soak: pilot.pyz test-deps  ## chaos soak: 8 pilots, 2000 tokens, kills and a server outage (minutes)
-	$(PY) tests/soak/soak.py
+soak: pilot.pyz test-deps  ## chaos soak on every backend (or BACKEND=local|couchdb|topos): kills, outage (minutes)
+	$(PY) tests/soak/soak.py $(if $(BACKEND),--backend $(BACKEND))
 
 clean:  ## remove build outputs and installed test dependencies
 	rm -rf $(VENV) $(DEPS) pilot.pyz .demo .pytest_cache .ruff_cache
