@@ -159,6 +159,21 @@ def _insert_sql(rows: int) -> str:
     return f"INSERT INTO tokens ({columns}) VALUES {placeholders}"  # noqa: S608 - only ?s
 
 
+_REPORT_SET = (
+    "UPDATE tokens SET state = {state}, attempts = ?, failures = ?, lease_id = NULL, lease_expires = NULL, "
+    "exit_code = ?, reason = {reason}, stdout_tail = ?, stderr_tail = ?, updated = ? "
+    "WHERE id = ? AND lease_id = ?"
+)
+_REPORT_DONE = _REPORT_SET.format(state="?", reason="?")
+# A token cancelled while it ran keeps its lease id (see cancel): a report that beats its pilot's stop is
+# saved with its attempt, but unless the task succeeded the token stays cancelled, never back to todo.
+_CANCELLED_NOW = f"state = 'error' AND reason = '{CANCELLED}'"
+_REPORT = _REPORT_SET.format(
+    state=f"CASE WHEN {_CANCELLED_NOW} THEN 'error' ELSE ? END",
+    reason=f"CASE WHEN {_CANCELLED_NOW} THEN reason ELSE ? END",
+)
+
+
 class LocalPool(Pool):
     def __init__(
         self,
@@ -556,9 +571,7 @@ class LocalPool(Pool):
         attempts[-1] = close_attempt(attempts[-1], report.result)
         result = report.result
         cursor = db.execute(
-            "UPDATE tokens SET state = ?, attempts = ?, failures = ?, lease_id = NULL, "
-            "lease_expires = NULL, exit_code = ?, reason = ?, stdout_tail = ?, stderr_tail = ?, "
-            "updated = ? WHERE id = ? AND lease_id = ?",
+            _REPORT_DONE if report.state is State.DONE else _REPORT,
             (
                 report.state.value,
                 _dumps([a.to_json() for a in attempts]),

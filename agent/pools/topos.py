@@ -175,6 +175,8 @@ class ToposPool(Pool):
         """Up to ``n`` tokens. ToPoS cannot look into tokens, so with a ``fit`` (what is free on the
         node) the claimed tokens that do not fit are released at once, their locks deleted: each such
         hand-out still counts in the token's lease count, which is all ToPoS keeps (see docs/topos.md)."""
+        if fit is not None and fit.beyond is not None:
+            return []  # a probe for a token bigger than what is free: here it would be one more hand-out
         leases = self._claim_some(n)
         if fit is None or not leases:
             return leases

@@ -269,3 +269,23 @@ def test_a_pool_made_before_resource_requests_is_migrated_in_place(tmp_path: Pat
         assert [lease.token.id for lease in pool.claim(5)] == ["d"]
     columns = [row[1] for row in sqlite3.connect(str(path)).execute("PRAGMA table_info(tokens)")]
     assert columns[-3:] == ["need_cores", "need_gpus", "need_memory"]
+
+
+def test_a_report_that_beats_the_cancel_keeps_the_token_cancelled_unless_it_succeeded(tmp_path: Path) -> None:
+    """Cancel keeps a running token's lease (its pilot learns at the renewal); a failure with attempts
+    left reported before the pilot stopped the task is saved, but the token stays cancelled instead of
+    going back to todo to run again (the soak found it). A success that beat the cancel stays done."""
+    clock = Clock()
+    with pool_for(tmp_path / "p.db", "pilot-a", clock) as pool:
+        pool.add([NewToken("failing", {}), NewToken("finishing", {})])
+        failing, finishing = pool.claim(2)
+        assert pool.cancel(["failing", "finishing"], all_todo=False) == 2
+        report = make_report(failing.token, result(Outcome.FAILED, 1), 3)
+        assert report.state is State.TODO  # attempts left: a retry, were it not cancelled
+        assert pool.report(failing, report) is Saved.SAVED
+        token = pool.get("failing")
+        assert (token.state, token.reason) == (State.ERROR, "cancelled")
+        assert token.attempts[-1].outcome == "failed"  # the attempt as it ended
+        assert pool.claim(2) == []
+        assert pool.report(finishing, make_report(finishing.token, result(Outcome.DONE), 3)) is Saved.SAVED
+        assert pool.get("finishing").state is State.DONE
