@@ -103,8 +103,10 @@ def test_scancel_mid_task_gives_the_tokens_back_as_interrupted(slurm: SlurmClust
     prepare(site, 4, 300, slots=2, margin="10s", expected="30s")
     job, log, task_pids = start_two_tasks(slurm, site)
     slurm.run("scancel", job)
-    # TERM went to the pilot and its tasks; KILL would follow after KillWait (30 s). Long before that:
-    wait_for(lambda: site.status()["todo"] == 4, 10, what="both tokens back in todo")
+    # TERM went to the pilot and its tasks; KILL would follow after KillWait (30 s), and a killed pilot gives
+    # nothing back: tokens in todo before then came through the pilot's TERM path. (10 s was too short
+    # once in a fresh CI run after the resources merge; the cause is not found: see the closing note.)
+    wait_for(lambda: site.status()["todo"] == 4, 25, what="both tokens back in todo")
     assert slurm.wait_done(job, timeout=40) == ["CANCELLED"]
     assert not any(alive(pid) for pid in task_pids)
     assert ran(site) == []
