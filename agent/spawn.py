@@ -51,6 +51,10 @@ class Spawned:
         self.popen = popen
         self.returncode: Optional[int] = None
         self.usage: Optional[Any] = None  # os.wait4's resource.struct_rusage, once reaped
+        # A spawner thread polls the process it started once (see Starting.start) while the loop polls
+        # too: without the lock, one of two racing wait4 calls meets ChildProcessError and would take the
+        # status as lost (0): a task killed by TERM reported as done. Popen has the same lock.
+        self._reaping = threading.Lock()
 
     def poll(self) -> Optional[int]:
         if self.returncode is None:
@@ -63,6 +67,11 @@ class Spawned:
         return self.returncode
 
     def _reap(self, flags: int) -> None:
+        with self._reaping:
+            if self.returncode is None:
+                self._wait4(flags)
+
+    def _wait4(self, flags: int) -> None:
         try:
             pid, status, usage = os.wait4(self.pid, flags)
         except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): its status is lost; Popen says 0
