@@ -153,7 +153,8 @@ class Pilot:
                     self._heed_signals()  # before reaping: a task killed along with us is interrupted
                     for running, result in self._finished():
                         self._report(running, result)
-                    self.memory_watch.enforce(self.clock(), [task.payload for task in self.tasks])
+                    if self.memory_watch.enabled:  # most pilots: not even the list of tasks
+                        self.memory_watch.enforce(self.clock(), [task.payload for task in self.tasks])
                     if self.guard is not None:
                         self.guard.check()
                     self._heed_suspects()
