@@ -118,6 +118,15 @@ class ServerUnreachable(PoolError):
         self.retry_after = retry_after
 
 
+class ClaimUnreachable(ServerUnreachable):
+    """The report went in, but the claim made along with it found the server away: ``saved`` is how the
+    report went (a ``pools.Saved``). No leases then means an outage, not an empty pool."""
+
+    def __init__(self, err: ServerUnreachable, saved: object) -> None:
+        super().__init__(err.where, err.problem, err.retry_after)
+        self.saved = saved
+
+
 class ServerBusy(ServerUnreachable):
     """The server answered that it is too busy (HTTP 429 or 503): the request was not carried out."""
 

@@ -440,7 +440,7 @@ class Pilot:
         )
         if saved is not None:
             self._count(lease, report, saved)
-        if wanted and saved is not None:
+        if wanted and saved is not None and leases is not None:  # None: the claim met an outage
             self._claimed(wanted, leases)
             self.claimed_early += self._placed(leases)  # started by the loop's next claim step
         if result.outcome in (Outcome.DONE, Outcome.FAILED) and result.duration is not None:

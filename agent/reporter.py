@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Optional, TypeVar
+from typing import Optional, TypeVar, cast
 
-from agent.errors import DependencyError, PilotError, ServerUnreachable, TokenError
+from agent.errors import ClaimUnreachable, DependencyError, PilotError, ServerUnreachable, TokenError
 from agent.journal import Journal, orphans
 from agent.outage import Outage
 from agent.pools import Lease, Pool, Saved
@@ -45,9 +45,11 @@ class Reporter:
 
     def send(
         self, lease: Lease, report: Report, claim: int = 0, fit: Optional[Fit] = None
-    ) -> tuple[Optional[Saved], list[Lease]]:
+    ) -> tuple[Optional[Saved], Optional[list[Lease]]]:
         """Report now, and claim up to ``claim`` tokens in the same round trip. When the server is away,
-        or older reports wait in the journal, the report joins the journal (None) and nothing is claimed."""
+        or older reports wait in the journal, the report joins the journal (None) and nothing is claimed.
+        Leases are None when the report went in but the server went away before the claim: not an empty
+        pool."""
         if self.outage.down or len(self.journal):
             self._keep(lease, report)
             return None, []
@@ -56,6 +58,9 @@ class Reporter:
                 saved, leases = self.pool.report_and_claim(lease, report, claim, fit)
             else:
                 saved, leases = self.pool.report(lease, report), []
+        except ClaimUnreachable as err:
+            self.unreachable(err)
+            return cast(Saved, err.saved), None
         except ServerUnreachable as err:
             self.unreachable(err)
             self._keep(lease, report)

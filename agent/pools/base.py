@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from agent.errors import NotSupported, PoolError, ServerUnreachable, TokenError
+from agent.errors import ClaimUnreachable, NotSupported, PoolError, ServerUnreachable, TokenError
 from agent.identity import Identity
 from agent.resources import Fit
 from agent.token import Attempt, NewToken, Report, State, Token
@@ -165,15 +165,16 @@ class Pool(abc.ABC):
         """Report one result and claim up to ``n`` more: what a pilot does each time a task ends.
 
         This default makes the two calls; a backend that can do both in one round trip (one SQLite
-        transaction, one ``_bulk_docs`` request) overrides it. The report counts even if the claim fails.
-        As with ``claim``, fewer than ``n`` leases means the pool has no more to give now (the pilot takes
-        it as empty), never merely that another pilot was quicker.
+        transaction, one ``_bulk_docs`` request) overrides it. The report counts even if the claim fails:
+        then ``ClaimUnreachable`` says how it went. As with ``claim``, fewer than ``n`` leases means the
+        pool has no more to give now (the pilot takes it as empty), never merely that another pilot was
+        quicker, nor that the server went away.
         """
         saved = self.report(lease, report)
         try:
             return saved, self.claim(n, fit) if n > 0 else []
-        except ServerUnreachable:
-            return saved, []  # the report is in; the pilot's next claim finds the server away
+        except ServerUnreachable as err:
+            raise ClaimUnreachable(err, saved) from err
 
     @abc.abstractmethod
     def counts(self) -> Counts:

@@ -167,7 +167,21 @@ class ToposPool(Pool):
                 "(ToPoS cannot choose by size)",
                 self.released_unfit,
             )
+        self._release_unread()
         self.http.close()
+
+    def _release_unread(self) -> None:
+        """On the way out: tokens handed to us that we will not run are freed for others at once, rather
+        than when their lock expires."""
+        released = 0
+        for _, lock, _ in self.unread:
+            try:
+                released += self._release(lock)
+            except PoolError:
+                break  # still away: their locks expire on their own
+        if released:
+            log.info("released %d token(s) handed out as the server went away, not run here", released)
+        self.unread.clear()
 
     # -- claim -------------------------------------------------------------------------------------
 
@@ -182,8 +196,14 @@ class ToposPool(Pool):
             return leases
         taken = set(fit.pick([_needs(lease.token.fields) for lease in leases]))
         unfit = [lease for number, lease in enumerate(leases) if number not in taken]
-        for lease in unfit:
-            self._release(lease.lease_id)
+        released: set[str] = set()
+        try:
+            for lease in unfit:
+                self._release(lease.lease_id)
+                released.add(lease.lease_id)
+        except ServerUnreachable:
+            self._keep_unread([lease for lease in leases if lease.lease_id not in released])
+            raise
         if unfit:
             self.released_unfit += len(unfit)
             log.info(
@@ -195,17 +215,28 @@ class ToposPool(Pool):
         return [lease for number, lease in enumerate(leases) if number in taken]
 
     def _claim_some(self, n: int) -> list[Lease]:
-        leases: list[Lease] = self._settle_unread(n) if self.unread else []
-        tries = 0
-        while len(leases) < n and tries < n + CLAIM_TRIES:
-            tries += 1
-            lease = self._claim_one()
-            if lease is False:
-                continue  # handed out, then gone before we read it: another one
-            if lease is None:
-                break
-            leases.append(lease)
+        leases: list[Lease] = []
+        try:
+            self._settle_unread(n, leases)
+            tries = 0
+            while len(leases) < n and tries < n + CLAIM_TRIES:
+                tries += 1
+                lease = self._claim_one()
+                if lease is False:
+                    continue  # handed out, then gone before we read it: another one
+                if lease is None:
+                    break
+                leases.append(lease)
+        except ServerUnreachable:
+            self._keep_unread(leases)
+            raise
         return leases
+
+    def _keep_unread(self, leases: Sequence[Lease]) -> None:
+        """Tokens handed to us by a claim the server's going away cut short: locked for us, so nobody
+        else may take them until the lock expires. Dropped, nobody would run them that long (and a pilot
+        that finds nothing else may end meanwhile): the next claim takes them first."""
+        self.unread[:0] = [(lease.token.id, lease.lease_id, lease.attempt.claimed) for lease in leases]
 
     def _claim_one(self) -> Any:
         """A lease, None when ToPoS has nothing to hand out, False when the token vanished meanwhile."""
@@ -230,10 +261,9 @@ class ToposPool(Pool):
             raise
         return self._read(token_id, lock, fetched, now)
 
-    def _settle_unread(self, n: int) -> list[Lease]:
-        """Tokens handed to us just before the server went away, before we could read them: ours while
-        their lock holds."""
-        leases = []
+    def _settle_unread(self, n: int, leases: list[Lease]) -> None:
+        """Tokens handed to us just before the server went away (unread, or read by a claim the outage
+        cut short): ours while their lock holds. Each is taken off the list only once settled."""
         while self.unread and len(leases) < n:
             token_id, lock, now = self.unread[0]
             if self._renew_one(lock, self.lock_seconds):
@@ -242,7 +272,6 @@ class ToposPool(Pool):
                 if lease:
                     leases.append(lease)
             self.unread.pop(0)
-        return leases
 
     def _read(self, token_id: str, lock: str, fetched: Response, now: float) -> Any:
         if fetched.status == 404:

@@ -1,0 +1,96 @@
+"""The ToPoS pool when the real server goes away between two requests of one step: Apache really stopped
+(by pid, as the fixture does) at the chosen moment, by a client wrapper that stops it once a given request
+has been answered. The server itself cannot be told to stop "after this request"; everything else is real.
+What the pool says afterwards is read back with plain HTTP (tests/servers/topos.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
+
+import pytest
+from servers.topos import ToposServer
+
+from agent.config import Secret, ServerConfig
+from agent.config import ToposServer as ToposSettings
+from agent.errors import ServerUnreachable
+from agent.http import HttpClient, Response
+from agent.identity import Identity
+from agent.pools.topos import ToposPool
+
+pytestmark = pytest.mark.topos
+
+
+class StopAfter:
+    """The real HTTP client; once ``when(method, url, status)`` holds for an answer, ``stop()`` runs before
+    that answer is handed back, so the pool's next request finds the server away."""
+
+    def __init__(self, when: Callable[[str, str, int], bool], stop: Callable[[], None]) -> None:
+        self.http = HttpClient(timeout=5.0, retries=0)
+        self.when = when
+        self.stop: Optional[Callable[[], None]] = stop
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Response:
+        response = self.http.request(method, url, **kwargs)
+        if self.stop is not None and self.when(method, url, response.status):
+            self.stop, stop = None, self.stop
+            stop()
+        return response
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def make_pool(server: ToposServer, pool: str, http: Any) -> ToposPool:
+    topos = ToposSettings(server.url, pool, f"{pool}.done", f"{pool}.error", None, Secret(""), None, True)
+    config = ServerConfig(backend="topos", lease=30.0, max_outage=60.0, timeout=5.0, topos=topos)
+    return ToposPool(config, Identity("p1", "node1", None), http=http)
+
+
+def token_read(method: str, url: str, status: int) -> bool:
+    return method == "GET" and "/tokens/" in url and status == 200
+
+
+def lock_headers(server: ToposServer, pool: str) -> Mapping[int, int]:
+    """Each token's lease count, read with plain HTTP."""
+    return {
+        int(row["Name"]): int(row["Leases"])
+        for row in server.listing(pool)
+        if str(row.get("Content-Type", "")).startswith("text/")
+    }
+
+
+def test_a_claim_cut_short_by_an_outage_keeps_the_token_it_was_handed_for_the_next_claim(
+    own_topos: ToposServer,
+) -> None:
+    """claim(2): ToPoS hands out and we read the first token, then Apache goes away before the second
+    nextToken. The first token is locked for us: the next claim must return it (not leave it locked for
+    nobody until the lock expires, while pilots that find nothing else end)."""
+    server = own_topos
+    pool_name = server.new_pool()
+    server.add_lines(pool_name, b"a\nb\nc\nd\n")
+    pool = make_pool(server, pool_name, StopAfter(token_read, server.stop_apache))
+    with pytest.raises(ServerUnreachable):
+        pool.claim(2)
+    server.start_apache()
+    [first] = [token for token, leases in lock_headers(server, pool_name).items() if leases == 1]
+    assert server.locks(pool_name) == 1  # handed out before the outage, locked for us
+    leases = pool.claim(2)
+    assert first in [int(lease.token.id) for lease in leases]  # ours, first
+    assert len(leases) == 2
+    assert server.locks(pool_name) == 2  # no lock that nobody holds
+    assert sorted(lock_headers(server, pool_name).values()) == [0, 0, 1, 1]  # not handed out twice
+    pool.close()
+
+
+def test_a_pilot_that_ends_after_such_a_claim_frees_the_token_at_once(own_topos: ToposServer) -> None:
+    server = own_topos
+    pool_name = server.new_pool()
+    server.add_lines(pool_name, b"a\nb\n")
+    pool = make_pool(server, pool_name, StopAfter(token_read, server.stop_apache))
+    with pytest.raises(ServerUnreachable):
+        pool.claim(2)
+    server.start_apache()
+    assert server.locks(pool_name) == 1
+    pool.close()  # the pilot ends (max_outage, a drain) without claiming again
+    assert server.locks(pool_name) == 0  # claimable by others now, not after the 30 s lock
