@@ -2,8 +2,9 @@
 
 A claim is ``nextToken?timeout=<lease>``: ToPoS locks one token for that many seconds and hands out each
 token to one locker at a time (the hand-out is conditional on the lease count it read). The token's body
-and ``X-Number-Of-Leases`` are fetched next; the lease count is the attempt number. Renewal goes through
-the lock URL; a renewal that finds the lock gone means the lease is lost.
+and ``X-Number-Of-Leases`` are fetched next; the lease count is the attempt number, and the records of
+earlier hand-outs (the attempts pool) say which of them were charged failures. Renewal goes through the
+lock URL; a renewal that finds the lock gone means the lease is lost.
 
 Finishing: a done token's result goes to the done pool as a JSON token, then the token is deleted; a
 token that failed for good gets its result in the error pool and is moved there (same id and body); a
@@ -38,7 +39,7 @@ from agent.pools import topos_layout as layout
 from agent.pools.base import Counts, Lease, NewToken, Pool, ReasonCount, Renewal, Saved
 from agent.pools.httpauth import auth_headers, refusal
 from agent.resources import Fit, stored_needs
-from agent.token import Report, State, Token, close_attempt
+from agent.token import Attempt, Report, State, Token, close_attempt
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class ToposPool(Pool):
     def claim(self, n: int, fit: Optional[Fit] = None) -> list[Lease]:
         """Up to ``n`` tokens. ToPoS cannot look into tokens, so with a ``fit`` (what is free on the
         node) the claimed tokens that do not fit are released at once, their locks deleted: each such
-        hand-out still counts in the token's lease count, which is all ToPoS keeps (see docs/topos.md)."""
+        hand-out still counts in the token's lease count, though not as a failure (see docs/topos.md)."""
         if fit is not None and fit.beyond is not None:
             return []  # a probe for a token bigger than what is free: here it would be one more hand-out
         leases = self._claim_some(n)
@@ -256,10 +257,10 @@ class ToposPool(Pool):
             fetched = self._request("GET", self._url(self.pools.todo, f"tokens/{token_id}"))
             if fetched.status >= 500:
                 raise self._failure(fetched, f"reading token {token_id}")
+            return self._read(token_id, lock, fetched, now)
         except ServerUnreachable:
             self.unread.append((token_id, lock, now))  # ours, locked: read it when the server is back
             raise
-        return self._read(token_id, lock, fetched, now)
 
     def _settle_unread(self, n: int, leases: list[Lease]) -> None:
         """Tokens handed to us just before the server went away (unread, or read by a claim the outage
@@ -288,18 +289,26 @@ class ToposPool(Pool):
         if problem:
             log.warning("%s", problem, extra={"token": token_id})
         attempt = self.new_attempt(now)
-        earlier = layout.history(leases, {}, attempt)[:-1]
+        earlier = self._earlier(token_id, leases)
         token = Token(
             id=token_id,
             fields=fields,
             state=State.LOCKED,
             attempts=(*earlier, attempt),
-            failures=leases - 1,  # every earlier hand-out counts: ToPoS keeps no other tally
+            failures=layout.charged(earlier),  # as the other pools: give-backs and lost leases are free
         )
         # The lock lasts between lock_seconds - 1 and lock_seconds: ToPoS stores whole seconds.
         expires = now + self.lock_seconds - 1
         held = Held(lock=lock, leases=leases, body=fetched.data, content_type=content_type)
         return Lease(token=token, lease_id=lock, expires=expires, attempt=attempt, handle=held.as_handle())
+
+    def _earlier(self, token_id: str, leases: int) -> list[Attempt]:
+        """The hand-outs before this one, from the records of those that ended without finishing the
+        token (the attempts pool); one with no record is lease-expired (its pilot went away)."""
+        if leases <= 1:
+            return []  # never handed out before: nothing to read
+        records = {n: doc for n, (_, doc) in self._attempt_records(token_id).items()}
+        return layout.history(leases, records, self.new_attempt(0.0))[:-1]
 
     def _release(self, lock: str) -> bool:
         response = self._request("DELETE", self._url(self.pools.todo, f"locks/{lock}"))
@@ -627,7 +636,9 @@ class ToposPool(Pool):
         content_type = response.headers.get("Content-Type", "application/octet-stream")
         fields, _ = layout.token_fields(response.data, content_type, layout.name_of(response.headers))
         leases = layout.leases_of(response.headers)
-        return Token(token_id, fields, state, (), max(0, leases - 1) if state is State.TODO else leases)
+        if state is State.LOCKED:
+            leases -= 1  # the current hand-out is under way, not an earlier one
+        return Token(token_id, fields, state, (), layout.charged(self._earlier(token_id, leases + 1)))
 
     def _result(
         self, pool: str, token_id: str, *, lock: Optional[str] = None

@@ -30,6 +30,7 @@ ATTEMPT = "pilot-attempt"
 NO_RECORD = (
     "no record of this hand-out: its pilot went away without a report, or another client took the token"
 )
+CHARGED = frozenset(outcome.value for outcome in Outcome if outcome.charged)
 _TOKEN_URL = re.compile(r"/tokens/(\d+)/?$")
 _LOCK_URL = re.compile(r"/locks/([0-9A-Fa-f-]+)$")
 _FILENAME = re.compile(r';\s*filename\s*=\s*"((?:[^"\\]|\\.)*)"')
@@ -256,6 +257,12 @@ def history(leases: int, records: Mapping[int, Mapping[str, Any]], current: Atte
             )
     attempts.append(current)
     return attempts
+
+
+def charged(attempts: Iterable[Attempt]) -> int:
+    """How many of these attempts count against ``task.max_attempts``: charged failures, as in every
+    pool; a hand-out given back, or one without a record (lease-expired), is not charged."""
+    return sum(1 for attempt in attempts if attempt.outcome in CHARGED)
 
 
 def result_document(

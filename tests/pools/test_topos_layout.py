@@ -103,6 +103,18 @@ def test_attempt_records_are_found_by_name_and_fill_the_history() -> None:
     assert attempts[2] == current
 
 
+def test_only_charged_failures_count_against_max_attempts_not_hand_outs() -> None:
+    def attempt(outcome: Outcome) -> Attempt:
+        return Attempt("p1", "node1", None, 1.0, outcome=outcome.value)
+
+    given_back = [attempt(o) for o in (Outcome.INTERRUPTED, Outcome.UNHEALTHY, Outcome.LEASE_LOST)]
+    failed = [attempt(o) for o in (Outcome.FAILED, Outcome.TIMEOUT, Outcome.NOT_STARTED, Outcome.MEMORY)]
+    assert layout.charged(given_back) == 0
+    assert layout.charged(failed) == 4
+    no_record = layout.history(3, {}, Attempt("p2", "node2", None, 2.0))[:-1]  # two hand-outs, no word
+    assert layout.charged([*no_record, *given_back, failed[0]]) == 1
+
+
 def test_a_result_document_keeps_id_content_attempts_exit_code_and_tails() -> None:
     attempt = Attempt("p1", "node1", "slurm:7", 10.0, 11.0, 12.0, 0, None, "done", "exit code 0")
     token = Token("10291067", {"input": "x"}, State.LOCKED, (attempt,))

@@ -65,8 +65,8 @@ class Backend(abc.ABC):
     outage_kind: str  # what the outage is, for the figures
     #: what the pool can do beyond plain tokens (the workload's parts, the checks that need them)
     features: frozenset[str] = frozenset(FEATURES)
-    #: every hand-out counts against max_attempts (ToPoS keeps no other tally than its lease count)
-    counts_every_handout = False
+    #: a hand-out nobody reported is listed without its pilot, as lease-expired (ToPoS keeps only a count)
+    unnamed_handouts = False
     #: why a feature is missing, for the table
     missing: ClassVar[dict[str, str]] = {}
 
@@ -257,7 +257,7 @@ class ToposBackend(Backend):
 
     name = "topos"
     outage_kind = "Apache stopped"
-    counts_every_handout = True
+    unnamed_handouts = True
     features = frozenset()
     missing: ClassVar[dict[str, str]] = {
         "sizes": "ToPoS keeps no per-token resources",

@@ -117,12 +117,7 @@ class Analysis:
         self.states = {token_id: final.state for token_id, final in finals.items()}
         self.results: list[Outcome] = []
         self.burnt: list[str] = []  # working tokens the black hole sent to error
-        self.handouts = scenario.backend.counts_every_handout
-        # working tokens sent to error by hand-outs that were not failures (ToPoS counts every one)
-        self.handout_burnt: list[str] = []
-        self.black_hole_counted: list[str] = []  # ToPoS: pilots over the bound K, which it cannot promise
-        self.burnt_by_handouts: list[str] = []  # ToPoS: burnt by the black hole after an interruption
-        self.over_attempted: list[str] = []  # ToPoS: tokens run more than max_attempts times
+        self.unnamed_handouts = scenario.backend.unnamed_handouts
         self.overlaps: collections.Counter[str] = collections.Counter()
         self.reports: collections.Counter[str] = collections.Counter()
         self.report_delays: list[float] = []
@@ -193,10 +188,8 @@ class Analysis:
 
     def finished(self) -> list[str]:
         """Every token is done, with exactly one done attempt and that one last, or in error with its
-        max_attempts charged failures; every attempt on every token is closed. On ToPoS, where every
-        hand-out counts, in error with a charged failure last, at or after hand-out max_attempts; the
-        tokens run more than max_attempts times are counted (a hand-out given back at max_attempts gets
-        one more).
+        max_attempts charged failures; every attempt on every token is closed. ToPoS too: its pilots
+        count the charged failures from the records of earlier hand-outs, not the lease count.
 
         Fails when: the report of a success leaves the token locked, or a failure is not charged
         (next_state returning failures unchanged for FAILED); or CouchDB's report stops appending to the
@@ -205,8 +198,6 @@ class Analysis:
         for token_id, final in sorted(self.finals.items()):
             outcomes = [attempt["outcome"] for attempt in final.attempts]
             charged = sum(outcome in CHARGED for outcome in outcomes)
-            if self.handouts:  # ToPoS: every hand-out is an attempt against max_attempts
-                charged = sum(outcome != "done" for outcome in outcomes)
             open_cancelled = (
                 final.reason == "cancelled" and outcomes[-1:] == [None] and self.died_holding(final)
             )
@@ -216,12 +207,6 @@ class Analysis:
                 problems.append(f"{token_id}: done, but its attempts are {outcomes}")
             elif final.state == "error" and final.reason.startswith(NOT_CHARGED_ERRORS):
                 pass  # cancelled, or a dependency failed: the DAG and cancel checks look at those
-            elif final.state == "error" and self.handouts:
-                # ToPoS: in error at the first charged failure from hand-out max_attempts on
-                if not (charged == final.failures >= self.args.max_attempts and outcomes[-1] in CHARGED):
-                    problems.append(f"{token_id}: error after {final.failures} hand-outs: {outcomes}")
-                elif charged > self.args.max_attempts:
-                    self.over_attempted.append(token_id)
             elif final.state == "error" and not charged == final.failures == self.args.max_attempts:
                 problems.append(f"{token_id}: error after {charged} charged failures: {outcomes}")
             elif final.state not in ("done", "error"):
@@ -260,8 +245,6 @@ class Analysis:
                 charged = [a for a in final.attempts if a["outcome"] in CHARGED]
                 if any(self.black_hole(attempt) for attempt in charged):
                     self.burnt.append(token_id)
-                elif self.handouts and len(charged) < len(final.attempts):
-                    self.handout_burnt.append(token_id)  # counted and printed: ToPoS cannot promise it
                 else:
                     problems.append(f"{token_id}: {mode}, but in error")
         return problems
@@ -329,7 +312,7 @@ class Analysis:
             history = self.history.get(run.token, [])
             attempt = history[run.attempt - 1] if run.attempt <= len(history) else None
             # ToPoS: a hand-out nobody reported is listed without its pilot ("?"), as lease-expired
-            unnamed = self.handouts and attempt is not None and attempt["pilot"] == "?"
+            unnamed = self.unnamed_handouts and attempt is not None and attempt["pilot"] == "?"
             if attempt is None or (attempt["pilot"] != run.pilot and not unnamed):
                 problems.append(f"{run.token} attempt {run.attempt} by {run.pilot}: not on the token")
                 continue
@@ -427,64 +410,35 @@ class Analysis:
     def black_hole_bounded(self) -> list[str]:
         """A black-hole pilot gives tokens back uncharged; it may charge a token that failed before where
         tasks worked (that token is bad), and at most K others (failures it held when the pool ran dry),
-        and sends at most K working tokens to error.
-
-        On ToPoS a token handed out before counts as failed before (the pilot knows only the lease count),
-        so a black-hole pilot charges it at once: those charges, of tokens that never failed where tasks
-        worked, are counted (``after_interruptions``) and left out of the bound, which ToPoS cannot
-        promise (run while building: one black-hole pilot burnt 12 such tokens as the pool ran dry). On
-        ToPoS the pilots over K are counted and printed, not failed: it hands the retried tokens out
-        last, to whatever node is left, and its pilots take every earlier hand-out for a failure.
+        and sends at most K working tokens to error. ToPoS too, since its pilots take only the charged
+        failures of earlier hand-outs (their records) for failures, not the lease count.
 
         Fails when: the breaker (agent/breaker.py) never trips, or the pilot charges the failures it
-        holds when it trips (outcome FAILED instead of UNHEALTHY)."""
+        holds when it trips (outcome FAILED instead of UNHEALTHY); on ToPoS, when a token's failures
+        come from its lease count again (a black-hole pilot then charges tokens only handed out before)."""
         k = self.args.black_hole_failures
         fresh = self.black_hole_charges(earlier=False)
         burnt: collections.Counter[str] = collections.Counter()  # working tokens sent to error, per pilot
         for token_id in self.burnt:
             history = self.history[token_id]
-            if self.handouts and any(a["outcome"] not in CHARGED | {"done"} for a in history):
-                self.burnt_by_handouts.append(token_id)  # ToPoS charged an interruption as an attempt
-                continue
             burnt.update({a["pilot"] for a in history if a["outcome"] in CHARGED and self.black_hole(a)})
         problems = [
             f"black-hole pilot {p} charged {n} tokens that had not failed" for p, n in fresh.items() if n > k
         ]
         problems += [f"black-hole pilot {p} burnt {n} working tokens" for p, n in burnt.items() if n > k]
-        if self.handouts:  # ToPoS cannot promise the bound: counted and printed, not failed
-            self.black_hole_counted = problems
-            return []
         return problems
 
     def black_hole_charges(self, *, earlier: bool) -> collections.Counter[str]:
-        """Charged failures by black-hole pilots, per pilot, of tokens that had (or had not) failed before;
-        on ToPoS, without those that had only been handed out before (``after_interruptions``)."""
+        """Charged failures by black-hole pilots, per pilot, of tokens that had (or had not) failed
+        before."""
         found: collections.Counter[str] = collections.Counter()
         for history in self.history.values():
             for number, attempt in enumerate(history):
                 if attempt["outcome"] in CHARGED and self.black_hole(attempt):
-                    if not earlier and self.handouts and self.interrupted_only(history[:number]):
-                        continue
                     before = any(a["outcome"] in CHARGED for a in history[:number])
                     if before == earlier:
                         found[attempt["pilot"]] += 1
         return found
-
-    def after_interruptions(self) -> int:
-        """ToPoS: black-hole charges of tokens whose earlier hand-outs were all interruptions."""
-        return sum(
-            1
-            for history in self.history.values()
-            for number, attempt in enumerate(history)
-            if attempt["outcome"] in CHARGED
-            and self.black_hole(attempt)
-            and self.interrupted_only(history[:number])
-        )
-
-    def interrupted_only(self, earlier: list[dict[str, Any]]) -> bool:
-        """Handed out before, but never failed where tasks worked (on a pilot that is no black hole):
-        what a ToPoS pilot, which sees only the lease count, cannot tell from a token at fault."""
-        return bool(earlier) and not any(a["outcome"] in CHARGED and not self.black_hole(a) for a in earlier)
 
     def run_end(self, run: Run) -> Optional[float]:
         """When a run ended: by itself, by its pilot's SIGTERM, or with its node; None when unknown."""

@@ -141,31 +141,6 @@ def figures(analysis: Analysis) -> list[tuple[str, str]]:
     missing = [name for name in ("sizes", "after", "children", "cancel") if name not in features]
     if missing:
         rows.append(("not run here", ", ".join(scenario.backend.missing.get(m) or m for m in missing)))
-    if analysis.handouts:
-        rows.append(
-            (
-                "hand-outs burnt",
-                f"{len(analysis.handout_burnt)} working tokens in error after max_attempts hand-outs, not "
-                "all failures (ToPoS counts every hand-out: kills, give-backs, expired locks)",
-            )
-        )
-        rows.append(
-            (
-                "black hole after hand-outs",
-                f"{analysis.after_interruptions()} charges by black-hole pilots of tokens handed out before "
-                "but never failed where tasks worked (ToPoS: the lease count looks like failures; not "
-                f"bounded by K); {len(analysis.burnt_by_handouts)} working tokens burnt by black-hole "
-                "pilots after an interruption that ToPoS counted as an attempt; over K: "
-                + ("; ".join(analysis.black_hole_counted) or "none"),
-            )
-        )
-        rows.append(
-            (
-                "over max_attempts",
-                f"{len(analysis.over_attempted)} tokens in error ran more than max_attempts = "
-                f"{args.max_attempts} times (a hand-out given back at the last one is run again)",
-            )
-        )
     if analysis.report_delays:
         delay = f"at most {max(analysis.report_delays):.1f}s after the run ended"
         rows.append(("unsent successes", f"{delay} (in memory until sent or journaled)"))
@@ -243,14 +218,6 @@ def summary(analysis: Analysis) -> list[tuple[str, str]]:
             f"{sum(len(r.running) for r in cancels)}, {sum(len(r.waiting) for r in cancels)}; "
             f"{max(analysis.cancel_delays, default=0):.1f} s"
             if "cancel" in features
-            else na,
-        ),
-        (
-            "ToPoS (counted): burnt by hand-outs, over max_attempts, black hole after hand-outs",
-            f"{len(analysis.handout_burnt)}, {len(analysis.over_attempted)}, "
-            f"{analysis.after_interruptions()}; "
-            f"black-hole pilots over K: {len(analysis.black_hole_counted)}"
-            if analysis.handouts
             else na,
         ),
     ]
