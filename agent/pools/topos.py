@@ -114,7 +114,9 @@ class ToposPool(Pool):
         description = f"pilot {identity.pilot_id} on {identity.host}"
         if identity.batch_job:
             description += f", batch job {identity.batch_job}"
-        self.claim_query = urlencode({"timeout": self.lock_seconds, "description": description})
+        self.description = description
+        self.claims_sent = 0  # numbers each claim's lock description: a claim whose answer was lost is found
+        self.unanswered: set[str] = set()  # descriptions of claims that got no answer: their lock may be ours
         self.reached = False  # the server has answered as ToPoS does at least once
         self.stored: dict[str, str] = {}  # lease id: the result token already written for it
         self.unread: list[tuple[str, str, float]] = []  # handed to us, unread: token id, lock, when
@@ -218,6 +220,8 @@ class ToposPool(Pool):
     def _claim_some(self, n: int) -> list[Lease]:
         leases: list[Lease] = []
         try:
+            if self.unanswered:
+                self._find_unanswered()
             self._settle_unread(n, leases)
             tries = 0
             while len(leases) < n and tries < n + CLAIM_TRIES:
@@ -242,9 +246,23 @@ class ToposPool(Pool):
     def _claim_one(self) -> Any:
         """A lease, None when ToPoS has nothing to hand out, False when the token vanished meanwhile."""
         now = self.clock()
-        url = self._url(self.pools.todo, f"nextToken?{self.claim_query}")
-        # A GET that hands out a token is not safe to repeat: a lost answer would leave a lock nobody holds.
-        response = self._request("GET", url, headers={"Accept": "text/plain"}, retry=False)
+        self.claims_sent += 1
+        description = layout.claim_description(self.description, self.claims_sent)
+        query = urlencode({"timeout": self.lock_seconds, "description": description})
+        # A GET that hands out a token is not safe to repeat: a lost answer would leave a lock nobody holds
+        # (unless we find it by its description: see _find_unanswered).
+        try:
+            response = self._request(
+                "GET",
+                self._url(self.pools.todo, f"nextToken?{query}"),
+                headers={"Accept": "text/plain"},
+                retry=False,
+            )
+        except ServerUnreachable:
+            self.unanswered.add(description)
+            raise
+        if response.status >= 500:
+            self.unanswered.add(description)  # a database gone mid-way may have handed one out
         if response.status == 404 and layout.is_topos_page(response.data):
             return None  # "No token available": empty, or every token locked (see counts)
         if response.status != 303:
@@ -261,6 +279,30 @@ class ToposPool(Pool):
         except ServerUnreachable:
             self.unread.append((token_id, lock, now))  # ours, locked: read it when the server is back
             raise
+
+    def _find_unanswered(self) -> None:
+        """Claims that got no answer (the connection dropped, a 500) may have been handed a token all the
+        same: its lock, found by the claim's own description, is ours, and the token is read as unread."""
+        response = self._request("GET", self._url(self.pools.todo, "locks/"), headers={"Accept": layout.JSON})
+        if response.status != 200:
+            raise self._failure(response, "listing the locks")
+        try:
+            rows = json.loads(response.data) or []
+        except ValueError:
+            raise PoolError(self.where, "listing the locks: the answer is not JSON") from None
+        now = self.clock()
+        for row in rows if isinstance(rows, list) else []:
+            if not isinstance(row, dict) or row.get("LockDescription") not in self.unanswered:
+                continue
+            lock = str(row.get("Name") or "")
+            found = self._request(
+                "GET", self._url(self.pools.todo, f"locks/{lock}"), headers={"Accept": "text/plain"}
+            )
+            token_id = layout.lock_token_id(found.data) if found.status == 200 else None
+            if token_id is not None:
+                log.info("claim's answer was lost, its token found by its lock", extra={"token": token_id})
+                self.unread.append((token_id, lock, now))
+        self.unanswered.clear()
 
     def _settle_unread(self, n: int, leases: list[Lease]) -> None:
         """Tokens handed to us just before the server went away (unread, or read by a claim the outage

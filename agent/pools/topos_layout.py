@@ -197,6 +197,18 @@ def host_of(description: str) -> str:
     return description or "?"
 
 
+def claim_description(pilot: str, number: int) -> str:
+    """A claim's lock description: the pilot (as ``host_of`` reads it) and the claim's number, so that a
+    claim whose answer was lost finds its lock among the pool's locks."""
+    return f"{pilot}, claim {number}"
+
+
+def lock_token_id(page: bytes) -> Optional[str]:
+    """The token id on a lock's ``text/plain`` page (``TokenId: 10291067``), or None."""
+    found = re.search(rb"^TokenId: (\d+)\s*$", page, re.MULTILINE)
+    return found.group(1).decode() if found else None
+
+
 def result_name(token_id: str) -> str:
     return f"result-{token_id}"
 

@@ -103,6 +103,15 @@ def test_attempt_records_are_found_by_name_and_fill_the_history() -> None:
     assert attempts[2] == current
 
 
+def test_a_claims_description_names_the_pilot_and_the_claim_and_a_lock_page_its_token() -> None:
+    description = layout.claim_description("pilot p1 on node12, batch job slurm:7", 41)
+    assert description == "pilot p1 on node12, batch job slurm:7, claim 41"
+    assert layout.host_of(description) == "node12"
+    page = b"TokenId: 10291067\nTokenName: \nTokenURL: http://t/4.1/pools/p/tokens/10291067\nTimeout: 60\n"
+    assert layout.lock_token_id(page) == "10291067"
+    assert layout.lock_token_id(b"<html>TokenId: x</html>") is None
+
+
 def test_only_charged_failures_count_against_max_attempts_not_hand_outs() -> None:
     def attempt(outcome: Outcome) -> Attempt:
         return Attempt("p1", "node1", None, 1.0, outcome=outcome.value)

@@ -94,3 +94,38 @@ def test_a_pilot_that_ends_after_such_a_claim_frees_the_token_at_once(own_topos:
     assert server.locks(pool_name) == 1
     pool.close()  # the pilot ends (max_outage, a drain) without claiming again
     assert server.locks(pool_name) == 0  # claimable by others now, not after the 30 s lock
+
+
+class LostAnswer(StopAfter):
+    """The real client, except that the answer to the first ``nextToken`` is dropped after ToPoS has
+    handed out the token (the fault: Apache killed, or the connection cut, between ToPoS's lock and its
+    answer, a window the real server opens only by chance)."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda *_: False, lambda: None)
+        self.dropped = False
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Response:
+        response = self.http.request(method, url, **kwargs)
+        if "/nextToken?" in url and response.status == 303 and not self.dropped:
+            self.dropped = True
+            raise ServerUnreachable(url, "connection reset")
+        return response
+
+
+def test_a_token_handed_out_by_a_claim_whose_answer_was_lost_is_found_by_its_lock_and_run(
+    own_topos: ToposServer,
+) -> None:
+    server = own_topos
+    pool_name = server.new_pool()
+    server.add_lines(pool_name, b"a\nb\n")
+    pool = make_pool(server, pool_name, LostAnswer())
+    with pytest.raises(ServerUnreachable):
+        pool.claim(1)
+    [handed] = [token for token, leases in lock_headers(server, pool_name).items() if leases == 1]
+    assert server.locks(pool_name) == 1  # ToPoS locked it; we never heard which
+    [lease] = pool.claim(1)
+    assert int(lease.token.id) == handed  # found by the claim's lock description, not handed out again
+    assert sorted(lock_headers(server, pool_name).values()) == [0, 1]
+    assert server.locks(pool_name) == 1
+    pool.close()
