@@ -425,7 +425,7 @@ class ToposPool(Pool):
         for it first (by the lock in it) rather than leave two results of one run."""
         lease_id, token_id = lease.lease_id, lease.token.id
         if lease_id in self.ambiguous:
-            found = self._result(pool, token_id, lock=lease_id)
+            found = self._result(pool, token_id, lock=lease_id, tidy=True)
             if found is not None:
                 self.stored[lease_id] = found[0]
             self.ambiguous.discard(lease_id)
@@ -683,10 +683,12 @@ class ToposPool(Pool):
         return Token(token_id, fields, state, (), layout.charged(self._earlier(token_id, leases + 1)))
 
     def _result(
-        self, pool: str, token_id: str, *, lock: Optional[str] = None
+        self, pool: str, token_id: str, *, lock: Optional[str] = None, tidy: bool = False
     ) -> Optional[tuple[str, dict[str, Any]]]:
         """The newest result of this token in ``pool`` (of the run that held ``lock``, if given), with the
-        id of the result token."""
+        id of the result token. With ``tidy``, a result token that holds no result is deleted: ToPoS keeps
+        whatever part of a PUT arrived before the connection broke, and a token is listed only once its
+        body is stored, so such a token is never a write still under way."""
         wanted = layout.result_name(token_id)
         for row in reversed(self._listing(pool)):  # the newest first
             if row.get("Original Name") != wanted:
@@ -695,6 +697,13 @@ class ToposPool(Pool):
             document = layout.document_of(response.data) if response.status == 200 else None
             if document is not None and (lock is None or document.get("lock") == lock):
                 return str(row["Name"]), document
+            if document is None and response.status == 200 and tidy:
+                log.info(
+                    "deleting a result cut short by the outage (%d bytes)",
+                    len(response.data),
+                    extra={"token": token_id},
+                )
+                self._delete(pool, str(row["Name"]))
         return None
 
     # -- reset, init, check ------------------------------------------------------------------------

@@ -5,6 +5,9 @@ What the pool says afterwards is read back with plain HTTP (tests/servers/topos.
 
 from __future__ import annotations
 
+import json
+import socket
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
@@ -16,7 +19,9 @@ from agent.config import ToposServer as ToposSettings
 from agent.errors import ServerUnreachable
 from agent.http import HttpClient, Response
 from agent.identity import Identity
+from agent.pools import Saved
 from agent.pools.topos import ToposPool
+from agent.token import Outcome, Result, make_report
 
 pytestmark = pytest.mark.topos
 
@@ -129,3 +134,59 @@ def test_a_token_handed_out_by_a_claim_whose_answer_was_lost_is_found_by_its_loc
     assert sorted(lock_headers(server, pool_name).values()) == [0, 1]
     assert server.locks(pool_name) == 1
     pool.close()
+
+
+class CutPut(StopAfter):
+    """The real client, except that the first result PUT goes out with half its body before the
+    connection breaks (the fault: a pilot killed, or Apache stopped, mid-request), over a plain socket to
+    the real server, which stores what arrived."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda *_: False, lambda: None)
+        self.cut = False
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Response:
+        if method == "PUT" and ".done/" in url and not self.cut:
+            self.cut = True
+            half_put(url, kwargs.get("headers") or {}, kwargs["body"])
+            raise ServerUnreachable(url, "connection reset")
+        return self.http.request(method, url, **kwargs)
+
+
+def half_put(url: str, headers: Mapping[str, str], body: bytes) -> None:
+    parts = urllib.parse.urlsplit(url)
+    lines = [f"PUT {parts.path}?{parts.query} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines.append(f"Content-Length: {len(body)}")
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body[: len(body) // 2])
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(4096)  # ToPoS's answer, to a client that is gone in real life
+
+
+def test_a_result_put_cut_short_leaves_no_half_result_once_the_report_is_sent_again(
+    topos: ToposServer,
+) -> None:
+    pool_name = topos.new_pool()
+    topos.add_lines(pool_name, b"x\n")
+    pool = make_pool(topos, pool_name, CutPut())
+    [lease] = pool.claim(1)
+    report = make_report(lease.token, Result(Outcome.DONE, "exit code 0", 1.0, 2.0, 0), 3)
+    with pytest.raises(ServerUnreachable):
+        pool.report(lease, report)
+    [half] = topos.listing(f"{pool_name}.done")  # ToPoS kept the half that arrived
+    assert half["Original Name"] == f"result-{lease.token.id}"
+    assert json_or_none(topos.token(f"{pool_name}.done", int(half["Name"])).body) is None
+    assert pool.report(lease, report) is Saved.SAVED  # the journal sends it again
+    [row] = topos.listing(f"{pool_name}.done")
+    assert row["Name"] != half["Name"]  # the half one is gone, the whole one written
+    assert json_or_none(topos.token(f"{pool_name}.done", int(row["Name"])).body)["token"] == lease.token.id
+    assert topos.token_ids(pool_name) == []
+    pool.close()
+
+
+def json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None

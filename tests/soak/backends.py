@@ -69,6 +69,8 @@ class Backend(abc.ABC):
     unnamed_handouts = False
     #: why a feature is missing, for the table
     missing: ClassVar[dict[str, str]] = {}
+    #: ToPoS: result tokens whose body is not a result (a PUT cut short; ToPoS keeps what arrived)
+    half_written: Optional[list[str]] = None
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -272,6 +274,7 @@ class ToposBackend(Backend):
 
         folder.chmod(0o755)  # Apache's www-data workers read ToPoS's files in here
         self.server = ToposServer(folder / "topos")
+        self.half_written = []
 
     def start(self) -> None:
         self.server.start()
@@ -321,9 +324,15 @@ class ToposBackend(Backend):
         still in the pool as todo (the checks then say it is not finished)."""
         finals: dict[str, Final] = {}
         for pool in (f"{DATABASE}.done", f"{DATABASE}.error"):
-            for _, body in self.documents(pool):
-                document = json.loads(body)
-                if document.get("type") != "pilot-result":
+            for result_id, body in self.documents(pool):
+                try:
+                    document = json.loads(body)
+                except ValueError:
+                    # A PUT cut short (its pilot killed mid-request): ToPoS stores whatever arrived. The
+                    # figures count them; the token's run is checked from its real result, or found missing.
+                    self.half_written.append(f"{pool} {result_id}: {body[:40]!r}")
+                    continue
+                if not isinstance(document, dict) or document.get("type") != "pilot-result":
                     continue  # a token moved to the error pool, beside its result
                 token_id = str(document["token"])
                 finals[token_id] = Final(

@@ -141,6 +141,16 @@ def figures(analysis: Analysis) -> list[tuple[str, str]]:
     missing = [name for name in ("sizes", "after", "children", "cancel") if name not in features]
     if missing:
         rows.append(("not run here", ", ".join(scenario.backend.missing.get(m) or m for m in missing)))
+    half_written = scenario.backend.half_written
+    if half_written is not None:
+        rows.append(
+            (
+                "half-written results",
+                f"{len(half_written)} result tokens whose body is not a result (a PUT cut short by a kill: "
+                "ToPoS keeps what arrived; pilots skip them)"
+                + (f": {'; '.join(half_written[:3])}" if half_written else ""),
+            )
+        )
     if analysis.report_delays:
         delay = f"at most {max(analysis.report_delays):.1f}s after the run ended"
         rows.append(("unsent successes", f"{delay} (in memory until sent or journaled)"))
