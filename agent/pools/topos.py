@@ -298,7 +298,9 @@ class ToposPool(Pool):
             found = self._request(
                 "GET", self._url(self.pools.todo, f"locks/{lock}"), headers={"Accept": "text/plain"}
             )
-            token_id = layout.lock_token_id(found.data) if found.status == 200 else None
+            if found.status >= 500:
+                raise self._failure(found, "reading a lock")  # looked for again at the next claim
+            token_id = layout.lock_token_id(found.data) if found.status == 200 else None  # 404: expired
             if token_id is not None:
                 log.info("claim's answer was lost, its token found by its lock", extra={"token": token_id})
                 self.unread.append((token_id, lock, now))

@@ -56,13 +56,25 @@ def token_read(method: str, url: str, status: int) -> bool:
     return method == "GET" and "/tokens/" in url and status == 200
 
 
-def lock_headers(server: ToposServer, pool: str) -> Mapping[int, int]:
+def lease_counts(server: ToposServer, pool: str) -> Mapping[int, int]:
     """Each token's lease count, read with plain HTTP."""
     return {
         int(row["Name"]): int(row["Leases"])
         for row in server.listing(pool)
         if str(row.get("Content-Type", "")).startswith("text/")
     }
+
+
+def cut_claim(server: ToposServer, lines: bytes) -> tuple[str, ToposPool]:
+    """A new pool with these lines, and a pool object whose claim(2) Apache's stop cut short after the
+    first token was handed out and read; Apache is back when this returns."""
+    pool_name = server.new_pool()
+    server.add_lines(pool_name, lines)
+    pool = make_pool(server, pool_name, StopAfter(token_read, server.stop_apache))
+    with pytest.raises(ServerUnreachable):
+        pool.claim(2)
+    server.start_apache()
+    return pool_name, pool
 
 
 def test_a_claim_cut_short_by_an_outage_keeps_the_token_it_was_handed_for_the_next_claim(
@@ -72,30 +84,20 @@ def test_a_claim_cut_short_by_an_outage_keeps_the_token_it_was_handed_for_the_ne
     nextToken. The first token is locked for us: the next claim must return it (not leave it locked for
     nobody until the lock expires, while pilots that find nothing else end)."""
     server = own_topos
-    pool_name = server.new_pool()
-    server.add_lines(pool_name, b"a\nb\nc\nd\n")
-    pool = make_pool(server, pool_name, StopAfter(token_read, server.stop_apache))
-    with pytest.raises(ServerUnreachable):
-        pool.claim(2)
-    server.start_apache()
-    [first] = [token for token, leases in lock_headers(server, pool_name).items() if leases == 1]
+    pool_name, pool = cut_claim(server, b"a\nb\nc\nd\n")
+    [first] = [token for token, leases in lease_counts(server, pool_name).items() if leases == 1]
     assert server.locks(pool_name) == 1  # handed out before the outage, locked for us
     leases = pool.claim(2)
     assert first in [int(lease.token.id) for lease in leases]  # ours, first
     assert len(leases) == 2
     assert server.locks(pool_name) == 2  # no lock that nobody holds
-    assert sorted(lock_headers(server, pool_name).values()) == [0, 0, 1, 1]  # not handed out twice
+    assert sorted(lease_counts(server, pool_name).values()) == [0, 0, 1, 1]  # not handed out twice
     pool.close()
 
 
 def test_a_pilot_that_ends_after_such_a_claim_frees_the_token_at_once(own_topos: ToposServer) -> None:
     server = own_topos
-    pool_name = server.new_pool()
-    server.add_lines(pool_name, b"a\nb\n")
-    pool = make_pool(server, pool_name, StopAfter(token_read, server.stop_apache))
-    with pytest.raises(ServerUnreachable):
-        pool.claim(2)
-    server.start_apache()
+    pool_name, pool = cut_claim(server, b"a\nb\n")
     assert server.locks(pool_name) == 1
     pool.close()  # the pilot ends (max_outage, a drain) without claiming again
     assert server.locks(pool_name) == 0  # claimable by others now, not after the 30 s lock
@@ -127,11 +129,11 @@ def test_a_token_handed_out_by_a_claim_whose_answer_was_lost_is_found_by_its_loc
     pool = make_pool(server, pool_name, LostAnswer())
     with pytest.raises(ServerUnreachable):
         pool.claim(1)
-    [handed] = [token for token, leases in lock_headers(server, pool_name).items() if leases == 1]
+    [handed] = [token for token, leases in lease_counts(server, pool_name).items() if leases == 1]
     assert server.locks(pool_name) == 1  # ToPoS locked it; we never heard which
     [lease] = pool.claim(1)
     assert int(lease.token.id) == handed  # found by the claim's lock description, not handed out again
-    assert sorted(lock_headers(server, pool_name).values()) == [0, 1]
+    assert sorted(lease_counts(server, pool_name).values()) == [0, 1]
     assert server.locks(pool_name) == 1
     pool.close()
 
