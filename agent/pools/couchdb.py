@@ -385,6 +385,8 @@ class CouchDBPool(Pool):
             picked = self._pick(fit, wanted)
             if picked:
                 return picked
+            if fit.beyond is not None and self._plan().find:
+                return self._probe_window(wanted, now, fit)
             self.candidates = self._window(window_size(wanted), now, fit)
             self.candidates_read = now
             self.window_conflicts = 0
@@ -395,6 +397,16 @@ class CouchDBPool(Pool):
             self.window_conflicts = 0
         picked, self.candidates = self.candidates[:wanted], self.candidates[wanted:]
         return picked
+
+    def _probe_window(self, wanted: int, now: float, fit: Fit) -> list[dict[str, Any]]:
+        """A probe's tokens (bigger than what is free, see ``Fit.beyond``), which the server selects from
+        all todo tokens: few, so read from the start, apart from the claims' window and its walk. A probe
+        read where the claims' window is would find the big token only when it happened to be there."""
+        docs, _ = self._read_window(window_size(wanted), skip=0, after=None, fit=fit)
+        claimable = [doc for doc in docs if picas.claimable(doc, now)]
+        self.rng.shuffle(claimable)  # pilots that probe at once pick different ones of the biggest
+        chosen = set(replace(fit, tasks=min(fit.tasks, wanted)).pick([picas.needs_of(d) for d in claimable]))
+        return [doc for i, doc in enumerate(claimable) if i in chosen]
 
     def _pick(self, fit: Fit, wanted: int) -> list[dict[str, Any]]:
         """The window's tokens that fit together, taken out of it; the others stay for later claims."""

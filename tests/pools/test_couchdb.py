@@ -561,6 +561,30 @@ def test_claims_take_only_tokens_that_fit_chosen_by_the_server(pouchdb: PouchDBS
     assert pool.counts().todo == 1
 
 
+def test_a_probe_finds_the_one_token_bigger_than_what_is_free_wherever_the_claims_window_is(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    # The whole-node token sorts first; the claims' window, read with one core free, walks past it. The
+    # probe asks the server for tokens that fit the node but not one core, so it finds the one there is
+    # (it found it only when the claims' window happened to start at it: a whole-node token starved).
+    pool = make_pool(pouchdb, couch_db)
+    pool.init()
+    pool.add(
+        [NewToken("a-whole", {"cores": 4}), *(NewToken(f"one-{i:03d}", {"cores": 1}) for i in range(60))]
+    )
+    pool.add([NewToken("b-gpu", {"gpus": 1})])  # bigger than what is free too, but not what this node has
+    one_free = fit(1, tasks=1)
+    assert pool.claim(1, one_free)[0].token.id.startswith("one-")
+    window = list(pool.candidates)
+    assert window and all(doc["_id"].startswith("one-") for doc in window)
+    probe = Fit(4, 0, None, Request(), 1, largest_first=True, beyond=one_free)
+    assert [lease.token.id for lease in pool.claim(1, probe)] == ["a-whole"]
+    assert pool.candidates == window  # the claims' window is left as it was, for the claims
+    assert pool.claim(1, probe) == []  # none left: no window of one-core tokens taken instead
+    found = pool._find(fit_selector(todo_selector(""), probe), TODO_INDEX, 50)
+    assert found == []  # the server filtered them all: nothing fits the node beyond one core now
+
+
 def test_a_token_with_a_wrong_request_is_refused_naming_the_field_couchdb(
     pouchdb: PouchDBServer, couch_db: str
 ) -> None:
