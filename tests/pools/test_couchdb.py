@@ -561,6 +561,37 @@ def test_claims_take_only_tokens_that_fit_chosen_by_the_server(pouchdb: PouchDBS
     assert pool.counts().todo == 1
 
 
+class RecordsFinds(HttpClient):
+    """An HttpClient that keeps the selectors of the _find requests it sends."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=10.0)
+        self.selectors: list[dict[str, Any]] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Response:
+        if url.endswith("/_find"):
+            self.selectors.append(kwargs["json_body"]["selector"])
+        return super().request(method, url, **kwargs)
+
+
+def test_claims_with_a_fit_ask_with_its_selector_only_when_no_token_of_the_window_fits(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    # pouchdb-server reads every todo token for a selector with a condition outside the index (20 times
+    # a plain window's time for 2,000 tokens): a claim asking that each time left a loaded server that
+    # answered no claim of the soak's 8 pilots within their 5 s timeout in 12 minutes.
+    http = RecordsFinds()
+    pool = make_pool(pouchdb, couch_db, http=http)
+    pool.init()
+    pool.add([NewToken(f"big-{i:02d}", {"cores": 4}) for i in range(40)])
+    pool.add([NewToken("one", {"cores": 1})])
+    assert [lease.token.id for lease in pool.claim(1, fit(2, tasks=1))] == ["one"]
+    assert "$and" in http.selectors[-1]  # the shuffled windows of 4-core tokens had none: the selector
+    http.selectors.clear()
+    assert len(pool.claim(2, fit(4, tasks=2))) == 1  # a window of them: one fits in 4 cores
+    assert http.selectors == [todo_selector("")]
+
+
 def test_a_probe_finds_the_one_token_bigger_than_what_is_free_wherever_the_claims_window_is(
     pouchdb: PouchDBServer, couch_db: str
 ) -> None:
