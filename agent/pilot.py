@@ -171,6 +171,9 @@ class Pilot:
 
     def _claim(self) -> list[Lease]:
         held = self.book.held
+        if held is not None and self._lapsing(held.item):  # renewals stalled while it waited for room
+            self._keep_leases()  # due by now: a lost lease drops it
+            held = None if self.book.held is None or self._lapsing(self.book.held.item) else self.book.held
         if held is not None and self.book.take_held(held.item.token.id) is not None:
             self.claimed_early.append(held.item)  # the token waiting for room has it now: first
         if self.claimed_early:
@@ -180,6 +183,9 @@ class Pilot:
             return []
         leases = self._probe(wanted)
         return leases + self._claim_from_pool(wanted, self.claim_fit)
+
+    def _lapsing(self, lease: Lease) -> bool:
+        return lease.lapsing(self.wallclock(), self.config.server.lease)
 
     def _claim_from_pool(self, wanted: int, fit: Optional[Fit]) -> list[Lease]:
         try:
@@ -544,7 +550,7 @@ class Pilot:
 
     def _keep_leases(self) -> None:
         now = self.clock()
-        if not (self.running or self.suspects) or now < self.next_renewal:
+        if not (self.running or self.suspects or self.book.held) or now < self.next_renewal:
             return
         self.next_renewal = now + self.config.server.lease / 3
         held = [running.lease for running in self.running.values()]

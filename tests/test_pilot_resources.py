@@ -5,9 +5,20 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from pathlib import Path
 
-from conftest import REPO, Site, local_config, pool_rows
+from conftest import REPO, Site, local_config, pool_rows, to_toml
 from sized_tasks import check_packing, mixed_tokens, overlapping, read_records, sized_command
+
+from agent.config import load
+from agent.identity import Identity
+from agent.pilot import Pilot
+from agent.pools import NewToken, open_pool
+from agent.pools.local import LocalPool
+from agent.resources import Request
+from agent.token import Outcome, Result, make_report
+from agent.walltime import End, Walltime
 
 BURN = REPO / "tests" / "tasks" / "burn.py"
 CPUS = sorted(os.sched_getaffinity(0))
@@ -157,3 +168,38 @@ def test_each_attempt_records_cpu_seconds_and_peak_rss(site: Site) -> None:
     assert attempt["cores"] == 1
     shown = site.run("tokens", "show", "burner")
     assert '"cpu_user":' in shown.stdout and '"max_rss":' in shown.stdout
+
+
+# -- in this process, with the clocks injected ------------------------------------------------------
+
+
+def test_a_held_token_whose_lease_ran_out_while_it_waited_is_not_started(tmp_path: Path) -> None:
+    # A pilot stopped (SIGSTOP) while it held a token for room: when it woke, its running tasks had
+    # ended, so the renewals (made only while tasks ran) left the held lease alone, and the token, taken
+    # and run to done by another pilot meanwhile, was started again (the soak's "run ... started after it
+    # was done" on CouchDB). Its lease is renewed first now; lost, the token is dropped.
+    sections = local_config(tmp_path, ["/bin/true"], pilot={"cores": 4, "bind": False})
+    (tmp_path / "site.toml").write_text(to_toml(sections))
+    config = load(tmp_path / "site.toml", {})
+    woke = time.time() + 2 * config.server.lease  # the stopped pilot's clock when it wakes
+    pool = open_pool(config.server, Identity("a", "node", None), create=True)
+    pool.add([NewToken("whole", {"cores": 4})])
+    walltime = Walltime(End(None, "test"), config.walltime)
+    pilot = Pilot(config, pool, Identity("a", "node", None), walltime, environ={}, cache_paths={})
+    pilot.wallclock = lambda: woke
+    [lease] = pool.claim(1)
+    pilot.book.grant("small", Request())  # a task runs: the whole-node token waits
+    assert pilot.book.place("whole", lease.token.fields, lease, 0.0).grant is None
+    assert pilot.book.held is not None
+    pilot.book.release("small")  # it ended while the pilot was stopped
+    other = LocalPool(
+        tmp_path / "pool.db", Identity("b", "node", None), config.server.lease, clock=lambda: woke
+    )
+    [taken] = other.claim(1)  # the lease ran out: another pilot takes the token and runs it
+    now = time.time()
+    other.report(taken, make_report(taken.token, Result(Outcome.DONE, "exit code 0", now, now, 0), 3))
+    assert pilot._claim() == []
+    assert pilot.book.held is None and not pilot.book.grants
+    assert [a.outcome for a in pool.get("whole").attempts] == ["lease-expired", "done"]
+    pool.close()
+    other.close()
