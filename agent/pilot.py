@@ -21,7 +21,7 @@ from agent.identity import Identity
 from agent.journal import Journal
 from agent.memory import MemoryWatch
 from agent.outage import Outage, first_claim_delay
-from agent.pools import Lease, Pool, Saved
+from agent.pools import Lease, Pool, Renewal, Saved
 from agent.reporter import Reporter
 from agent.resources import Book, Fit, Node, detect
 from agent.runner import Stop
@@ -170,10 +170,10 @@ class Pilot:
     # -- claim -------------------------------------------------------------------------------------
 
     def _claim(self) -> list[Lease]:
+        return self._still_ours(self._claims())
+
+    def _claims(self) -> list[Lease]:
         held = self.book.held
-        if held is not None and self._lapsing(held.item):  # renewals stalled while it waited for room
-            self._keep_leases()  # due by now: a lost lease drops it
-            held = None if self.book.held is None or self._lapsing(self.book.held.item) else self.book.held
         if held is not None and self.book.take_held(held.item.token.id) is not None:
             self.claimed_early.append(held.item)  # the token waiting for room has it now: first
         if self.claimed_early:
@@ -184,8 +184,32 @@ class Pilot:
         leases = self._probe(wanted)
         return leases + self._claim_from_pool(wanted, self.claim_fit)
 
-    def _lapsing(self, lease: Lease) -> bool:
-        return lease.lapsing(self.wallclock(), self.config.server.lease)
+    def _still_ours(self, leases: list[Lease]) -> list[Lease]:
+        """The leases to start. One with less than a third of it left was claimed or held before the pilot
+        stopped (SIGSTOP, a stalled machine) or the server went away, and may have run out while another
+        pilot ran its token: renewed first; lost, cancelled or not renewed, its task does not start."""
+        now = self.wallclock()
+        lapsing = [lease for lease in leases if lease.lapsing(now, self.config.server.lease)]
+        if not lapsing:
+            return leases
+        try:
+            renewal = self.pool.renew(lapsing)
+        except ServerUnreachable as err:
+            self.reporter.unreachable(err)
+            renewal = Renewal([], lapsing, [])
+        renewed = {lease.token.id: lease for lease in renewal.renewed}
+        for lease in renewal.lost:
+            self.book.release(lease.token.id)
+            log.warning(
+                "not started: its lease ran out before it could start", extra={"token": lease.token.id}
+            )
+        for lease in renewal.cancelled:
+            self.book.release(lease.token.id)
+            folder = self.tasks.folder_for(lease.token.id, len(lease.token.attempts))
+            cancelled = Result(Outcome.CANCELLED, Outcome.CANCELLED.value, None, now)
+            self._deliver(lease, cancelled, folder)
+        ours = [lease for lease in leases if lease not in lapsing]
+        return ours + [renewed[lease.token.id] for lease in lapsing if lease.token.id in renewed]
 
     def _claim_from_pool(self, wanted: int, fit: Optional[Fit]) -> list[Lease]:
         try:
