@@ -170,9 +170,6 @@ class Pilot:
     # -- claim -------------------------------------------------------------------------------------
 
     def _claim(self) -> list[Lease]:
-        return self._still_ours(self._claims())
-
-    def _claims(self) -> list[Lease]:
         held = self.book.held
         if held is not None and self.book.take_held(held.item.token.id) is not None:
             self.claimed_early.append(held.item)  # the token waiting for room has it now: first
@@ -183,33 +180,6 @@ class Pilot:
             return []
         leases = self._probe(wanted)
         return leases + self._claim_from_pool(wanted, self.claim_fit)
-
-    def _still_ours(self, leases: list[Lease]) -> list[Lease]:
-        """The leases to start. One with less than a third of it left was claimed or held before the pilot
-        stopped (SIGSTOP, a stalled machine) or the server went away, and may have run out while another
-        pilot ran its token: renewed first; lost, cancelled or not renewed, its task does not start."""
-        now = self.wallclock()
-        lapsing = [lease for lease in leases if lease.lapsing(now, self.config.server.lease)]
-        if not lapsing:
-            return leases
-        try:
-            renewal = self.pool.renew(lapsing)
-        except ServerUnreachable as err:
-            self.reporter.unreachable(err)
-            renewal = Renewal([], lapsing, [])
-        renewed = {lease.token.id: lease for lease in renewal.renewed}
-        for lease in renewal.lost:
-            self.book.release(lease.token.id)
-            log.warning(
-                "not started: its lease ran out before it could start", extra={"token": lease.token.id}
-            )
-        for lease in renewal.cancelled:
-            self.book.release(lease.token.id)
-            folder = self.tasks.folder_for(lease.token.id, len(lease.token.attempts))
-            cancelled = Result(Outcome.CANCELLED, Outcome.CANCELLED.value, None, now)
-            self._deliver(lease, cancelled, folder)
-        ours = [lease for lease in leases if lease not in lapsing]
-        return ours + [renewed[lease.token.id] for lease in lapsing if lease.token.id in renewed]
 
     def _claim_from_pool(self, wanted: int, fit: Optional[Fit]) -> list[Lease]:
         try:
@@ -401,6 +371,10 @@ class Pilot:
         }
         if self.guard is not None:
             self.guard.start()  # once, before the first task: a pilot with nothing to do never needs one
+        fresh = self._still_ours([lease])  # the last look before it starts: stopped since the claim?
+        if not fresh:
+            return
+        lease = fresh[0]
         folder_ready = self.tasks.ready_folder(folder, token.id)
         started = runner.start(
             token_id=token.id,
@@ -423,6 +397,34 @@ class Pilot:
         self.tasks.add(Running(lease, started))
         if log.isEnabledFor(logging.INFO):
             log.info("started (attempt %d): %s", attempt_number, " ".join(argv), extra={"token": token.id})
+
+    def _still_ours(self, leases: list[Lease]) -> list[Lease]:
+        """The leases whose tasks may start. One with less than a third of it left was claimed, held or
+        waiting to start when the pilot stopped (SIGSTOP, a stalled machine) or the server went away, and
+        may have run out while another pilot ran its token: renewed first; lost, cancelled or not renewed,
+        its task does not start."""
+        now = self.wallclock()
+        lapsing = [lease for lease in leases if lease.lapsing(now, self.config.server.lease)]
+        if not lapsing:
+            return leases
+        try:
+            renewal = self.pool.renew(lapsing)
+        except ServerUnreachable as err:
+            self.reporter.unreachable(err)
+            renewal = Renewal([], lapsing, [])
+        renewed = {lease.token.id: lease for lease in renewal.renewed}
+        for lease in renewal.lost:
+            self.book.release(lease.token.id)
+            log.warning(
+                "not started: its lease ran out before it could start", extra={"token": lease.token.id}
+            )
+        for lease in renewal.cancelled:
+            self.book.release(lease.token.id)
+            folder = self.tasks.folder_for(lease.token.id, len(lease.token.attempts))
+            cancelled = Result(Outcome.CANCELLED, Outcome.CANCELLED.value, None, now)
+            self._deliver(lease, cancelled, folder)
+        ours = [lease for lease in leases if lease not in lapsing]
+        return ours + [renewed[lease.token.id] for lease in lapsing if lease.token.id in renewed]
 
     def _finished(self) -> list[tuple[Running, Result]]:
         done = self.tasks.finished(self.clock(), self.config.task.log_tail, self.wallclock)

@@ -178,7 +178,7 @@ def waiting_pilot(tmp_path: Path, how: str, stopped: float) -> tuple[Pilot, Leas
     """A pilot with cores = 4 whose clock is ``stopped`` seconds ahead of the pool's, holding a
     whole-node token it claimed: ``held`` for room while a task ran (it ended since), or ``early``,
     claimed with a report and about to start."""
-    tmp_path.mkdir(exist_ok=True)
+    tmp_path.mkdir(exist_ok=True)  # one per pilot
     sections = local_config(tmp_path, ["/bin/true"], pilot={"cores": 4, "bind": False})
     (tmp_path / "site.toml").write_text(to_toml(sections))
     config = load(tmp_path / "site.toml", {})
@@ -211,8 +211,9 @@ def test_a_token_whose_lease_ran_out_before_its_task_started_is_not_started(tmp_
     [taken] = other.claim(1)  # the lease ran out: another pilot takes the token and runs it
     now = time.time()
     other.report(taken, make_report(taken.token, Result(Outcome.DONE, "exit code 0", now, now, 0), 3))
-    assert pilot._claim() == []
-    assert pilot.book.held is None and not pilot.book.grants and not pilot.claimed_early
+    for claimed in pilot._claim():
+        pilot._run(claimed)
+    assert not pilot.running and pilot.book.held is None and not pilot.book.grants
     assert [a.outcome for a in pilot.pool.get("whole").attempts] == ["lease-expired", "done"]
     pilot.pool.close()
     other.close()
@@ -222,12 +223,12 @@ def test_a_token_whose_lease_ran_out_before_its_task_started_is_not_started(tmp_
 def test_a_token_whose_lease_is_fresh_starts_and_one_still_ours_is_renewed_first(
     tmp_path: Path, how: str
 ) -> None:
-    pilot, lease = waiting_pilot(tmp_path, how, stopped=0.0)
-    assert pilot._claim() == [lease]  # no renewal: the same lease
-    pilot.book.release("whole")
-    pilot.pool.close()
-    pilot, lease = waiting_pilot(tmp_path / "again", how, stopped=25.0)  # stopped, but nobody took it
-    [started] = pilot._claim()
-    assert started.token.id == "whole" and started.lease_id == lease.lease_id
-    assert started.expires > lease.expires  # renewed
-    pilot.pool.close()
+    for stopped, renewed in ((0.0, False), (25.0, True)):  # 25 s: stopped, but nobody took the token
+        pilot, lease = waiting_pilot(tmp_path / str(stopped), how, stopped)
+        [claimed] = pilot._claim()
+        pilot._run(claimed)
+        started = pilot.running["whole"]
+        started.payload.process.wait()
+        assert started.lease.lease_id == lease.lease_id
+        assert (started.lease.expires > lease.expires) is renewed
+        pilot.pool.close()
