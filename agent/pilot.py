@@ -416,7 +416,8 @@ class Pilot:
         for lease in renewal.lost:
             self.book.release(lease.token.id)
             log.warning(
-                "not started: its lease ran out before it could start", extra={"token": lease.token.id}
+                "not started: its lease ran out, or was not renewed, before its task could start",
+                extra={"token": lease.token.id},
             )
         for lease in renewal.cancelled:
             self.book.release(lease.token.id)
