@@ -21,7 +21,7 @@ from agent.identity import Identity
 from agent.journal import Journal
 from agent.memory import MemoryWatch
 from agent.outage import Outage, first_claim_delay
-from agent.pools import Lease, Pool, Saved
+from agent.pools import Lease, Pool, Renewal, Saved
 from agent.reporter import Reporter
 from agent.resources import Book, Fit, Node, detect
 from agent.runner import Stop
@@ -371,6 +371,10 @@ class Pilot:
         }
         if self.guard is not None:
             self.guard.start()  # once, before the first task: a pilot with nothing to do never needs one
+        fresh = self._still_ours([lease])  # the last look before it starts: stopped since the claim?
+        if not fresh:
+            return
+        lease = fresh[0]
         folder_ready = self.tasks.ready_folder(folder, token.id)
         started = runner.start(
             token_id=token.id,
@@ -393,6 +397,35 @@ class Pilot:
         self.tasks.add(Running(lease, started))
         if log.isEnabledFor(logging.INFO):
             log.info("started (attempt %d): %s", attempt_number, " ".join(argv), extra={"token": token.id})
+
+    def _still_ours(self, leases: list[Lease]) -> list[Lease]:
+        """The leases whose tasks may start. One with less than a third of it left was claimed, held or
+        waiting to start when the pilot stopped (SIGSTOP, a stalled machine) or the server went away, and
+        may have run out while another pilot ran its token: renewed first; lost, cancelled or not renewed,
+        its task does not start."""
+        now = self.wallclock()
+        lapsing = [lease for lease in leases if lease.lapsing(now, self.config.server.lease)]
+        if not lapsing:
+            return leases
+        try:
+            renewal = self.pool.renew(lapsing)
+        except ServerUnreachable as err:
+            self.reporter.unreachable(err)
+            renewal = Renewal([], lapsing, [])
+        renewed = {lease.token.id: lease for lease in renewal.renewed}
+        for lease in renewal.lost:
+            self.book.release(lease.token.id)
+            log.warning(
+                "not started: its lease ran out, or was not renewed, before its task could start",
+                extra={"token": lease.token.id},
+            )
+        for lease in renewal.cancelled:
+            self.book.release(lease.token.id)
+            folder = self.tasks.folder_for(lease.token.id, len(lease.token.attempts))
+            cancelled = Result(Outcome.CANCELLED, Outcome.CANCELLED.value, None, now)
+            self._deliver(lease, cancelled, folder)
+        ours = [lease for lease in leases if lease not in lapsing]
+        return ours + [renewed[lease.token.id] for lease in lapsing if lease.token.id in renewed]
 
     def _finished(self) -> list[tuple[Running, Result]]:
         done = self.tasks.finished(self.clock(), self.config.task.log_tail, self.wallclock)
@@ -544,7 +577,7 @@ class Pilot:
 
     def _keep_leases(self) -> None:
         now = self.clock()
-        if not (self.running or self.suspects) or now < self.next_renewal:
+        if not (self.running or self.suspects or self.book.held) or now < self.next_renewal:
             return
         self.next_renewal = now + self.config.server.lease / 3
         held = [running.lease for running in self.running.values()]

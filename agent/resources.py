@@ -140,6 +140,11 @@ class Fit:
     largest_first: bool = False  # pick the biggest of the candidates first (a probe for held tokens)
     beyond: Optional[Fit] = None  # only tokens that do not fit in this (bigger than what is free)
 
+    @property
+    def spent(self) -> bool:
+        """Nothing more can be taken: no task or no core left (every token asks a core at least)."""
+        return self.tasks < 1 or self.cores < 1
+
     def needs(self, stored: Optional[Mapping[str, int]]) -> tuple[int, int, int]:
         stored = stored or {}
         return (

@@ -5,9 +5,21 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from pathlib import Path
 
-from conftest import REPO, Site, local_config, pool_rows
+import pytest
+from conftest import REPO, Site, local_config, pool_rows, to_toml
 from sized_tasks import check_packing, mixed_tokens, overlapping, read_records, sized_command
+
+from agent.config import load
+from agent.identity import Identity
+from agent.pilot import Pilot
+from agent.pools import Lease, NewToken, open_pool
+from agent.pools.local import LocalPool
+from agent.resources import Request
+from agent.token import Outcome, Result, make_report
+from agent.walltime import End, Walltime
 
 BURN = REPO / "tests" / "tasks" / "burn.py"
 CPUS = sorted(os.sched_getaffinity(0))
@@ -157,3 +169,66 @@ def test_each_attempt_records_cpu_seconds_and_peak_rss(site: Site) -> None:
     assert attempt["cores"] == 1
     shown = site.run("tokens", "show", "burner")
     assert '"cpu_user":' in shown.stdout and '"max_rss":' in shown.stdout
+
+
+# -- in this process, with the clocks injected ------------------------------------------------------
+
+
+def waiting_pilot(tmp_path: Path, how: str, stopped: float) -> tuple[Pilot, Lease]:
+    """A pilot with cores = 4 whose clock is ``stopped`` seconds ahead of the pool's, holding a
+    whole-node token it claimed: ``held`` for room while a task ran (it ended since), or ``early``,
+    claimed with a report and about to start."""
+    tmp_path.mkdir(exist_ok=True)  # one per pilot
+    sections = local_config(tmp_path, ["/bin/true"], pilot={"cores": 4, "bind": False})
+    (tmp_path / "site.toml").write_text(to_toml(sections))
+    config = load(tmp_path / "site.toml", {})
+    pool = open_pool(config.server, Identity("a", "node", None), create=True)
+    pool.add([NewToken("whole", {"cores": 4})])
+    walltime = Walltime(End(None, "test"), config.walltime)
+    pilot = Pilot(config, pool, Identity("a", "node", None), walltime, environ={}, cache_paths={})
+    pilot.wallclock = lambda: time.time() + stopped
+    [lease] = pool.claim(1)
+    if how == "held":
+        pilot.book.grant("small", Request())  # a task runs: the whole-node token waits
+        assert pilot.book.place("whole", lease.token.fields, lease, 0.0).grant is None
+        pilot.book.release("small")
+    else:
+        assert pilot.book.place("whole", lease.token.fields, lease, 0.0).grant is not None
+        pilot.claimed_early.append(lease)
+    return pilot, lease
+
+
+@pytest.mark.parametrize("how", ["held", "early"])
+def test_a_token_whose_lease_ran_out_before_its_task_started_is_not_started(tmp_path: Path, how: str) -> None:
+    # A pilot stopped (SIGSTOP) while it held a token for room (its running tasks ended meanwhile, and
+    # renewals were made only while tasks ran), or while its report claimed the next token: the lease
+    # ran out, another pilot ran the token to done, and the woken pilot started it (the soak's "run 1
+    # ... started after it was done" on CouchDB). Such a lease is renewed first: lost, nothing starts.
+    pilot, _ = waiting_pilot(tmp_path, how, stopped=35.0)  # the lease is 30 s
+    other = LocalPool(
+        tmp_path / "pool.db", Identity("b", "node", None), 30.0, clock=lambda: time.time() + 31.0
+    )
+    [taken] = other.claim(1)  # the lease ran out: another pilot takes the token and runs it
+    now = time.time()
+    other.report(taken, make_report(taken.token, Result(Outcome.DONE, "exit code 0", now, now, 0), 3))
+    for claimed in pilot._claim():
+        pilot._run(claimed)
+    assert not pilot.running and pilot.book.held is None and not pilot.book.grants
+    assert [a.outcome for a in pilot.pool.get("whole").attempts] == ["lease-expired", "done"]
+    pilot.pool.close()
+    other.close()
+
+
+@pytest.mark.parametrize("how", ["held", "early"])
+def test_a_token_whose_lease_is_fresh_starts_and_one_still_ours_is_renewed_first(
+    tmp_path: Path, how: str
+) -> None:
+    for stopped, renewed in ((0.0, False), (25.0, True)):  # 25 s: stopped, but nobody took the token
+        pilot, lease = waiting_pilot(tmp_path / str(stopped), how, stopped)
+        [claimed] = pilot._claim()
+        pilot._run(claimed)
+        started = pilot.running["whole"]
+        started.payload.process.wait()
+        assert started.lease.lease_id == lease.lease_id
+        assert (started.lease.expires > lease.expires) is renewed
+        pilot.pool.close()

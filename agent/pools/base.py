@@ -28,6 +28,11 @@ class Lease:
     attempt: Attempt  # the attempt this claim opened
     handle: Any = field(default=None, compare=False, repr=False)  # backend-private, e.g. a revision
 
+    def lapsing(self, now: float, lease_seconds: float) -> bool:
+        """Less than a third of the lease left, where renewals keep two thirds at least: they stalled
+        (the pilot was stopped, the server away), it may have run out and another pilot run the token."""
+        return self.expires - now < lease_seconds / 3
+
 
 @dataclass(frozen=True)
 class Counts:

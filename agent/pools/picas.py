@@ -181,24 +181,83 @@ def fit_selector(selector: Mapping[str, Any], fit: Fit) -> dict[str, Any]:
     ``$and`` beside the indexed fields). A token's request is what pilot.pyz wrote under ``pilot.needs``
     when it added the token (ranges and sizes as numbers), else its own field where that is a number
     (written by another client; a string collates above every number, so it is left out), else the
-    default when it has no such field."""
-    conditions = []
-    for name, free, default in (
+    default when it has no such field.
+
+    With ``fit.beyond`` (a probe), only tokens that do not fit in it either: the server returns the few
+    bigger than what is free, not a window of small ones that hides them. That condition names the same
+    fields as the fit's own, and pouchdb-server drops every pair of branches of two ``$or`` that share a
+    field when it merges them (it takes them to contradict), so the probe's is one ``$or`` of plain
+    branches, each both conditions at once."""
+    limits = _limits(fit)
+    if fit.beyond is None:
+        return {"$and": [dict(selector), *({"$or": _within(*limit)} for limit in limits)]}
+    over = [branch for limit in _limits(fit.beyond) for branch in _over(*limit)]
+    branches = _all_of([*(_within(*limit) for limit in limits), over])
+    return {"$and": [dict(selector), {"$or": branches} if branches else _NOTHING]}
+
+
+_NOTHING = {"_id": {"$lt": ""}}  # no document: every id is a string, and none sorts below ""
+
+
+def _limits(fit: Fit) -> list[tuple[str, int, int]]:
+    """(field, what the fit has, the default request) for the fields the fit counts."""
+    limits = (
         ("cores", fit.cores, fit.default.cores),
         ("gpus", fit.gpus, fit.default.gpus),
         ("memory", fit.memory, fit.default.memory),
-    ):
-        if free is None:
-            continue
-        stored = f"{OURS}.needs.{name}"
-        branches: list[dict[str, Any]] = [
-            {stored: {"$lte": free}},
-            {stored: {"$exists": False}, name: {"$lte": free}},
-        ]
-        if default <= free:
-            branches.append({stored: {"$exists": False}, name: {"$exists": False}})
-        conditions.append({"$or": branches})
-    return {"$and": [dict(selector), *conditions]}
+    )
+    return [(name, free, default) for name, free, default in limits if free is not None]
+
+
+def _within(name: str, free: int, default: int) -> list[dict[str, Any]]:
+    """Branches of an ``$or`` that a token asking at most ``free`` of ``name`` matches."""
+    stored = f"{OURS}.needs.{name}"
+    branches: list[dict[str, Any]] = [
+        {stored: {"$lte": free}},
+        {stored: {"$exists": False}, name: {"$lte": free}},
+    ]
+    if default <= free:
+        branches.append({stored: {"$exists": False}, name: {"$exists": False}})
+    return branches
+
+
+def _over(name: str, free: int, default: int) -> list[dict[str, Any]]:
+    """Branches of an ``$or`` that a token asking more than ``free`` of ``name`` matches. A string field
+    matches ``$gt`` too (it collates above numbers), but never the ``$lte`` it is joined with."""
+    stored = f"{OURS}.needs.{name}"
+    branches: list[dict[str, Any]] = [
+        {stored: {"$gt": free}},
+        {stored: {"$exists": False}, name: {"$gt": free}},
+    ]
+    if default > free:
+        branches.append({stored: {"$exists": False}, name: {"$exists": False}})
+    return branches
+
+
+def _all_of(alternatives: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """An ``$and`` of ``$or``s (lists of plain branches) as one list of plain branches: one per way to
+    take a branch of each, without those that cannot match."""
+    branches: list[dict[str, Any]] = [{}]
+    for choices in alternatives:
+        joined = (_both(branch, choice) for branch in branches for choice in choices)
+        branches = [branch for branch in joined if branch is not None]
+    return branches
+
+
+def _both(one: Mapping[str, Any], other: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+    """One plain branch with both branches' conditions (``$exists`` false, ``$lte``, ``$gt`` on numbers),
+    or None where no document can match it."""
+    joined = {name: dict(condition) for name, condition in one.items()}
+    for name, condition in other.items():
+        merged = joined.setdefault(name, {})
+        for operator, value in condition.items():
+            tighter = {"$lte": min, "$gt": max}.get(operator)
+            merged[operator] = tighter(merged[operator], value) if tighter and operator in merged else value
+        if merged.get("$exists") is False and len(merged) > 1:
+            return None  # missing, and compared: never
+        if "$lte" in merged and "$gt" in merged and merged["$gt"] >= merged["$lte"]:
+            return None
+    return joined
 
 
 _NEVER = 2**62  # a request no node has: a field that is neither a stored need nor a number

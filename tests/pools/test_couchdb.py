@@ -561,6 +561,61 @@ def test_claims_take_only_tokens_that_fit_chosen_by_the_server(pouchdb: PouchDBS
     assert pool.counts().todo == 1
 
 
+class RecordsFinds(HttpClient):
+    """An HttpClient that keeps the selectors of the _find requests it sends."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=10.0)
+        self.selectors: list[dict[str, Any]] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Response:
+        if url.endswith("/_find"):
+            self.selectors.append(kwargs["json_body"]["selector"])
+        return super().request(method, url, **kwargs)
+
+
+def test_claims_with_a_fit_ask_with_its_selector_only_when_no_token_of_the_window_fits(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    # pouchdb-server reads every todo token for a selector with a condition outside the index (20 times
+    # a plain window's time for 2,000 tokens): a claim asking that each time left a loaded server that
+    # answered no claim of the soak's 8 pilots within their 5 s timeout in 12 minutes.
+    http = RecordsFinds()
+    pool = make_pool(pouchdb, couch_db, http=http)
+    pool.init()
+    pool.add([NewToken(f"big-{i:02d}", {"cores": 4}) for i in range(40)])
+    pool.add([NewToken("one", {"cores": 1})])
+    assert [lease.token.id for lease in pool.claim(1, fit(2, tasks=1))] == ["one"]
+    assert "$and" in http.selectors[-1]  # the shuffled windows of 4-core tokens had none: the selector
+    http.selectors.clear()
+    assert len(pool.claim(2, fit(4, tasks=2))) == 1  # a window of them: one fits in 4 cores
+    assert http.selectors == [todo_selector("")]
+
+
+def test_a_probe_finds_the_one_token_bigger_than_what_is_free_wherever_the_claims_window_is(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    # The whole-node token sorts first; the claims' window, read with one core free, walks past it. The
+    # probe asks the server for tokens that fit the node but not one core, so it finds the one there is
+    # (it found it only when the claims' window happened to start at it: a whole-node token starved).
+    pool = make_pool(pouchdb, couch_db)
+    pool.init()
+    pool.add(
+        [NewToken("a-whole", {"cores": 4}), *(NewToken(f"one-{i:03d}", {"cores": 1}) for i in range(60))]
+    )
+    pool.add([NewToken("b-gpu", {"gpus": 1})])  # bigger than what is free too, but not what this node has
+    one_free = fit(1, tasks=1)
+    assert pool.claim(1, one_free)[0].token.id.startswith("one-")
+    window = list(pool.candidates)
+    assert window and all(doc["_id"].startswith("one-") for doc in window)
+    probe = Fit(4, 0, None, Request(), 1, largest_first=True, beyond=one_free)
+    assert [lease.token.id for lease in pool.claim(1, probe)] == ["a-whole"]
+    assert pool.candidates == window  # the claims' window is left as it was, for the claims
+    assert pool.claim(1, probe) == []  # none left: no window of one-core tokens taken instead
+    found = pool._find(fit_selector(todo_selector(""), probe), TODO_INDEX, 50)
+    assert found == []  # the server filtered them all: nothing fits the node beyond one core now
+
+
 def test_a_token_with_a_wrong_request_is_refused_naming_the_field_couchdb(
     pouchdb: PouchDBServer, couch_db: str
 ) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from agent.pools import picas
 from agent.pools.couchdb import BACKOFF_MAX, conflict_backoff, lease_scan_interval, window_size
+from agent.resources import Fit, Request
 from agent.token import Attempt, Outcome, Report, Result, State
 
 NOW = 1_800_000_000.0
@@ -153,3 +155,46 @@ def test_windows_and_lease_scans_scale_within_bounds() -> None:
     assert lease_scan_interval(600) == 60
     assert lease_scan_interval(8) == 2
     assert lease_scan_interval(1) == 1
+
+
+def _matches(branch: dict[str, Any], doc: dict[str, Any]) -> bool:
+    """A plain Mango branch (``$lte``, ``$gt`` on numbers, ``$exists`` false) against a document."""
+    for path, condition in branch.items():
+        value: Any = doc
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        for operator, limit in condition.items():
+            if operator == "$exists" and (value is not None) != limit:
+                return False
+            if operator in ("$lte", "$gt") and not isinstance(value, int):
+                return False  # strings collate above numbers: never $lte here; $gt is joined with a $lte
+            if (operator == "$lte" and value > limit) or (operator == "$gt" and value <= limit):
+                return False
+    return True
+
+
+def test_a_probe_selector_takes_exactly_the_tokens_bigger_than_what_is_free_that_fit_the_node() -> None:
+    # pouchdb-server merges the $or's of an $and pairwise and drops every pair that names one field twice:
+    # a probe written as the fit's $or's plus an $or for "bigger than what is free" matched no token
+    # bigger in cores, and a whole-node token was found only by a window that happened to hold it.
+    default = Request(cores=1, max_cores=1, gpus=0, memory=0)
+    free = Fit(cores=1, gpus=0, memory=4, default=default)
+    probe = Fit(cores=4, gpus=1, memory=8, default=default, tasks=1, largest_first=True, beyond=free)
+    todo, *conditions = picas.fit_selector(picas.todo_selector(""), probe)["$and"]
+    assert (
+        todo == picas.todo_selector("") and len(conditions) == 1
+    )  # one $or: nothing for the server to merge
+    branches = conditions[0]["$or"]
+    assert all(not name.startswith("$") for branch in branches for name in branch)  # plain branches
+    rng = random.Random(3)
+    sizes = {"cores": [None, 1, 2, 4, 5, "4"], "gpus": [None, 0, 1, 2], "memory": [None, 0, 4, 8, 9]}
+    for _ in range(500):
+        fields = {name: rng.choice(values) for name, values in sizes.items()}
+        doc = {name: value for name, value in fields.items() if value is not None}
+        if rng.random() < 0.5:  # added by pilot.pyz: the numbers under pilot.needs
+            needs = {k: v for k, v in doc.items() if isinstance(v, int)}
+            doc["pilot"] = {"needs": needs} if needs else {}
+        wanted = probe.admits(picas.needs_of(doc))
+        assert any(_matches(branch, doc) for branch in branches) == wanted, doc
+    nothing = picas.fit_selector({}, replace(probe, beyond=replace(free, cores=4, gpus=1, memory=8)))
+    assert nothing["$and"][1] == {"_id": {"$lt": ""}}  # nothing can be bigger than a whole node
