@@ -16,7 +16,6 @@ still holds our lease, our result is merged onto it and saved, else the newer at
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -30,7 +29,7 @@ from urllib.parse import quote, urlencode
 
 from agent import dependencies
 from agent.config import ServerConfig
-from agent.errors import PoolError, ServerBusy, ServerUnreachable, TokenError
+from agent.errors import ClaimUnreachable, PoolError, ServerBusy, ServerUnreachable, TokenError
 from agent.http import HttpClient, Response, retry_after
 from agent.identity import Identity
 from agent.pools import picas
@@ -666,11 +665,13 @@ class CouchDBPool(Pool):
         leases, conflicts = self._leases(pending, results[1 + len(children) :], now)
         self._tally(len(leases), conflicts)
         if len(leases) < n:  # others took them first: go on as claim() does, past conflicts
-            # If the server went away just now, the report is in; the pilot's next claim finds out.
-            with contextlib.suppress(ServerUnreachable):
-                left = fit_left(fit, leases)
-                if left is None or not left.spent:
+            left = fit_left(fit, leases)
+            if left is None or not left.spent:
+                try:
                     leases += self.claim(n - len(leases), left)
+                except ServerUnreachable as err:
+                    if not leases:  # no leases would read as an empty pool: say the server went away
+                        raise ClaimUnreachable(err, saved) from err
         return saved, leases
 
     def report(self, lease: Lease, report: Report) -> Saved:
