@@ -683,9 +683,10 @@ class CouchDBPool(Pool):
         children = self._children(report, self.clock())
         for _ in range(WRITE_ROUNDS):
             new = picas.reported(doc, lease.lease_id, index, report, self.clock())
-            results = self._bulk([new, *children], f"reporting token {token_id!r}", retry=True)
+            sent = [] if picas.is_cancelled(new) else children  # a cancelled token gets no children
+            results = self._bulk([new, *sent], f"reporting token {token_id!r}", retry=True)
             if "rev" in results[0]:
-                self._settle_dependents(new, report.state)
+                self._after_report(new, report.state, children)
                 return Saved.SAVED
             current = self._get_doc(token_id)
             if current is None:
@@ -693,12 +694,35 @@ class CouchDBPool(Pool):
             if picas.ours(current).get("reported") == lease.lease_id:
                 # An earlier try was saved and its answer lost (or this is a replay from the journal):
                 # the release of its dependents may not have happened yet; it does no harm twice.
-                self._settle_dependents(current, report.state)
+                self._after_report(current, report.state, children)
                 return Saved.SAVED
             if picas.lease_id_of(current) != lease.lease_id:
                 return Saved.CONFLICT
-            doc = current  # someone edited the token while it was ours: merge our result and save again
+            # Someone edited the token while it was ours: merge our result and save again. A cancel
+            # keeps our lease (so our renewal can tell it from a loss) and wins: `reported` keeps it.
+            doc = current
         raise TokenError(token_id, f"the report kept meeting conflicting writes in {self.where}")
+
+    def _after_report(
+        self, doc: Mapping[str, Any], state: State, children: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Once a report is saved: its dependents released or failed. A token cancelled while its task ran
+        had them failed by the cancel, and keeps none of the children the task wrote: a try of the report
+        made before it met the cancel wrote them (``_bulk_docs`` is no transaction); they go again."""
+        if not picas.is_cancelled(doc):
+            self._settle_dependents(doc, state)
+        elif children:
+            self._drop_children([child["_id"] for child in children])
+
+    def _drop_children(self, ids: Sequence[str]) -> None:
+        """Delete these children of a cancelled token where no pilot claimed them yet."""
+        unclaimed = [
+            {"_id": doc["_id"], "_rev": doc["_rev"], "_deleted": True}
+            for doc in self._fetch(ids).values()
+            if picas.state_of(doc) in (State.TODO, State.WAITING) and not picas.attempts_of(doc)
+        ]
+        if unclaimed:  # a delete that meets a claim (a conflict) leaves that child be
+            self._bulk(unclaimed, "removing the children of a cancelled token", retry=True)
 
     # -- dependencies ------------------------------------------------------------------------------
 

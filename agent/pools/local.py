@@ -164,14 +164,12 @@ _REPORT_SET = (
     "exit_code = ?, reason = {reason}, stdout_tail = ?, stderr_tail = ?, updated = ? "
     "WHERE id = ? AND lease_id = ?"
 )
-_REPORT_DONE = _REPORT_SET.format(state="?", reason="?")
 # A token cancelled while it ran keeps its lease id (see cancel): a report that beats its pilot's stop is
-# saved with its attempt, but unless the task succeeded the token stays cancelled, never back to todo.
-_CANCELLED_NOW = f"state = 'error' AND reason = '{CANCELLED}'"
-_REPORT = _REPORT_SET.format(
-    state=f"CASE WHEN {_CANCELLED_NOW} THEN 'error' ELSE ? END",
-    reason=f"CASE WHEN {_CANCELLED_NOW} THEN reason ELSE ? END",
-)
+# saved with its attempt, but the token stays cancelled, never back to todo nor done (the cancel failed
+# its dependents already, and a cancelled token adds no children). One statement for the usual report,
+# a second only when it met a cancel.
+_REPORT = _REPORT_SET.format(state="?", reason="?") + f" AND NOT (state = 'error' AND reason = '{CANCELLED}')"
+_REPORT_CANCELLED = _REPORT_SET.format(state="state", reason="reason")
 
 
 class LocalPool(Pool):
@@ -570,23 +568,22 @@ class LocalPool(Pool):
         attempts = list(lease.token.attempts)
         attempts[-1] = close_attempt(attempts[-1], report.result)
         result = report.result
-        cursor = db.execute(
-            _REPORT_DONE if report.state is State.DONE else _REPORT,
-            (
-                report.state.value,
-                _dumps([a.to_json() for a in attempts]),
-                report.failures,
-                result.exit_code,
-                result.reason,
-                result.stdout_tail,
-                result.stderr_tail,
-                self.clock(),
-                lease.token.id,
-                lease.lease_id,
-            ),
-        )
-        if cursor.rowcount != 1:
-            return Saved.CONFLICT
+        values = [
+            report.state.value,
+            _dumps([a.to_json() for a in attempts]),
+            report.failures,
+            result.exit_code,
+            result.reason,
+            result.stdout_tail,
+            result.stderr_tail,
+            self.clock(),
+            lease.token.id,
+            lease.lease_id,
+        ]
+        if db.execute(_REPORT, values).rowcount != 1:
+            del values[4], values[0]  # the state and reason stay the cancel's
+            cancelled = db.execute(_REPORT_CANCELLED, values).rowcount == 1
+            return Saved.SAVED if cancelled else Saved.CONFLICT
         if report.state is State.DONE:
             self._release_dependents(db, lease.token.id)
             if report.children:

@@ -572,7 +572,8 @@ def reported(
 
     done: ``done`` set, ``exit_code`` 0. error: ``done`` set, a non-zero ``exit_code`` and an entry in
     ``error``, as picas does. Back to todo: ``lock`` and ``done`` 0, ``scrub_count`` up by one, as a picas
-    scrub. The logs go on as attachments either way.
+    scrub. The logs go on as attachments either way. A token cancelled while the task ran stays
+    cancelled (see ``_still_cancelled``).
     """
     result = report.result
     attempts = attempts_of(doc)
@@ -586,6 +587,8 @@ def reported(
         attempts=[a.to_json() for a in attempts],
     )
     with_logs(new, result.stdout_tail, result.stderr_tail)
+    if is_cancelled(doc):
+        return _still_cancelled(new, report, now)
     if report.state is State.DONE:
         new.update({"done": _epoch(now), "exit_code": 0})
         return new
@@ -598,6 +601,20 @@ def reported(
             new["lock"] = _epoch(now)
         return new
     return _scrubbed(new, drop_logs=False)
+
+
+def _still_cancelled(new: dict[str, Any], report: Report, now: float) -> dict[str, Any]:
+    """A report that reached a token cancelled while it ran (the task ended before its pilot's renewal
+    learnt of the cancel): the attempt is closed as it ended, but the token stays in error as cancelled,
+    even after a success, never back to todo. A charged failure's entry goes before the cancel's, which
+    stays last: the reason the views show."""
+    result = report.result
+    if report.state is not State.DONE:
+        new["exit_code"] = picas_exit_code(result.exit_code, result.signal)
+    errors = new.get("error") if isinstance(new.get("error"), list) else []
+    if result.outcome.charged and errors:
+        new["error"] = [*errors[:-1], {"time": _epoch(now), "message": result.reason}, errors[-1]]
+    return new
 
 
 def _scrubbed(doc: dict[str, Any], *, drop_logs: bool) -> dict[str, Any]:

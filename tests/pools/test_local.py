@@ -271,10 +271,10 @@ def test_a_pool_made_before_resource_requests_is_migrated_in_place(tmp_path: Pat
     assert columns[-3:] == ["need_cores", "need_gpus", "need_memory"]
 
 
-def test_a_report_that_beats_the_cancel_keeps_the_token_cancelled_unless_it_succeeded(tmp_path: Path) -> None:
+def test_a_report_that_beats_the_pilots_stop_keeps_the_token_cancelled(tmp_path: Path) -> None:
     """Cancel keeps a running token's lease (its pilot learns at the renewal); a failure with attempts
     left reported before the pilot stopped the task is saved, but the token stays cancelled instead of
-    going back to todo to run again (the soak found it). A success that beat the cancel stays done."""
+    going back to todo to run again (the soak found it). So does a success: the cancel came first."""
     clock = Clock()
     with pool_for(tmp_path / "p.db", "pilot-a", clock) as pool:
         pool.add([NewToken("failing", {}), NewToken("finishing", {})])
@@ -288,4 +288,5 @@ def test_a_report_that_beats_the_cancel_keeps_the_token_cancelled_unless_it_succ
         assert token.attempts[-1].outcome == "failed"  # the attempt as it ended
         assert pool.claim(2) == []
         assert pool.report(finishing, make_report(finishing.token, result(Outcome.DONE), 3)) is Saved.SAVED
-        assert pool.get("finishing").state is State.DONE
+        token = pool.get("finishing")
+        assert (token.state, token.reason, token.attempts[-1].outcome) == (State.ERROR, "cancelled", "done")
