@@ -616,12 +616,22 @@ class Pilot:
 
     def _cancelled(self, lease: Lease) -> None:
         """`tokens cancel` took a token we hold: stop its task (TERM, grace, KILL) and report the attempt
-        as cancelled. A failure held back for the breaker is reported as cancelled at once."""
+        as cancelled. A failure held back for the breaker, or a token held until it fits, is reported as
+        cancelled at once."""
         extra = {"token": lease.token.id}
         suspect = self.suspects.pop(lease.token.id, None)
         if suspect is not None:
             cancelled = replace(suspect.result, outcome=Outcome.CANCELLED, reason=Outcome.CANCELLED.value)
             self._deliver(suspect.lease, cancelled, suspect.folder)
+            return
+        held = self.book.held
+        if held is not None and held.item.token.id == lease.token.id:  # claimed, waiting for room
+            self.book.drop_held()
+            log.warning("cancelled by `pilot.pyz tokens cancel` while it waited for room", extra=extra)
+            folder = self.tasks.folder_for(lease.token.id, len(lease.token.attempts))
+            self._deliver(
+                lease, Result(Outcome.CANCELLED, Outcome.CANCELLED.value, None, self.wallclock()), folder
+            )
             return
         log.warning("cancelled by `pilot.pyz tokens cancel`: stopping its task", extra=extra)
         self.running[lease.token.id].payload.terminate(Stop(Outcome.CANCELLED, Outcome.CANCELLED.value))

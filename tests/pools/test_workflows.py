@@ -263,6 +263,40 @@ def test_cancel_stops_a_running_token_within_a_third_of_the_lease_and_the_pilot_
     assert site.status() == {"todo": 1, "locked": 0, "done": 1, "error": 0, "waiting": 2, "total": 4}
 
 
+def test_cancel_of_a_token_held_until_it_fits_reports_it_cancelled_and_the_pilot_goes_on(
+    site: Site, configure: Configure, reaper: list
+) -> None:
+    """A token claimed while a smaller task runs waits for room (held, its lease renewed): cancelled
+    then, its pilot's renewal says so and the pilot reports it cancelled; it had no task to stop."""
+    gate = site.folder / "gate"
+    script = 'while [ ! -e "$1" ]; do sleep 0.1; done'
+    configure(
+        ["/bin/sh", "-c", script, "task", str(gate)],
+        server={"lease": "3s"},
+        pilot={"cores": 2, "bind": False, "slots": 2},
+    )
+    site.add_tokens([{"id": "small", "cores": 1}])
+    pilot = site.start(log_name="pilot.log")
+    reaper.append(pilot)
+    log = site.folder / "pilot.log"
+    wait_for(lambda: "token=small INFO started" in log.read_text(), 60, what="small to start")
+    site.add_tokens([{"id": "big", "cores": 2}])  # claimed by the pilot's next look: held
+    wait_for(lambda: "token=big INFO held until it fits" in log.read_text(), 60, what="big to be held")
+    assert site.run("tokens", "cancel", "big").stdout.startswith("1 token(s) cancelled in ")
+    wait_for(lambda: "while it waited for room" in log.read_text(), 10, what="the renewal to see it")
+    gate.touch()
+    assert pilot.wait(timeout=60) == 0, log.read_text()[-3000:]
+    big = site.token("big")
+    assert (big["state"], big["reason"], [a["outcome"] for a in big["attempts"]]) == (
+        "error",
+        "cancelled",
+        ["cancelled"],
+    )
+    assert big["attempts"][0]["started"] is None
+    assert site.token("small")["state"] == "done"
+    assert "1 done, 0 failed, 0 given back, 1 cancelled" in log.read_text()
+
+
 def test_cancel_all_todo_and_the_bad_requests(site: Site, configure: Configure) -> None:
     configure(["true"])
     site.add_tokens([{"id": "a"}, {"id": "b"}, {"id": "c", "after": ["a"]}])
