@@ -64,13 +64,16 @@ class Tasks:
         most ``kill_leftovers_after`` from now."""
         done = []
         for token_id, running in list(self.running.items()):
-            running.payload.tick(now)
-            if running.payload.poll():
-                del self.running[token_id]
-                done.append((running, running.payload.finish(log_tail, wallclock)))
-                self.unswept[running.payload.cookie] = token_id
-                if self.sweep_due is None:
-                    self.sweep_due = now + self.kill_leftovers_after
+            # Reaped first: a task that exited by itself is reported with its own exit status, even when
+            # the pilot looks only after its deadline (stopped by SIGSTOP, or slow to be scheduled).
+            if not running.payload.poll():
+                running.payload.tick(now)
+                continue
+            del self.running[token_id]
+            done.append((running, running.payload.finish(log_tail, wallclock)))
+            self.unswept[running.payload.cookie] = token_id
+            if self.sweep_due is None:
+                self.sweep_due = now + self.kill_leftovers_after
         return done
 
     def sweep(self, now: float, *, final: bool = False) -> None:

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import REPO, Site, a_node_dies_mid_task, alive, local_config, pool_rows, wait_for
@@ -79,6 +80,36 @@ def test_timeouts_missing_commands_and_failures_are_errors_and_the_pilot_goes_on
     assert rows["failing"]["state"] == "error" and rows["failing"]["exit_code"] == 1
     assert rows["no-field"]["state"] == "error" and "has no field 'arg'" in rows["no-field"]["reason"]
     assert "pool empty" in result.stderr
+
+
+def test_a_pilot_stopped_past_its_tasks_deadline_reports_what_they_exited_with(
+    site: Site, reaper: list
+) -> None:
+    """SIGSTOP the pilot while its task runs, let the task exit in time, wake the pilot after the task's
+    deadline: the task is done with its exit code, not timed out (the pilot reaps before it applies
+    deadlines; the soak's freezes found it the other way round)."""
+    script = 'touch "$1/started"; while [ ! -e "$1/gate" ]; do sleep 0.05; done'
+    site.write(
+        local_config(
+            site.folder,
+            ["/bin/sh", "-c", script, "task", str(site.folder)],
+            task={"timeout": "2s"},
+            pilot={"slots": 1},
+        )
+    )
+    site.add_tokens([{"id": "quick"}])
+    pilot = site.start(log_name="pilot.log")
+    reaper.append(pilot)
+    wait_for((site.folder / "started").exists, 60, what="the task to start")
+    os.kill(pilot.pid, signal.SIGSTOP)
+    try:
+        (site.folder / "gate").touch()  # the task exits now, well within its 2 s
+        time.sleep(3)  # the pilot sleeps through the deadline
+    finally:
+        os.kill(pilot.pid, signal.SIGCONT)
+    assert pilot.wait(timeout=60) == 0, (site.folder / "pilot.log").read_text()[-3000:]
+    (row,) = pool_rows(site.folder / "pool.db")
+    assert (row["state"], row["exit_code"], [a["outcome"] for a in row["attempts"]]) == ("done", 0, ["done"])
 
 
 NASTY_LINES = [
