@@ -366,7 +366,11 @@ class CouchDBPool(Pool):
         leases, _ = self._leases(pending, self._after_lost_answer(pending), now)
         if not leases:
             return []
-        kept = self.renew(leases).renewed
+        renewal = self.renew(leases)
+        for lease in renewal.cancelled:  # cancelled meanwhile, never started: its attempt is closed
+            result = Result(Outcome.CANCELLED, Outcome.CANCELLED.value, None, now)
+            self.report(lease, Report(result, State.ERROR, lease.token.failures))
+        kept = renewal.renewed
         for lease in kept[n:]:
             result = Result(Outcome.INTERRUPTED, "not started: claimed while the server went away", None, now)
             self.report(lease, Report(result, State.TODO, lease.token.failures))
@@ -539,7 +543,8 @@ class CouchDBPool(Pool):
         return pending
 
     def _after_lost_answer(self, pending: Sequence[_Claim]) -> list[dict[str, Any]]:
-        """The claim may have reached the server before its answer was lost: keep what is ours. When the
+        """The claim may have reached the server before its answer was lost: keep what is ours, as it is
+        now (``doc``: a cancel, or any edit since our write, is kept by what we write next). When the
         server is away, remember the claims and settle them at the first claim after it is back."""
         try:
             current = self._fetch([new["_id"] for new, _, _, _ in pending])
@@ -547,7 +552,7 @@ class CouchDBPool(Pool):
             self.uncertain.extend(pending)
             raise
         return [
-            {"id": new["_id"], "rev": current[new["_id"]]["_rev"]}
+            {"id": new["_id"], "rev": current[new["_id"]]["_rev"], "doc": current[new["_id"]]}
             if picas.lease_id_of(current.get(new["_id"], {})) == lease_id
             else {"id": new["_id"], "error": "conflict"}
             for new, _, _, lease_id in pending
@@ -566,7 +571,13 @@ class CouchDBPool(Pool):
             if len(attempts) > 1 and attempts[-2].outcome == Outcome.LEASE_EXPIRED.value:
                 log.info("claimed again: the lease of its last pilot expired", extra={"token": new["_id"]})
             token = replace(picas.to_token(new), attempts=tuple(attempts))
-            leases.append(Lease(token=token, lease_id=lease_id, expires=expires, attempt=attempt, handle=new))
+            handle = result.get("doc", new)  # what the server holds, where our write was only found
+            lease = Lease(token=token, lease_id=lease_id, expires=expires, attempt=attempt, handle=handle)
+            if picas.is_cancelled(handle):  # cancelled since our lost answer: never started, closed here
+                stopped = Result(Outcome.CANCELLED, Outcome.CANCELLED.value, None, now)
+                self.report(lease, Report(stopped, State.ERROR, token.failures))
+                continue
+            leases.append(lease)
         return leases, conflicts
 
     # -- renew and report --------------------------------------------------------------------------

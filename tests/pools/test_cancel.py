@@ -13,6 +13,7 @@ from typing import Any, Callable
 import pytest
 from servers.pouchdb import PouchDBServer
 
+from agent.errors import ServerUnreachable
 from agent.http import HttpClient, Response
 from agent.identity import Identity
 from agent.pools import NewToken, Pool, Saved
@@ -168,3 +169,70 @@ def test_couchdb_a_cancel_that_lands_while_the_report_and_claim_is_in_flight_win
     assert [lease.token.id for lease in claimed] == ["later"]
     assert docs["later"]["pilot"]["lease"]["id"] == claimed[0].lease_id
     assert docs["parent"]["error"][-1]["message"] == "cancelled"
+
+
+class LosesClaimAndLookUp(HttpClient):
+    """The claim's ``_bulk_docs`` reaches the server, then the server is away: its answer is lost, and so
+    is the look-up of what it wrote. The claim is settled at the next claim."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=10.0)
+        self.away = 0
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Response:
+        response = super().request(method, url, **kwargs)
+        if self.away and url.split("?", maxsplit=1)[0].endswith(("/_bulk_docs", "/_all_docs")):
+            self.away -= 1
+            raise ServerUnreachable(url, "connection reset")
+        return response
+
+
+def test_couchdb_a_claim_settled_after_an_outage_closes_the_attempt_of_a_token_cancelled_meanwhile(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    http = LosesClaimAndLookUp()
+    pool = make_pool(pouchdb, couch_db, clock=Clock(), http=http)
+    pool.init()
+    pool.add([token("gone"), token("kept")])
+    http.away = 2
+    with pytest.raises(ServerUnreachable):
+        pool.claim(2)
+    assert len(pool.uncertain) == 2
+    assert make_pool(pouchdb, couch_db, "admin", clock=Clock()).cancel(["gone"], all_todo=False) == 1
+    assert [lease.token.id for lease in pool.claim(2)] == ["kept"]
+    assert_cancelled(pool, "gone", "cancelled")
+
+
+class CancelAfterClaim(HttpClient):
+    """The claim's ``_bulk_docs`` reaches the server, the admin cancels a token it locked, and only then
+    is the claim's answer lost: the look-up that follows finds our lease on a cancelled token."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=10.0)
+        self.cancel: Callable[[], int] = lambda: 0
+        self.armed = False
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Response:
+        response = super().request(method, url, **kwargs)
+        if self.armed and url.endswith("/_bulk_docs"):
+            self.armed = False
+            assert self.cancel() == 1
+            raise ServerUnreachable(url, "connection reset")
+        return response
+
+
+def test_couchdb_a_claim_whose_answer_was_lost_never_overwrites_a_cancel_that_came_meanwhile(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    """The lease found after a lost answer was written on what the server holds now, not on our claim's
+    document at the server's revision: that renewal overwrote the cancel, and the task ran to its end."""
+    http = CancelAfterClaim()
+    pool = make_pool(pouchdb, couch_db, clock=Clock(), http=http)
+    pool.init()
+    admin = make_pool(pouchdb, couch_db, "admin", clock=Clock())
+    http.cancel = lambda: admin.cancel(["gone"], all_todo=False)
+    pool.add([token("gone")])
+    http.armed = True
+    assert pool.claim(1) == []  # cancelled before the claim was known to be ours: closed, not handed out
+    assert_cancelled(pool, "gone", "cancelled")
+    assert pool.get("gone").attempts[-1].started is None
