@@ -276,7 +276,10 @@ def needs_of(doc: Mapping[str, Any]) -> dict[str, int]:
 
 
 def expired_selector(now: float) -> dict[str, Any]:
-    return {"pilot.lease.expires": {"$lt": now}}
+    """Tokens whose lease ran out, not ended: a token cancelled while it ran keeps its lease (for its
+    pilot's renewal), and keeps it for good when that pilot is dead; such tokens, oldest first in the
+    index, would fill every window of the scan and hide the tokens of dead pilots."""
+    return {"pilot.lease.expires": {"$lt": now}, "done": 0}
 
 
 def monitor_views() -> dict[str, dict[str, str]]:

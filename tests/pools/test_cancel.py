@@ -236,3 +236,27 @@ def test_couchdb_a_claim_whose_answer_was_lost_never_overwrites_a_cancel_that_ca
     assert pool.claim(1) == []  # cancelled before the claim was known to be ours: closed, not handed out
     assert_cancelled(pool, "gone", "cancelled")
     assert pool.get("gone").attempts[-1].started is None
+
+
+def test_couchdb_tokens_cancelled_under_a_pilot_that_died_never_hide_expired_leases(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    """A running token cancelled keeps its lease for its pilot's renewal; when that pilot is dead, the
+    lease stays on the cancelled token for good. Claims look for expired leases a window at a time,
+    oldest first: such tokens, 20 of them, must not fill the window and hide a dead pilot's token."""
+    clock = Clock()
+    dead = make_pool(pouchdb, couch_db, "dead", clock=clock)
+    dead.init()
+    dead.add([token(f"c{i:02d}") for i in range(20)])
+    assert len(dead.claim(20)) == 20
+    admin = make_pool(pouchdb, couch_db, "admin", clock=clock)
+    assert admin.cancel([f"c{i:02d}" for i in range(20)], all_todo=False) == 20
+    clock.now += 1
+    admin.add([token("lost")])
+    assert [lease.token.id for lease in make_pool(pouchdb, couch_db, "gone", clock=clock).claim(1)] == [
+        "lost"
+    ]
+    clock.now += 60  # every lease ran out; the pilots that held them are gone
+    (lease,) = make_pool(pouchdb, couch_db, "pilot-c", clock=clock).claim(1)
+    assert lease.token.id == "lost"
+    assert [a.outcome for a in lease.token.attempts] == ["lease-expired", None]
