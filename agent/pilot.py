@@ -550,6 +550,13 @@ class Pilot:
                 result.reason,
                 extra=extra,
             )
+        elif saved is Saved.CANCELLED and result.outcome is not Outcome.CANCELLED:
+            self.tally.cancelled += 1
+            log.warning(
+                "cancelled while it ran; the task ended first (%s), the token stays cancelled",
+                result.reason,
+                extra=extra,
+            )
         elif report.state is State.DONE:
             self.tally.done += 1
             if log.isEnabledFor(logging.INFO):

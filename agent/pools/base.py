@@ -59,6 +59,7 @@ class Counts:
 class Saved(enum.Enum):
     SAVED = "saved"
     CONFLICT = "conflict"  # the lease had moved on: the newer attempt was kept, ours only logged
+    CANCELLED = "cancelled"  # saved, but the token was cancelled while the task ran: it stays cancelled
 
 
 @dataclass(frozen=True)

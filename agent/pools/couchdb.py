@@ -697,16 +697,14 @@ class CouchDBPool(Pool):
             sent = [] if picas.is_cancelled(new) else children  # a cancelled token gets no children
             results = self._bulk([new, *sent], f"reporting token {token_id!r}", retry=True)
             if "rev" in results[0]:
-                self._after_report(new, report.state, children)
-                return Saved.SAVED
+                return self._after_report(new, report.state, children)
             current = self._get_doc(token_id)
             if current is None:
                 return Saved.CONFLICT
             if picas.ours(current).get("reported") == lease.lease_id:
                 # An earlier try was saved and its answer lost (or this is a replay from the journal):
                 # the release of its dependents may not have happened yet; it does no harm twice.
-                self._after_report(current, report.state, children)
-                return Saved.SAVED
+                return self._after_report(current, report.state, children)
             if picas.lease_id_of(current) != lease.lease_id:
                 return Saved.CONFLICT
             # Someone edited the token while it was ours: merge our result and save again. A cancel
@@ -716,14 +714,17 @@ class CouchDBPool(Pool):
 
     def _after_report(
         self, doc: Mapping[str, Any], state: State, children: Sequence[Mapping[str, Any]]
-    ) -> None:
+    ) -> Saved:
         """Once a report is saved: its dependents released or failed. A token cancelled while its task ran
         had them failed by the cancel, and keeps none of the children the task wrote: a try of the report
-        made before it met the cancel wrote them (``_bulk_docs`` is no transaction); they go again."""
+        made before it met the cancel wrote them (``_bulk_docs`` is no transaction); they go again.
+        Returns CANCELLED for such a token, else SAVED."""
         if not picas.is_cancelled(doc):
             self._settle_dependents(doc, state)
-        elif children:
+            return Saved.SAVED
+        if children:
             self._drop_children([child["_id"] for child in children])
+        return Saved.CANCELLED
 
     def _drop_children(self, ids: Sequence[str]) -> None:
         """Delete these children of a cancelled token where no pilot claimed them yet."""

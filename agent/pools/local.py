@@ -583,7 +583,7 @@ class LocalPool(Pool):
         if db.execute(_REPORT, values).rowcount != 1:
             del values[4], values[0]  # the state and reason stay the cancel's
             cancelled = db.execute(_REPORT_CANCELLED, values).rowcount == 1
-            return Saved.SAVED if cancelled else Saved.CONFLICT
+            return Saved.CANCELLED if cancelled else Saved.CONFLICT
         if report.state is State.DONE:
             self._release_dependents(db, lease.token.id)
             if report.children:

@@ -80,7 +80,7 @@ def test_a_report_that_meets_the_cancel_never_undoes_it(
     assert admin.cancel(["run"], all_todo=False) == 1
     report = make_report(lease.token, ended(outcome, code), max_attempts)
     report = Report(report.result, report.state, report.failures, children=(token("run.1"),))
-    assert pool.report(lease, report) is Saved.SAVED
+    assert pool.report(lease, report) is Saved.CANCELLED
     assert_cancelled(pool, "run", recorded)  # the attempt as it ended, the token as the cancel left it
     assert pool.get("next").reason == "dependency run failed"  # not released by a late success
     assert pool.claim(5) == []  # nothing back to todo, no child added
@@ -101,7 +101,7 @@ def test_a_cancel_between_a_report_and_claim_and_the_first_renewal_is_seen_by_th
     renewal = pool.renew([second])
     assert (renewal.renewed, renewal.lost, renewal.cancelled) == ([], [], [second])
     stopped = Result(Outcome.CANCELLED, "cancelled", 1.0, 2.0, None, 15)
-    assert pool.report(second, make_report(second.token, stopped, 3)) is Saved.SAVED
+    assert pool.report(second, make_report(second.token, stopped, 3)) is Saved.CANCELLED
     assert_cancelled(pool, second.token.id, "cancelled")
 
 
@@ -162,7 +162,7 @@ def test_couchdb_a_cancel_that_lands_while_the_report_and_claim_is_in_flight_win
     report = Report(report.result, report.state, report.failures, children=children)
     pool.add([token("later")])
     saved, claimed = pool.report_and_claim(lease, report, 1)
-    assert (saved, http.cancelled) == (Saved.SAVED, 1)
+    assert (saved, http.cancelled) == (Saved.CANCELLED, 1)
     assert_cancelled(pool, "parent", "done")
     docs = pouchdb.docs(couch_db)
     assert "parent.1" not in docs and "parent.2" not in docs

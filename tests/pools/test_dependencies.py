@@ -161,7 +161,7 @@ def test_cancel_moves_todo_waiting_and_running_tokens_to_error_and_the_renewal_s
         ["run"],
     )
     stopped = Result(Outcome.CANCELLED, "cancelled", 1.0, 2.0, None, 15)
-    assert pool.report(leases["run"], make_report(leases["run"].token, stopped, 1)) is Saved.SAVED
+    assert pool.report(leases["run"], make_report(leases["run"].token, stopped, 1)) is Saved.CANCELLED
     run = pool.get("run")
     assert (run.state, run.reason, run.attempts[-1].outcome, run.failures) == (
         State.ERROR,

@@ -282,11 +282,13 @@ def test_a_report_that_beats_the_pilots_stop_keeps_the_token_cancelled(tmp_path:
         assert pool.cancel(["failing", "finishing"], all_todo=False) == 2
         report = make_report(failing.token, result(Outcome.FAILED, 1), 3)
         assert report.state is State.TODO  # attempts left: a retry, were it not cancelled
-        assert pool.report(failing, report) is Saved.SAVED
+        assert pool.report(failing, report) is Saved.CANCELLED
         token = pool.get("failing")
         assert (token.state, token.reason) == (State.ERROR, "cancelled")
         assert token.attempts[-1].outcome == "failed"  # the attempt as it ended
         assert pool.claim(2) == []
-        assert pool.report(finishing, make_report(finishing.token, result(Outcome.DONE), 3)) is Saved.SAVED
+        assert (
+            pool.report(finishing, make_report(finishing.token, result(Outcome.DONE), 3)) is Saved.CANCELLED
+        )
         token = pool.get("finishing")
         assert (token.state, token.reason, token.attempts[-1].outcome) == (State.ERROR, "cancelled", "done")

@@ -263,6 +263,34 @@ def test_cancel_stops_a_running_token_within_a_third_of_the_lease_and_the_pilot_
     assert site.status() == {"todo": 1, "locked": 0, "done": 1, "error": 0, "waiting": 2, "total": 4}
 
 
+def test_a_task_that_ends_before_its_pilot_learns_of_the_cancel_leaves_the_token_cancelled(
+    site: Site, configure: Configure, reaper: list
+) -> None:
+    """The soak's race: the cancel lands, the task succeeds (and writes a child) before the renewal that
+    would stop it (lease 30s: the next renewal is 10 s away), its report meets the cancel. The token stays
+    cancelled, with the attempt as it ended; the child is not added; the pilot says what happened."""
+    gate = site.folder / "gate"
+    script = 'touch "$1.started"; while [ ! -e "$1" ]; do sleep 0.05; done; echo "{{}}" > "$PILOT_NEW_TOKENS"'
+    configure(["/bin/sh", "-c", script, "task", str(gate)], server={"lease": "30s"})
+    site.add_tokens([{"id": "racing"}])
+    pilot = site.start(log_name="pilot.log")
+    reaper.append(pilot)
+    wait_for(Path(f"{gate}.started").exists, 60, what="the task to start")
+    assert site.run("tokens", "cancel", "racing").returncode == 0
+    gate.touch()
+    assert pilot.wait(timeout=60) == 0, (site.folder / "pilot.log").read_text()[-3000:]
+    racing = site.token("racing")
+    assert (racing["state"], racing["reason"], [a["outcome"] for a in racing["attempts"]]) == (
+        "error",
+        "cancelled",
+        ["done"],
+    )
+    assert site.status()["total"] == 1  # no child
+    log = (site.folder / "pilot.log").read_text()
+    assert "cancelled while it ran; the task ended first (exit code 0), the token stays cancelled" in log
+    assert "0 done, 0 failed, 0 given back, 1 cancelled" in log
+
+
 def test_cancel_of_a_token_held_until_it_fits_reports_it_cancelled_and_the_pilot_goes_on(
     site: Site, configure: Configure, reaper: list
 ) -> None:
