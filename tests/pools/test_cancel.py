@@ -21,7 +21,7 @@ from agent.pools.couchdb import CouchDBPool
 from agent.pools.local import LocalPool
 from agent.token import Outcome, Report, Result, State, make_report
 
-from .test_couchdb import Clock, make_pool
+from .test_couchdb import Clock, LosesAnswers, make_pool
 
 MakePool = Callable[..., Pool]
 
@@ -171,30 +171,16 @@ def test_couchdb_a_cancel_that_lands_while_the_report_and_claim_is_in_flight_win
     assert docs["parent"]["error"][-1]["message"] == "cancelled"
 
 
-class LosesClaimAndLookUp(HttpClient):
-    """The claim's ``_bulk_docs`` reaches the server, then the server is away: its answer is lost, and so
-    is the look-up of what it wrote. The claim is settled at the next claim."""
-
-    def __init__(self) -> None:
-        super().__init__(timeout=10.0)
-        self.away = 0
-
-    def request(self, method: str, url: str, **kwargs: Any) -> Response:
-        response = super().request(method, url, **kwargs)
-        if self.away and url.split("?", maxsplit=1)[0].endswith(("/_bulk_docs", "/_all_docs")):
-            self.away -= 1
-            raise ServerUnreachable(url, "connection reset")
-        return response
-
-
 def test_couchdb_a_claim_settled_after_an_outage_closes_the_attempt_of_a_token_cancelled_meanwhile(
     pouchdb: PouchDBServer, couch_db: str
 ) -> None:
-    http = LosesClaimAndLookUp()
+    """The claim's ``_bulk_docs`` reaches the server, then the server is away: its answer is lost, and so
+    is the look-up of what it wrote. The claim is settled at the next claim, after the cancel."""
+    http = LosesAnswers("POST", ("/_bulk_docs", "/_all_docs"), times=0)
     pool = make_pool(pouchdb, couch_db, clock=Clock(), http=http)
     pool.init()
     pool.add([token("gone"), token("kept")])
-    http.away = 2
+    http.times = 2
     with pytest.raises(ServerUnreachable):
         pool.claim(2)
     assert len(pool.uncertain) == 2

@@ -376,7 +376,7 @@ def test_a_report_merges_onto_a_token_edited_while_it_ran(pouchdb: PouchDBServer
 class LosesAnswers(HttpClient):
     """An HttpClient whose chosen requests reach the server but whose answers are lost on the way back."""
 
-    def __init__(self, method: str, path_end: str, times: int = 1) -> None:
+    def __init__(self, method: str, path_end: str | tuple[str, ...], times: int = 1) -> None:
         super().__init__(timeout=10.0)
         self.method = method
         self.path_end = path_end
