@@ -723,15 +723,19 @@ class CouchDBPool(Pool):
             self._settle_dependents(doc, state)
             return Saved.SAVED
         if children:
-            self._drop_children([child["_id"] for child in children])
+            self._drop_children(children)
         return Saved.CANCELLED
 
-    def _drop_children(self, ids: Sequence[str]) -> None:
-        """Delete these children of a cancelled token where no pilot claimed them yet."""
+    def _drop_children(self, children: Sequence[Mapping[str, Any]]) -> None:
+        """Delete these children of a cancelled token where no pilot claimed them yet; a token of the same
+        id with other fields is not one of them (a child may name its id) and stays."""
+        fields = {child["_id"]: picas.user_fields(child) for child in children}
         unclaimed = [
             {"_id": doc["_id"], "_rev": doc["_rev"], "_deleted": True}
-            for doc in self._fetch(ids).values()
-            if picas.state_of(doc) in (State.TODO, State.WAITING) and not picas.attempts_of(doc)
+            for doc in self._fetch(list(fields)).values()
+            if picas.state_of(doc) in (State.TODO, State.WAITING)
+            and not picas.attempts_of(doc)
+            and picas.user_fields(doc) == fields[doc["_id"]]
         ]
         if unclaimed:  # a delete that meets a claim (a conflict) leaves that child be
             self._bulk(unclaimed, "removing the children of a cancelled token", retry=True)

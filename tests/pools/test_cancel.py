@@ -171,6 +171,28 @@ def test_couchdb_a_cancel_that_lands_while_the_report_and_claim_is_in_flight_win
     assert docs["parent"]["error"][-1]["message"] == "cancelled"
 
 
+def test_couchdb_children_removed_after_a_cancel_are_only_those_the_report_wrote(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    """A child may name its own id: where that id is a token already (other fields), the report's write
+    of it conflicted, and the token is not the child's to remove."""
+    http = CancelsFirst("parent")
+    pool = make_pool(pouchdb, couch_db, clock=Clock(), http=http)
+    pool.init()
+    admin = make_pool(pouchdb, couch_db, "admin", clock=Clock())
+    http.cancel = lambda: admin.cancel(["parent"], all_todo=False)
+    pool.add([token("parent")])
+    (lease,) = pool.claim(1)
+    pool.add([token("other")])
+    report = make_report(lease.token, ended(Outcome.DONE, 0), 3)
+    children = (token("parent.1"), NewToken("other", {"input": "the child's"}))
+    report = Report(report.result, report.state, report.failures, children=children)
+    assert pool.report(lease, report) is Saved.CANCELLED
+    docs = pouchdb.docs(couch_db)
+    assert "parent.1" not in docs
+    assert docs["other"]["input"] == "other"
+
+
 def test_couchdb_a_claim_settled_after_an_outage_closes_the_attempt_of_a_token_cancelled_meanwhile(
     pouchdb: PouchDBServer, couch_db: str
 ) -> None:
