@@ -193,7 +193,8 @@ class Analysis:
 
         Fails when: the report of a success leaves the token locked, or a failure is not charged
         (next_state returning failures unchanged for FAILED); or CouchDB's report stops appending to the
-        PiCaS error list."""
+        PiCaS error list; or a report that meets a cancel sets the token done (the cancel's PiCaS entry
+        on a done token: `long-20` before the cancel won)."""
         problems = []
         for token_id, final in sorted(self.finals.items()):
             outcomes = [attempt["outcome"] for attempt in final.attempts]
@@ -213,10 +214,7 @@ class Analysis:
                 problems.append(f"{token_id}: still {final.state}")
             picas_errors = final.extra.get("picas_errors")
             charged += final.state == "error" and final.reason.startswith(NOT_CHARGED_ERRORS)  # its entry
-            # A cancel that a report then beat leaves its entry on a done token; one that came after
-            # the token ended left none.
-            beaten = final.state == "done" and self.cancelled(token_id) and picas_errors == charged + 1
-            if picas_errors is not None and picas_errors != charged and not beaten:
+            if picas_errors is not None and picas_errors != charged:
                 problems.append(f"{token_id}: {charged} charged failures, {picas_errors} PiCaS error entries")
         return problems
 
@@ -559,14 +557,15 @@ class Analysis:
         return problems
 
     def cancels_heeded(self) -> list[str]:
-        """Every token cancelled is in error as cancelled, or done by a run claimed before the cancel
+        """Every token cancelled is in error as cancelled, or done by a run that ended before the cancel
         was in the pool (a report that won the race), or in error because a dependency had failed; a
         run of it that was running is gone (its process group) within CANCEL_BOUND; no attempt of it is
         claimed once `tokens cancel` has returned.
 
         Fails when: the pilot ignores Renewal.cancelled (the task runs to its end), or the pool's cancel
-        leaves a waiting token claimable. Run while building: the pilot's renewal skipping
-        ``renewal.cancelled``: a long task gone 13.9 s after the cancel."""
+        leaves a waiting token claimable, or a report that meets the cancel overwrites it (done, or back
+        to todo). Run while building: the pilot's renewal skipping ``renewal.cancelled``: a long task
+        gone 13.9 s after the cancel."""
         problems = []
         cancels = self.scenario.cancels
         self.cancel_delays: list[float] = []
@@ -581,9 +580,10 @@ class Analysis:
             if final is None:
                 problems.append(f"{token_id}: cancelled, and gone from the pool")
                 continue
-            # A run claimed before the cancel may end done (its report won the race); a token
-            # whose dependency had failed before stays in error for that; nothing is claimed after.
-            done_before = final.state == "done" and final.attempts[-1]["claimed"] <= round_.at
+            # A run that ended before the cancel may be done (its report won the race; a report
+            # after the cancel leaves it cancelled); a token whose dependency had failed before stays
+            # in error for that; nothing is claimed after.
+            done_before = final.state == "done" and (final.attempts[-1]["ended"] or 0) <= round_.at
             failed_before = final.state == "error" and self.dependency_failed_by(final, round_.at)
             cancelled = final.state == "error" and final.reason == "cancelled"
             if not (cancelled or done_before or failed_before):
