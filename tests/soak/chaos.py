@@ -4,6 +4,8 @@ and random generator when it strikes, and doing it.
 - Kills: at random times (KILL_GAP apart) a random pilot is SIGKILLed; mostly the whole node dies (the
   pilot and its tasks' process groups), sometimes the pilot alone, whose guard process then kills its
   tasks. The scenario gives the node a new pilot.
+- Task kills: at random times (TASK_KILL_GAP apart) one running task of a random pilot is SIGKILLed
+  (its process group), its pilot left alive: the pilot must report that attempt as failed and go on.
 - Outage: once a third of the tokens are finished the server goes away for 30 seconds (what that means
   per backend: backends.py).
 - Freezes: now and then a pilot with running tasks is stopped (SIGSTOP, its tasks go on) for longer than
@@ -27,6 +29,7 @@ from typing import Callable, Optional
 
 KILL_GAP = (3.0, 9.0)  # seconds between kills, uniform
 NODE_KILL_SHARE = 0.75  # of kills take the whole node (pilot and tasks); the rest the pilot alone
+TASK_KILL_GAP = (4.0, 10.0)  # seconds between kills of one task alone, uniform
 OUTAGE_AFTER = 1 / 3  # of the tokens finished when the server goes away
 
 
@@ -51,6 +54,58 @@ class Kill:
     at: float
     whole_node: bool
     tasks: list[int]
+
+
+def session_leaders(pid: int) -> list[int]:
+    """The pilot's tasks: its children that lead their own session (the guard process does not)."""
+    leaders = []
+    for child in children(pid):
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == child:  # state, ppid, pgrp, session
+            leaders.append(child)
+    return leaders
+
+
+@dataclass
+class TaskKill:
+    """One SIGKILL of a single task, its pilot left running."""
+
+    at: float
+    pid: int
+
+
+@dataclass
+class TaskKills:
+    """When the next task dies alone, and which."""
+
+    rng: random.Random
+    next_at: float = 0.0
+    done: list[TaskKill] = field(default_factory=list)
+
+    def start(self, now: float) -> None:
+        self.next_at = now + self.rng.uniform(*TASK_KILL_GAP)
+
+    def tend(self, now: float, pilots: list[int], logged: Callable[[], set[int]]) -> Optional[TaskKill]:
+        """When one is due, SIGKILL one running task of one of ``pilots`` (pids), among those that have
+        logged their start and not their end (``logged``): a task killed before it logs is a failed
+        attempt with no run to check it against."""
+        if now < self.next_at:
+            return None
+        self.next_at = now + self.rng.uniform(*TASK_KILL_GAP)
+        running = logged()
+        tasks = [task for pilot in sorted(pilots) for task in session_leaders(pilot) if task in running]
+        if not tasks:
+            return None
+        task = self.rng.choice(tasks)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(task, signal.SIGKILL)
+            kill = TaskKill(time.time(), task)
+            self.done.append(kill)
+            return kill
+        return None
 
 
 def kill_pilot(pid: int, whole_node: bool) -> Kill:

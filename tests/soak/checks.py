@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import re
+import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -117,6 +118,8 @@ class Analysis:
         self.states = {token_id: final.state for token_id, final in finals.items()}
         self.results: list[Outcome] = []
         self.burnt: list[str] = []  # working tokens the black hole sent to error
+        self.task_killed = self.killed_alone(scenario)
+        self.killed_burnt: list[str] = []  # working tokens those kills sent to error
         self.unnamed_handouts = scenario.backend.unnamed_handouts
         self.overlaps: collections.Counter[str] = collections.Counter()
         self.reports: collections.Counter[str] = collections.Counter()
@@ -128,6 +131,32 @@ class Analysis:
         self.cancel_delays: list[float] = []
         self.open_cancelled: set[str] = set()  # cancelled while running, its pilot killed: attempt open
 
+    def killed_alone(self, scenario: Scenario) -> list[Run]:
+        """The runs SIGKILLed alone (chaos.TaskKills), found by pid and time, given the kill's end and
+        code. A run that logged its end (exit 0, say) just before the kill reached it, and was reported
+        failed, ended by the kill: its exit status was the kill's. The checks then hold these runs to a
+        failed attempt: a pilot that reported a task killed under it as done fails "no result without its
+        run", since the run's code is the kill's (not sabotaged; the first soak with task kills failed that
+        check for kills that came before a task's start line, which chaos.TaskKills now waits for)."""
+        killed = {kill.pid: kill.at for kill in scenario.task_kills.done}
+        found = []
+        for run in self.runs.values():
+            at = killed.get(run.pid)
+            if at is None or run.start > at or run.terminated is not None:
+                continue
+            if run.end is None:
+                run.end, run.code = at, -signal.SIGKILL
+            elif at - run.end < 1.0 and self.outcome(run) == "failed":
+                run.code = -signal.SIGKILL
+            else:
+                continue
+            found.append(run)
+        return found
+
+    def outcome(self, run: Run) -> Optional[str]:
+        history = self.history.get(run.token, [])
+        return history[run.attempt - 1]["outcome"] if run.attempt <= len(history) else None
+
     def checks(self) -> list[tuple[str, Callable[[], list[str]], Optional[str]]]:
         """(name, check, the feature it needs or None), in the order they are printed."""
         k, max_attempts = self.args.black_hole_failures, self.args.max_attempts
@@ -137,7 +166,11 @@ class Analysis:
                 self.finished,
                 None,
             ),
-            ("bad tokens in error, working ones done (unless burnt by the black hole)", self.modes, None),
+            (
+                "bad tokens in error, working ones done (unless the black hole or task kills burnt them)",
+                self.modes,
+                None,
+            ),
             ("no token executed after it was reported done", self.nothing_after_done, None),
             ("no report lost", self.no_report_lost, None),
             ("tasks die with their pilot", self.tasks_die_with_their_pilot, None),
@@ -228,7 +261,8 @@ class Analysis:
         return False
 
     def modes(self) -> list[str]:
-        """Bad tokens end in error; ok and flaky ones done, unless the black hole charged them.
+        """Bad tokens end in error; ok and flaky ones done, unless the black hole charged them or a run
+        of theirs was SIGKILLed alone (a charged failure, as on a real node).
 
         Fails when: task.py's flaky tokens fail every attempt (the retry never works), or max_attempts
         in the soak's config is 1 (flaky tokens go to error)."""
@@ -243,6 +277,8 @@ class Analysis:
                 charged = [a for a in final.attempts if a["outcome"] in CHARGED]
                 if any(self.black_hole(attempt) for attempt in charged):
                     self.burnt.append(token_id)
+                elif any(run.token == token_id for run in self.task_killed):
+                    self.killed_burnt.append(token_id)  # a flaky token killed at its last attempts
                 else:
                     problems.append(f"{token_id}: {mode}, but in error")
         return problems

@@ -40,7 +40,8 @@ def figures(analysis: Analysis) -> list[tuple[str, str]]:
         ("tokens", f"{len(analysis.finals)}: {modes['ok']} ok, {modes['flaky']} flaky, {modes['bad']} bad"),
         (
             "finished",
-            f"{final['done']} done, {final['error']} error ({len(analysis.burnt)} burnt by the black hole)",
+            f"{final['done']} done, {final['error']} error ({len(analysis.burnt)} burnt by the black hole, "
+            f"{len(analysis.killed_burnt)} by task kills)",
         ),
         ("wall time", f"{elapsed:.0f}s to an empty pool, {len(analysis.finals) / elapsed:.1f} tokens/s"),
         ("attempts", f"{len(attempts)}: " + ", ".join(f"{n} {o}" for o, n in by_outcome.most_common())),
@@ -52,7 +53,11 @@ def figures(analysis: Analysis) -> list[tuple[str, str]]:
         ),
         ("orphans", f"{orphans} runs ended after their pilot was killed (never reported)"),
         ("pilots", f"{len(scenario.pilots)} on {args.pilots} nodes; exit codes {exit_codes}"),
-        ("kills", f"{kills['node']} whole nodes, {kills['pilot']} pilots alone (SIGKILL)"),
+        (
+            "kills",
+            f"{kills['node']} whole nodes, {kills['pilot']} pilots alone, "
+            f"{len(scenario.task_kills.done)} tasks alone (SIGKILL; {len(analysis.task_killed)} runs found)",
+        ),
         (
             "freezes",
             f"{len(scenario.freezes.frozen)} pilots stopped {scenario.freezes.seconds:.0f}s (lease "
@@ -209,7 +214,10 @@ def summary(analysis: Analysis) -> list[tuple[str, str]]:
         ("wall time", f"{elapsed:.0f} s, {len(analysis.finals) / elapsed:.1f} tokens/s"),
         ("attempts, runs", f"{len(attempts)}, {len(analysis.runs)}"),
         ("pilots", f"{len(scenario.pilots)}"),
-        ("kills (node, pilot alone)", f"{kills['node']}, {kills['pilot']}"),
+        (
+            "kills (node, pilot alone, task alone)",
+            f"{kills['node']}, {kills['pilot']}, {len(analysis.task_killed)}",
+        ),
         ("outage", f"{up - down:.0f} s at {down - scenario.started:.0f} s"),
         ("reports journaled, conflicts", f"{events['journaled']}, {events['conflicts']}"),
         (

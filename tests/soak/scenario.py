@@ -26,7 +26,7 @@ from typing import Any, Optional
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from backends import Backend  # noqa: E402
-from chaos import Cancels, Freezes, Kills, Outage, group_alive, kill_pilot  # noqa: E402
+from chaos import Cancels, Freezes, Kills, Outage, TaskKills, group_alive, kill_pilot  # noqa: E402
 from conftest import alive, pilot_env, to_toml  # noqa: E402
 from runlog import read_runs  # noqa: E402
 from workload import Workload  # noqa: E402
@@ -99,6 +99,7 @@ class Scenario:
         self.finished: Optional[float] = None  # when the pool had nothing left to do
         self.restarts: dict[int, float] = {}  # node: when it gets its next pilot
         self.kills = Kills(self.rng)
+        self.task_kills = TaskKills(self.rng)
         self.freezes = Freezes(self.rng, FREEZE)
         self.outage = Outage(args.outage, args.tokens, backend.go_away, backend.come_back)
         self.cancels = Cancels(self.rng, args.tokens, self.cancel) if "cancel" in self.features else None
@@ -172,6 +173,12 @@ class Scenario:
         self.pilots.append(pilot)
         self.running[node] = pilot
 
+    def running_tasks(self) -> set[int]:
+        """The pids of the runs that logged their start and not their end."""
+        return {
+            run.pid for run in read_runs(self.runs_log).values() if run.end is None and run.terminated is None
+        }
+
     def kill(self, pilot: Pilot, whole_node: bool) -> None:
         kill = kill_pilot(pilot.process.pid, whole_node)
         pilot.ended = kill.at
@@ -198,6 +205,7 @@ class Scenario:
         for node in range(self.args.pilots):
             self.start_pilot(node)
         self.kills.start(self.started)
+        self.task_kills.start(self.started)
         self.freezes.start(self.started)
         deadline = self.started + self.args.max_minutes * 60
         while self.running or self.finished is None:
@@ -208,6 +216,8 @@ class Scenario:
                 whole_node = self.kills.due(now)
                 if whole_node is not None:
                     self.kill(self.running[self.kills.victim(list(self.running))], whole_node)
+                pilots = [p.process.pid for p in self.running.values() if not p.black_hole]
+                self.task_kills.tend(now, pilots, self.running_tasks)
             self.freeze(now)  # also once the pool is finished: the frozen pilots must wake
             if self.cancels is not None:
                 self.cancels.watch()
