@@ -23,7 +23,7 @@ from agent.memory import MemoryWatch
 from agent.outage import Outage, first_claim_delay
 from agent.pools import Lease, Pool, Renewal, Saved
 from agent.reporter import Reporter
-from agent.resources import Book, Fit, Node, detect
+from agent.resources import Book, Fit, Node, detect, probe_interval
 from agent.runner import Stop
 from agent.signals import Signals
 from agent.tasks import Running, Tasks
@@ -769,11 +769,6 @@ class Pilot:
         for line in self.book.node.found:
             log.info("node: %s", line)
         log.info("%s", self.walltime.describe(self.clock()))
-
-
-def probe_interval(patience: float) -> float:
-    """Seconds between looks for a token bigger than what is free: a few per expected task duration."""
-    return max(1.0, min(30.0, patience / 4))
 
 
 def _took(result: Result) -> str:

@@ -433,6 +433,11 @@ class Held:
     since: float  # monotonic
 
 
+def probe_interval(patience: float) -> float:
+    """Seconds between looks for a token bigger than what is free: a few per expected task duration."""
+    return max(1.0, min(30.0, patience / 4))
+
+
 class Book:
     """Which running task holds which CPUs, GPUs and memory; what is free; what a claim may take."""
 

@@ -16,6 +16,7 @@ from agent.resources import (
     ResourceError,
     detect,
     format_cpus,
+    probe_interval,
     request_of,
     stored_needs,
 )
@@ -184,3 +185,7 @@ def test_a_probe_looks_for_one_token_bigger_than_what_is_free_only_while_tasks_r
     assert probe.after([]).pick([{"cores": 1}, {"cores": 2}]) == [1]  # what is left is still a probe
     book.grant("b", Request())
     assert book.probe_fit(0.0, 60.0) is None  # nothing free: every token would be bigger
+
+
+def test_probes_look_a_few_times_per_expected_task_but_between_1_and_30_seconds_apart() -> None:
+    assert [probe_interval(p) for p in (0.5, 8.0, 40.0, 3600.0)] == [1.0, 2.0, 10.0, 30.0]
