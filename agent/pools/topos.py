@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 from urllib.parse import urlencode
@@ -36,8 +36,9 @@ from agent.errors import PoolError, ServerUnreachable, TokenError, UsageError
 from agent.http import HttpClient, Response, redact
 from agent.identity import Identity
 from agent.pools import topos_layout as layout
-from agent.pools.base import Counts, Lease, NewToken, Pool, ReasonCount, Renewal, Saved
+from agent.pools.base import PAGE, Counts, Lease, Listed, NewToken, Pool, ReasonCount, Renewal, Saved
 from agent.pools.httpauth import auth_headers, refusal
+from agent.pools.topos_views import ToposViews
 from agent.resources import Fit, stored_needs
 from agent.token import Attempt, Report, State, Token, close_attempt
 
@@ -123,6 +124,7 @@ class ToposPool(Pool):
         self.released_unfit = 0  # claimed tokens too big for what was free, released at once
         self.ambiguous: set[str] = set()  # lease ids whose result PUT got no clear answer
         self.listings: dict[str, tuple[float, list[dict[str, Any]]]] = {}  # pool: (read at, rows)
+        self.views = ToposViews(self)
 
     # -- HTTP --------------------------------------------------------------------------------------
 
@@ -585,7 +587,7 @@ class ToposPool(Pool):
     def counts(self) -> Counts:
         todo = self._pool_page(self.pools.todo)
         done = self._pool_page(self.pools.done)["tokens"]
-        errors = sum(1 for row in self._listing(self.pools.error) if not _is_result(row))
+        errors = sum(1 for row in self._listing(self.pools.error) if not layout.is_result(row))
         return Counts(todo=todo["tokens"] - todo["locks"], locked=todo["locks"], done=done, error=errors)
 
     # -- what status reads: from ToPoS's listings (the pool, the result pools), the newest results only --
@@ -605,7 +607,7 @@ class ToposPool(Pool):
             (layout.created_of(row), pool, row)
             for pool in (self.pools.done, self.pools.error)
             for row in self._rows(pool)
-            if _is_result(row)
+            if layout.is_result(row)
         ]
         return sorted(found, key=lambda item: -item[0])
 
@@ -644,6 +646,25 @@ class ToposPool(Pool):
         ranked = sorted(found.items(), key=lambda item: (-item[1][0], item[0]))
         return [ReasonCount(reason, count, example) for reason, (count, example) in ranked[:limit]]
 
+    # -- what tokens list, export, delete and report read: every token, from the listings ----------
+
+    def page(
+        self, state: Optional[State], cursor: Any, limit: int, *, tails: bool = False
+    ) -> tuple[list[Listed], Any]:
+        return self.views.page(state, cursor, limit, tails=tails)
+
+    def iter_tokens(
+        self, state: Optional[State] = None, *, tails: bool = False, page_size: int = PAGE
+    ) -> Iterator[Listed]:
+        """The listings read once (ToPoS cannot page them), then each token: see topos_views.py."""
+        return self.views.tokens(state, tails=tails)
+
+    def delete(self, token_ids: Sequence[str]) -> int:
+        return self.views.delete(token_ids)
+
+    def delete_state(self, state: State) -> int:
+        return self.views.delete_state(state)
+
     def cancel(self, token_ids: Sequence[str], *, all_todo: bool) -> int:
         raise refuse("cancel tokens (a running task learns nothing from a deleted token but a lost lock)")
 
@@ -652,12 +673,7 @@ class ToposPool(Pool):
 
     def tails(self, token_id: str) -> Optional[tuple[bytes, bytes]]:
         document = self._find(token_id)[1]
-        if document is None:
-            return None
-        return (
-            str(document.get("stdout_tail") or "").encode(),
-            str(document.get("stderr_tail") or "").encode(),
-        )
+        return None if document is None else layout.tails_of(document)
 
     def _find(self, token_id: str) -> tuple[Token, Optional[dict[str, Any]]]:
         """The token wherever it is (pool, error pool, or only its result in the done pool) and its result."""
@@ -682,7 +698,8 @@ class ToposPool(Pool):
         leases = layout.leases_of(response.headers)
         if state is State.LOCKED:
             leases -= 1  # the current hand-out is under way, not an earlier one
-        return Token(token_id, fields, state, (), layout.charged(self._earlier(token_id, leases + 1)))
+        earlier = self._earlier(token_id, leases + 1)  # the hand-outs that ended, as the views list them
+        return Token(token_id, fields, state, tuple(earlier), layout.charged(earlier))
 
     def _result(
         self, pool: str, token_id: str, *, lock: Optional[str] = None, tidy: bool = False
@@ -719,7 +736,7 @@ class ToposPool(Pool):
                 raise self._failure(response, "releasing every lock")
         if errors:
             rows = self._listing(self.pools.error)
-            ids = [str(row["Name"]) for row in rows if not _is_result(row)]
+            ids = [str(row["Name"]) for row in rows if not layout.is_result(row)]
             if ids:  # their results stay in the error pool, for a look
                 self._move(",".join(ids), self.pools.error, self.pools.todo)
             changed += len(ids)
@@ -738,12 +755,6 @@ class ToposPool(Pool):
             f"pool {self.pools.todo}: {counts.todo + counts.locked} tokens, {counts.locked} locked; "
             f"results in {self.pools.done} ({counts.done}) and {self.pools.error} ({counts.error} failed)",
         ]
-
-
-def _is_result(row: Mapping[str, Any]) -> bool:
-    """A result token of ours in the error pool (named result-<id>, JSON), not a moved token."""
-    name = str(row.get("Original Name") or "")
-    return name.startswith("result-") and str(row.get("Content-Type", "")).startswith(layout.JSON)
 
 
 def _needs(fields: Mapping[str, Any]) -> Optional[dict[str, int]]:

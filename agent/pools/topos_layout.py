@@ -189,6 +189,20 @@ def created_of(row: Mapping[str, Any]) -> float:
     return created.replace(tzinfo=timezone.utc).timestamp()
 
 
+def is_result(row: Mapping[str, Any]) -> bool:
+    """A result token of ours in a listing (named result-<id>, JSON), not a token moved to the pool."""
+    name = str(row.get("Original Name") or "")
+    return name.startswith("result-") and str(row.get("Content-Type", "")).startswith(JSON)
+
+
+def tails_of(document: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """The stdout and stderr tails a result or attempt record holds."""
+    return (
+        str(document.get("stdout_tail") or "").encode(),
+        str(document.get("stderr_tail") or "").encode(),
+    )
+
+
 def host_of(description: str) -> str:
     """The host in a lock's description: ours read "pilot <id> on <host>[, batch job ...]"; another
     client's (the bash client writes `hostname -f`) is taken as it is."""
