@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
+from collections.abc import Iterator
 from typing import Optional
 
 import pytest
 import views_history
-from conftest import Site
+from conftest import Site, wait_for
 from servers.pouchdb import ADMIN, MEMBER, PouchDBServer
 
+from agent import stats
 from agent.config import CouchDBServer, Secret, ServerConfig
 from agent.identity import Identity
 from agent.pools.couchdb import CouchDBPool
@@ -145,3 +148,51 @@ def test_report_reads_every_attempt_of_the_pool(history: Site) -> None:
     }
     assert summary["median_duration"] == 40.0
     assert 'data-outcome="node-unhealthy" data-count="1"' in (history.folder / "run.html").read_text()
+
+
+@pytest.fixture
+def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PouchDBServer]:
+    """A server of this test's own that logs every request (method, path and query)."""
+    server = PouchDBServer(
+        tmp_path_factory.mktemp("pouchdb-logged"), auth=False, in_memory=True, log_requests=True
+    )
+    yield server.start()
+    server.stop()
+
+
+def mark(server: PouchDBServer, database: str) -> int:
+    """The log's length once every request made so far is in it (it is written after each answer)."""
+    name = f"mark-{time.monotonic_ns()}"
+    server.request("GET", f"/{database}/{name}")
+    log = server.folder / "requests.log"
+    lines = wait_for(lambda: (found := log.read_text().splitlines()) and name in found[-1] and found, 30)
+    return len(lines)
+
+
+def requests_of(server: PouchDBServer, database: str, after: int) -> list[str]:
+    """``METHOD /path?query`` of each request for ``database`` logged after the first ``after`` lines."""
+    lines = (server.folder / "requests.log").read_text().splitlines()[after:]
+    found = [re.search(rf" - - ([A-Z]+) (/{database}[^ ]*) \d+$", line) for line in lines]
+    return [f"{match.group(1)} {match.group(2)}" for match in found if match]
+
+
+def test_status_and_watch_count_from_views_and_read_no_more_than_the_recent_sample(
+    site: Site, logged: PouchDBServer
+) -> None:
+    """The counts come from views' reduce, never from every document; only the recent sample (at most
+    stats.SAMPLE tokens, newest first) is read with its documents."""
+    database = logged.create_database()
+    site.write(couch_config(site.folder, logged, database, ["/bin/true"]))
+    assert site.run("init").returncode == 0
+    couch_history(logged, database)
+    before = mark(logged, database)
+    for argv in (("status", "--json"), ("watch", "--count", "1")):
+        result = site.run(*argv)
+        assert result.returncode == 0, result.stderr
+    asked = requests_of(logged, database, before)
+    assert any("/_design/Monitor/_view/overview_total?" in line for line in asked), asked
+    assert not [line for line in asked if "_all_docs" in line or "_find" in line or "_changes" in line]
+    assert not [line for line in asked if not line.startswith("GET ")], asked  # it only looks
+    with_docs = [line for line in asked if "include_docs=true" in line]
+    assert with_docs and all("/_design/pilot-stats/_view/activity?" in line for line in with_docs), with_docs
+    assert all(f"limit={stats.SAMPLE}" in line for line in with_docs), with_docs
