@@ -1,6 +1,7 @@
 """The views at scale: `status` on a local pool of 1,000,000 tokens (target < 1 s), and `report` of a pool
 with 100,000 attempts (targets < 10 s and < 10 MB), each beside `pilot.pyz --version` (the start-up every
-command pays) measured in the same run.
+command pays) measured in the same run; `tokens export` of both pools, whose peak RSS must not grow with
+the pool (constant memory: the big pool's under twice the small one's).
 
 The pools are written straight into SQLite in the layout pilot.pyz makes (its schema, made by LocalPool),
 with a history like a run's: 40 pilots on 10 hosts, tokens finished over the last three hours, 5% failed
@@ -152,6 +153,17 @@ def _without_migration(path: Path, tasks: int) -> float:
         local.LocalPool._add_view_indexes = saved  # type: ignore[method-assign]
 
 
+def export_measured(pyz: str, config: Path, out: Path) -> tuple[int, float, int]:
+    """`tokens export` of the pool ``config`` names: (lines written, seconds, peak RSS in bytes)."""
+    argv = [sys.executable, pyz, "tokens", "export", "--jsonl", str(out), "--config", str(config)]
+    code, seconds, peak = run_measured(argv)
+    assert code == 0
+    with out.open("rb") as written:
+        lines = sum(1 for _ in written)
+    out.unlink()
+    return lines, seconds, peak
+
+
 def timed(argv: list[str], rounds: int) -> tuple[float, list[float]]:
     times = []
     for _ in range(rounds):
@@ -193,6 +205,7 @@ def main() -> int:
             ],
         )
         failed |= status_time >= 1.0
+        big_export = export_measured(pyz, config, folder / "big.jsonl")
 
         pool = folder / "run.db"
         attempts = make_pool(pool, int(args.attempts / 1.1), finished_share=1.0)
@@ -228,6 +241,23 @@ def main() -> int:
             ],
         )
         failed |= report_time >= 10.0 or size >= 10e6
+        small_export = export_measured(pyz, config, folder / "run.jsonl")
+        report(
+            "tokens export --jsonl: memory stays constant as the pool grows",
+            [
+                (
+                    f"{big_export[0]:,} tokens",
+                    f"{big_export[1]:.1f}s, peak RSS {big_export[2] / 2**20:.0f} MiB",
+                ),
+                (
+                    f"{small_export[0]:,} tokens",
+                    f"{small_export[1]:.1f}s, peak RSS {small_export[2] / 2**20:.0f} MiB",
+                ),
+                ("RSS ratio", f"{big_export[2] / small_export[2]:.2f}, target < 2"),
+                ("token ratio", f"{big_export[0] / small_export[0]:.0f}x"),
+            ],
+        )
+        failed |= big_export[2] >= 2 * small_export[2]
 
         indexed, bare = index_cost(folder, 20_000, max(6, args.rounds))
         report(
