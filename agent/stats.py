@@ -22,8 +22,9 @@ SHORT = 5 * 60.0  # seconds of the short rate window
 LONG = 60 * 60.0  # ... and of the long one
 SAMPLE = 2000  # tokens in the recent sample
 TOP = 5  # reasons and hosts shown
-# Outcomes that say something went wrong where the task ran: the black-hole suspects' signature.
-FAILED = frozenset(o.value for o in (Outcome.FAILED, Outcome.TIMEOUT, Outcome.NOT_STARTED, Outcome.UNHEALTHY))
+# Outcomes that say something went wrong where the task ran: the black-hole suspects' signature. Every
+# charged outcome (failed, timeout, not-started, memory) and a node found broken.
+FAILED = frozenset(o.value for o in Outcome if o.charged or o is Outcome.UNHEALTHY)
 
 
 def iso(seconds: Optional[float]) -> Optional[str]:
@@ -81,7 +82,7 @@ class HostFailures:
 
 
 def host_failures(tokens: Iterable[Token], limit: int = TOP) -> list[HostFailures]:
-    """Hosts with the most failed attempts (failed, timeout, not-started, node-unhealthy) among every
+    """Hosts with the most failed attempts (``FAILED``: charged ones and node-unhealthy) among every
     attempt of ``tokens``, most first, then by name; hosts without failures are left out."""
     failures: dict[str, int] = {}
     attempts: dict[str, int] = {}

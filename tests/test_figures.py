@@ -94,3 +94,19 @@ def test_core_hours_asked_against_used_from_the_attempts_that_recorded_them() ->
     assert summary["cpu_efficiency"] == pytest.approx(0.375)
     without = figures.build([("t2", "waiting", older)], 7200.0).summary()
     assert "core_hours_asked" not in without and without["waiting"] == 1
+
+
+def test_every_outcome_has_a_colour_of_its_own_in_the_report() -> None:
+    from agent.token import Outcome
+    from agent.views import html
+
+    outcomes = [outcome.value for outcome in Outcome] + [figures.RUNNING]
+    assert sorted(html.COLOURS) == sorted(outcomes)
+    assert len(set(html.COLOURS.values())) == len(outcomes)
+
+
+def test_memory_kills_are_failures_by_reason_and_host() -> None:
+    killed = Attempt("p", "big-node", None, 1.0, 2.0, 5.0, None, 9, "memory", "memory over 2 GiB")
+    report = figures.build([figures.history_of(Token("m", {}, State.ERROR, (killed,)))], now=10.0)
+    assert report.failures_by("reason") == [("memory over 2 GiB", 1)]
+    assert report.failures_by("host") == [("big-node", 1)]

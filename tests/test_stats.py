@@ -104,3 +104,10 @@ def test_json_keeps_the_four_counts_on_top() -> None:
     }
     assert shown["eta"]["at"] == pytest.approx(10_600.0)
     assert shown["failure_reasons"] == [{"reason": "exit code 1", "count": 3, "example": "t1"}]
+
+
+def test_every_charged_outcome_and_a_broken_node_count_as_failures_where_they_ran() -> None:
+    recent = [token("m", attempt("x", "memory", 2), attempt("y", "cancelled", 3), state=State.ERROR)]
+    assert [(h.host, h.failures, h.attempts) for h in stats.host_failures(recent)] == [("x", 1, 1)]
+    assert [(f.token, f.outcome) for f in stats.last_failures(recent)] == [("m", "memory")]
+    assert {"failed", "timeout", "not-started", "memory", "node-unhealthy"} == stats.FAILED

@@ -117,6 +117,9 @@ def test_tokens_export_round_trips_every_field_attempt_and_tail(history: Site) -
         )
         assert (tail, line["stderr_tail"].encode()) == (out or b"", err or b"")
     assert exported[[line["id"] for line in exported].index("e1")]["stdout_tail_base64"]
+    shown = history.token("d9")  # tokens show: the same attempts, times in ISO 8601 beside epoch seconds
+    d9 = exported[[line["id"] for line in exported].index("d9")]
+    assert shown["attempts"] == d9["attempts"] and len(shown["attempts"]) == 2
     errors = history.run("tokens", "export", "--jsonl", "-", "--state", "error")
     assert [json.loads(line)["id"] for line in errors.stdout.splitlines()] == ["e1", "e2", "e3", "e4"]
 

@@ -26,6 +26,8 @@ COLOURS = {
     "lease-expired": "#795548",
     "node-unhealthy": "#ad1457",
     "reset": "#757575",
+    "cancelled": "#37474f",
+    "memory": "#827717",
     figures.RUNNING: "#f9a825",
 }
 OTHER = "#9e9e9e"
@@ -333,8 +335,9 @@ def failures(report: Report) -> str:
     by_reason = _hbars("failures-by-reason", report.failures_by("reason"), COLOURS["failed"])
     by_host = _hbars("failures-by-host", report.failures_by("host"), COLOURS["node-unhealthy"])
     return (
-        '<h2>Failures</h2><p class="note">Failed attempts (failed, timeout, not-started, node-unhealthy), '
-        f'by reason and by host.</p><div class="pair"><div><h3>by reason</h3>{by_reason}</div>'
+        '<h2>Failures</h2><p class="note">Failed attempts (failed, timeout, not-started, memory, '
+        "node-unhealthy), by reason and by host.</p>"
+        f'<div class="pair"><div><h3>by reason</h3>{by_reason}</div>'
         f"<div><h3>by host</h3>{by_host}</div></div>"
     )
 

@@ -168,6 +168,14 @@ def test_tokens_list_walks_the_pool_the_error_pool_and_the_done_pool_with_filter
     assert ids(site, "--host", "node-bad") == made.order("D", "C")
     assert ids(site, "--reason", "EXIT CODE 3") == made.order("D", "C")
     assert ids(site, "--state", "done", "--limit", "1") == made.order("A")
+    with made._open("admin") as pool:  # Pool.page, the interface's own form: the same order, in pages
+        cursor, paged = None, []
+        while True:
+            page, cursor = pool.page(None, cursor, 4)
+            paged.append([item.token.id for item in page])
+            if cursor is None:
+                break
+    assert paged == [made.order("D", "E", "F", "C"), made.order("A", "B")]
     table = site.run("tokens", "list", "--state", "done").stdout.splitlines()
     assert [row.split()[:4] for row in table[1:]] == [
         [made.ids["A"], "done", "1", "node-a"],
