@@ -84,8 +84,32 @@ def test_report_of_a_run_opens_in_chromium_and_counts_what_the_pool_holds(site: 
     assert (
         sum(item["count"] for item in data["failures_by_reason"]) == outcomes["failed"] + outcomes["timeout"]
     )
-    for chart in ("concurrency", "throughput", "durations", "failures-by-reason", "failures-by-host"):
+    charts = (
+        "concurrency",
+        "throughput",
+        "durations",
+        "failures-by-reason",
+        "failures-by-host",
+        "utilisation",
+    )
+    for chart in charts:
         dom.by_id(chart)
+    bars = [
+        item for item in dom.find("rect", class_="item") if re.fullmatch(r"\d+ attempts?", item["data-label"])
+    ]
+    per_token = {int(item["data-label"].split()[0]): int(item["data-count"]) for item in bars}
+    expected: dict[int, int] = {}
+    for token in tokens:
+        expected[len(token["attempts"])] = expected.get(len(token["attempts"]), 0) + 1
+    assert per_token == expected
+    shown_pilots = sorted(row["data-pilot"] for row in dom.find("tr") if "data-pilot" in row)
+    assert shown_pilots == sorted({a["pilot"] for a in attempts})  # utilisation per pilot
+    measured = [a for a in attempts if None not in (a["cores"], a["cpu_user"], a["cpu_system"])]
+    assert measured  # pilots record what each attempt was given and used
+    asked = sum(a["cores"] * (a["ended"] - (a["started"] or a["claimed"])) for a in measured)
+    used = sum(a["cpu_user"] + a["cpu_system"] for a in measured)
+    assert float(summary["core_hours_asked"]) == pytest.approx(asked / 3600, abs=1e-4)
+    assert float(summary["core_hours_used"]) == pytest.approx(used / 3600, abs=1e-4)
     assert screenshot(page, site.folder / "run.png") == (1200, 2600)
     assert (site.folder / "run.png").stat().st_size > 20_000  # a page, not a blank
 
