@@ -478,16 +478,23 @@ class ToposPool(Pool):
         if response.status != 200:
             raise self._failure(response, f"moving token {token_id} to the pool {target}")
 
-    def _attempt_records(self, token_id: str) -> dict[int, tuple[str, dict[str, Any]]]:
-        """The kept attempts of this token, by lease number: (record token id, record)."""
+    def _attempt_records(
+        self, token_id: str, names: Optional[Mapping[int, str]] = None
+    ) -> dict[int, tuple[str, dict[str, Any]]]:
+        """The kept attempts of this token, by lease number: (record token id, record). ``names``: the
+        records' ids by lease number, when the attempts pool was listed already (the views list it once)."""
+        if names is None:
+            listed: dict[int, str] = {}
+            for row in self._listing(self.pools.attempts):
+                lease = layout.attempt_lease(str(row.get("Original Name") or ""), token_id)
+                if lease is not None:
+                    listed[lease] = str(row["Name"])
+            names = listed
         found: dict[int, tuple[str, dict[str, Any]]] = {}
-        for row in self._listing(self.pools.attempts):
-            lease = layout.attempt_lease(str(row.get("Original Name") or ""), token_id)
-            if lease is None:
-                continue
-            response = self._request("GET", self._url(self.pools.attempts, f"tokens/{row['Name']}"))
+        for lease, record_id in names.items():
+            response = self._request("GET", self._url(self.pools.attempts, f"tokens/{record_id}"))
             if response.status == 404:
-                continue
+                continue  # went into the token's result meanwhile
             if response.status != 200:
                 raise self._failure(response, f"reading the attempts of token {token_id}")
             try:
@@ -495,7 +502,7 @@ class ToposPool(Pool):
             except ValueError:
                 continue
             if isinstance(record, dict) and record.get("token") == token_id:
-                found[lease] = (str(row["Name"]), record)
+                found[lease] = (record_id, record)
         return found
 
     def _listing(self, pool: str) -> list[dict[str, Any]]:

@@ -12,7 +12,6 @@ attempts (`status` counts it per host from the lock's description).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
@@ -178,20 +177,9 @@ class ToposViews:
         return Listed(token, shown_tails)
 
     def _kept(self, token_id: str, records: Mapping[int, str]) -> dict[int, dict[str, Any]]:
-        found = {}
-        for lease, record_id in records.items():
-            response = self.pool._request("GET", self.pool._url(self.pools.attempts, f"tokens/{record_id}"))
-            if response.status == 404:
-                continue  # went into the token's result meanwhile
-            if response.status != 200:
-                raise self.pool._failure(response, f"reading the attempts of token {token_id}")
-            try:
-                record = json.loads(response.data)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("token") == token_id:
-                found[lease] = record
-        return found
+        if not records:
+            return {}
+        return {lease: doc for lease, (_, doc) in self.pool._attempt_records(token_id, records).items()}
 
     def _document(self, pool: str, result_id: str) -> Optional[dict[str, Any]]:
         response = self.pool._request("GET", self.pool._url(pool, f"tokens/{result_id}"))
