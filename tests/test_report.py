@@ -76,6 +76,8 @@ def test_report_of_a_run_opens_in_chromium_and_counts_what_the_pool_holds(site: 
     assert int(summary["tokens"]) == status["total"] == 20
     assert int(summary["attempts"]) == len(attempts)
     assert (int(summary["pilots"]), int(summary["hosts"])) == (2, 1)
+    first = min(a["started"] if a["started"] is not None else a["claimed"] for a in attempts)
+    assert float(summary["makespan"]) == pytest.approx(max(a["ended"] for a in attempts) - first, abs=1e-3)
     assert 0 < float(summary["utilisation"]) <= 1
     done = [a["duration"] for a in attempts if a["outcome"] == "done"]
     assert float(summary["median_duration"]) == pytest.approx(statistics.median(done))

@@ -189,6 +189,8 @@ def test_status_and_watch_count_from_views_and_read_no_more_than_the_recent_samp
     for argv in (("status", "--json"), ("watch", "--count", "1")):
         result = site.run(*argv)
         assert result.returncode == 0, result.stderr
+    assert " done 9 error 4 locked 3 todo 7 total 23 | 0.8 done/min (5m) | eta 8m20s" in result.stdout
+    assert "running 3: node-a 2, node-b 1" in result.stdout  # the watch's plain line, on CouchDB
     asked = requests_of(logged, database, before)
     assert any("/_design/Monitor/_view/overview_total?" in line for line in asked), asked
     assert not [line for line in asked if "_all_docs" in line or "_find" in line or "_changes" in line]
