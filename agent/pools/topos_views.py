@@ -172,8 +172,8 @@ class ToposViews:
         attempts = layout.history(ended + 1, kept, _PLACEHOLDER)[:-1]
         state = State.ERROR if pool else State.LOCKED if locked else State.TODO
         token = Token(token_id, fields, state, tuple(attempts), layout.charged(attempts))
-        newest = kept[max(kept)] if kept else None
-        shown_tails = layout.tails_of(newest) if tails and newest is not None else None
+        # The tails of its last kept attempt; none yet, empty (not None: the export would ask again).
+        shown_tails = (layout.tails_of(kept[max(kept)]) if kept else (b"", b"")) if tails else None
         return Listed(token, shown_tails)
 
     def _kept(self, token_id: str, records: Mapping[int, str]) -> dict[int, dict[str, Any]]:

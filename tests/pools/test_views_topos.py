@@ -208,6 +208,7 @@ def test_export_round_trips_what_the_results_and_attempt_records_hold(history: t
     assert (d["state"], d["failures"], d["stdout_tail"]) == ("todo", 1, "out of D\n")
     f = exported[made.untouched()]
     assert (f["fields"], f["attempts"], f["state"]) == ({"input": "F"}, [], "todo")
+    assert (f["stdout_tail"], f["stderr_tail"]) == ("", "")  # never ran: empty tails, as the other pools
     shown = site.token(made.ids["D"])  # tokens show: the kept attempt too
     assert [a["outcome"] for a in shown["attempts"]] == ["failed"] and shown["attempts"][0]["claimed_iso"]
 
