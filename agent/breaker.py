@@ -15,6 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# What a user does about a node the breaker stopped: the pilot's last line ends with it.
+BLACK_HOLE_HINT = (
+    "; see why with `pilot.pyz tokens show {token_id}` (its last attempt's reason and stderr), and keep "
+    "jobs off this node until it is fixed"
+)
+
 
 @dataclass
 class Breaker:

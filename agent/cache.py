@@ -50,6 +50,7 @@ CHECKSUM_ATTEMPTS = 3  # full downloads whose checksum may mismatch before we gi
 TRANSFER_ATTEMPTS = 5  # consecutive broken transfers without a new byte before we give up
 BACKOFF_MAX = 30.0
 CHECK_URL = "check cache.files.{name}.url"  # what to do about a source that does not give the entry
+FREE_DISK = "free space there, or set [cache] dir to a bigger node-local disk"  # ... about a full disk
 CHUNK = 1 << 20
 
 LOCK = ".lock"
@@ -653,7 +654,7 @@ class Cache:
             raise CacheError(
                 entry.name,
                 f"needs {format_size(needed)} in {self.config.dir} but only {format_size(free)} is free "
-                f"(size announced by {self._where(entry)})",
+                f"(size announced by {self._where(entry)}); {FREE_DISK}",
             )
 
     def _evict(self, amount: int, keep: str, why: str) -> None:
@@ -762,7 +763,8 @@ class Cache:
         if err.errno == errno.ENOSPC:
             _remove(entry.part(PARTIAL))  # a full disk hurts every job on the node: give the space back
             return CacheError(
-                entry.name, f"no space left in {self.config.dir}; the partial download is deleted"
+                entry.name,
+                f"no space left in {self.config.dir}; the partial download is deleted; {FREE_DISK}",
             )
         return CacheError(entry.name, f"cannot write in the cache folder: {where}: {err.strerror or err}")
 

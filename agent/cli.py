@@ -230,7 +230,7 @@ def tokens_add(
         ./pilot.pyz tokens add --config site.toml --jsonl params.jsonl
         ./pilot.pyz tokens add --config site.toml --range 1000
     """
-    from agent.errors import IDS_FROM_FILE, IDS_FROM_RANGE, DuplicateToken
+    from agent.errors import IDS_FROM_FILE, IDS_FROM_RANGE, DifferentToken, DuplicateToken
     from agent.pools import NewToken
 
     chosen = [option for option in (lines_file, jsonl_file, count) if option is not None]
@@ -259,7 +259,7 @@ def tokens_add(
                 added = pool.add_lines(given)
             else:
                 added = pool.add(given)
-        except DuplicateToken as err:
+        except (DuplicateToken, DifferentToken) as err:
             raise err.explained(_id_origin(err.token_id, prefix, hint)) from None
     skipped = max(0, given.count - added)  # a bulk form (ToPoS's) need not read them one by one
     same = f" ({skipped} already there with the same fields, skipped)" if skipped else ""

@@ -18,6 +18,7 @@ from agent.errors import DependencyError
 from agent.token import NewToken, State
 
 AFTER = "after"  # the token field that lists what a token waits on
+ADD_FIRST = "add those tokens first (or earlier in the same input), or fix the ids in `after`"
 
 #: looks up tokens in the pool: {id: state} for those of ``ids`` that exist
 States = Callable[[Sequence[str]], Mapping[str, State]]
@@ -54,7 +55,7 @@ def plan(tokens: Sequence[NewToken], states: States) -> Plan:
     known = states(outside) if outside else {}
     unknown = [dep for dep in outside if dep not in known]
     if unknown:
-        raise DependencyError("`after` names tokens in neither the pool nor the input", unknown)
+        raise DependencyError("`after` names tokens in neither the pool nor the input", unknown, ADD_FIRST)
     order = topological(edges)
     failed: dict[str, str] = {}
     waiting_on: dict[str, tuple[str, ...]] = {}

@@ -77,10 +77,11 @@ class TokenError(PilotError):
 class DependencyError(UsageError):
     """New tokens whose ``after`` lists cannot be met: ids that exist nowhere, or a cycle."""
 
-    def __init__(self, problem: str, token_ids: list[str]) -> None:
+    def __init__(self, problem: str, token_ids: list[str], hint: str = "") -> None:
         self.problem = problem
         self.token_ids = token_ids
-        super().__init__(f"{problem}: {', '.join(token_ids)}; nothing was added")
+        said = f"{problem}: {', '.join(token_ids)}; nothing was added"
+        super().__init__(f"{said}; {hint}" if hint else said)
 
 
 class ChildrenError(UsageError):
@@ -99,12 +100,15 @@ HOST_NOT_FOUND = "host name not found"
 LASTING = frozenset((CERTIFICATE_FAILED, HOST_NOT_FOUND))
 
 
+EVERY_POOL = "`status`, `watch` and `tokens show ID` work on every pool"  # what a user can do instead
+
+
 class NotSupported(PoolError):
     """This kind of pool cannot do what a command asks (yet): ``what`` names it."""
 
     def __init__(self, where: str, what: str) -> None:
         self.what = what
-        super().__init__(where, f"{what} is not supported by this kind of pool")
+        super().__init__(where, f"{what} is not supported by this kind of pool; {EVERY_POOL}")
 
 
 class ServerUnreachable(PoolError):
@@ -164,6 +168,23 @@ class DuplicateToken(TokenError):
 
     def explained(self, hint: str) -> DuplicateToken:
         return DuplicateToken(self.token_id, self.where, hint)
+
+
+class DifferentToken(TokenError):
+    """A token id the pool has with other fields, left as it was, in an add that is resumable rather than
+    atomic (CouchDB): ``left`` says what the add put in before it; ``hint`` where the id came from."""
+
+    def __init__(self, token_id: str, where: str, left: str, more: int = 0, hint: str = "") -> None:
+        self.where = where
+        self.left = left
+        self.more = more
+        self.hint = hint
+        also = f" (and {more} more)" if more else ""
+        problem = f"already in the pool {where} with other fields{also}, left as it was; {left}"
+        super().__init__(token_id, problem + (f". {hint}" if hint else ""))
+
+    def explained(self, hint: str) -> DifferentToken:
+        return DifferentToken(self.token_id, self.where, self.left, self.more, hint)
 
 
 # Where a duplicate id came from, as `tokens add` made it ({prefix} is the one it used).

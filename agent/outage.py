@@ -12,6 +12,9 @@ from typing import Callable, Optional
 from agent.errors import LASTING
 from agent.units import format_duration
 
+# What a user does after a pilot gave up on its server (exit 4): its last line ends with it.
+OUTAGE_HINT = "once `pilot.pyz check` reaches the server again, submit pilots again"
+
 
 def first_claim_delay(spread: float, jitter: Callable[[], float] = random.random) -> float:
     """Seconds a pilot waits before its first claim: a random part of ``pilot.start_jitter``, so that the

@@ -13,14 +13,14 @@ from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 from agent import children, runner, template
-from agent.breaker import Breaker
+from agent.breaker import BLACK_HOLE_HINT, Breaker
 from agent.config import Config
 from agent.errors import CERTIFICATE_FAILED, ExitCode, PilotError, ServerUnreachable
 from agent.guard import Guard
 from agent.identity import Identity
 from agent.journal import Journal
 from agent.memory import MemoryWatch
-from agent.outage import Outage, first_claim_delay
+from agent.outage import OUTAGE_HINT, Outage, first_claim_delay
 from agent.pools import Lease, Pool, Renewal, Saved
 from agent.reporter import Reporter
 from agent.resources import Book, Fit, Node, detect, probe_interval
@@ -121,6 +121,7 @@ class Pilot:
         self.breaker = Breaker(config.pilot.black_hole_failures, config.pilot.black_hole_window)
         self.suspects: dict[str, Suspect] = {}
         self.black_hole = ""  # why the breaker tripped, once it has
+        self.black_hole_hint = ""  # what to do about it, for the last line
         self.tally = Tally()
         self.claimed = 0
         self.draining: Optional[str] = None
@@ -492,6 +493,9 @@ class Pilot:
             "their tokens were given back uncharged"
         )
         log.error("%s; no more claims", self.black_hole)
+        first = next(iter(self.suspects), None)
+        if first is not None:  # said once, at the end: what the user does about it
+            self.black_hole_hint = BLACK_HOLE_HINT.format(token_id=first)
         for token_id in list(self.suspects):
             suspect = self.suspects.pop(token_id)
             self._deliver(suspect.lease, self._absolved(suspect.result), suspect.folder)
@@ -536,7 +540,8 @@ class Pilot:
             limit = format_duration(self.config.server.max_outage)
             return (
                 f"{self.outage.describe(now)}, longer than server.max_outage ({limit}); unsent reports stay "
-                f"in {self.journal.folder} for the next pilot on this node, leases are left to expire"
+                f"in {self.journal.folder} for the next pilot on this node, leases are left to expire; "
+                + OUTAGE_HINT
             )
         return None
 
@@ -684,7 +689,7 @@ class Pilot:
         if self.running or len(self.journal):
             return None  # results first: wait for the server, at most server.max_outage
         if self.breaker.tripped:
-            return Ending(ExitCode.BLACK_HOLE, self.black_hole)
+            return Ending(ExitCode.BLACK_HOLE, self.black_hole + self.black_hole_hint)
         ending = Ending(ExitCode.OK, self.draining) if self.draining is not None else self._idle_ending()
         if ending is not None and self.suspects:
             self._release_suspects(list(self.suspects))  # nothing left to compare with: real failures

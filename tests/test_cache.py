@@ -352,7 +352,7 @@ def test_not_enough_free_disk_for_the_announced_size_stops_before_downloading(
     assert result.returncode == 5
     line = one_error_line(result)
     assert f"cache entry 'ref': needs 4.0MiB in {small}/cache but only" in line
-    assert f"is free (size announced by {url})" in line
+    assert f"is free (size announced by {url}); free space there, or set [cache] dir to a bigger" in line
     assert server.sent(path) < len(data) // 2, "the body was not downloaded"
     assert len(server.gets(path)) == 1, "no retry can make room"
     assert site.status()["todo"] == 1
@@ -367,7 +367,10 @@ def test_a_disk_that_fills_up_during_an_unannounced_download_is_a_clear_error(
     result = site.run("cache", "fetch")
     assert result.returncode == 5
     line = one_error_line(result)
-    assert f"cache entry 'ref': no space left in {small}/cache; the partial download is deleted" in line
+    assert (
+        f"cache entry 'ref': no space left in {small}/cache; the partial download is deleted; free space"
+        in line
+    )
     assert not (entry_folder(site, url, sha(data)).parent.parent / "x").exists()
     folder = small / "cache" / entry_key(CacheFile("ref", url, sha(data), False))
     assert not (folder / PARTIAL).exists(), "the space is given back"

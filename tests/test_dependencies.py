@@ -47,7 +47,8 @@ def test_an_unknown_dependency_is_named_and_nothing_is_planned() -> None:
     with pytest.raises(DependencyError) as caught:
         plan(tokens(a=["ghost", "b"], b=["phantom"]), no_pool)
     assert str(caught.value) == (
-        "`after` names tokens in neither the pool nor the input: ghost, phantom; nothing was added"
+        "`after` names tokens in neither the pool nor the input: ghost, phantom; nothing was added; "
+        "add those tokens first (or earlier in the same input), or fix the ids in `after`"
     )
 
 

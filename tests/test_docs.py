@@ -11,7 +11,10 @@ docs/design.md ("Documentation that cannot rot") says how to mark blocks and exa
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
+import http
 import inspect
 import os
 import re
@@ -22,7 +25,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import click
 import pytest
@@ -692,3 +695,167 @@ def test_the_readme_names_every_command() -> None:
         if not any(words[: len(path) - 1] == list(path[:-1]) and path[-1] in words for words in shown)
     ]
     assert not missing, f"README.md: no ./pilot.pyz line names {missing}; add them to its Commands block"
+
+
+# -- troubleshooting.md against the messages in agent/ ---------------------------------------------------
+
+TROUBLESHOOTING = DOCS / "troubleshooting.md"
+# Words a line shows that come from outside agent/'s messages: the system's and HTTP's own texts.
+OUTSIDE_TEXTS = sorted(
+    {os.strerror(number) for number in range(1, 134)} | {status.phrase for status in http.HTTPStatus},
+    key=len,
+    reverse=True,
+)
+# What a documented line shows between the words of a message: `...`, quoted text, numbers, paths, keys.
+_VALUE = re.compile(r"\(HTTP \d+[^)]*\)|\.\.\.|'[^']*'|\"[^\"]*\"|\S*[\d/$<>{}=]\S*|\S+\.\S+")
+_EDGES = " \t:;,.()"
+_SHORT = ".{0,40}?"  # a value of a message, as a documented line shows it ("the pool", a user name)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.replace("`", "").split())
+
+
+@functools.cache
+def _trees(folder: Path) -> list[ast.Module]:
+    return [ast.parse(path.read_text(), str(path)) for path in sorted(folder.rglob("*.py"))]
+
+
+@functools.cache
+def module_constants(folder: Path = REPO / "agent") -> dict[str, str]:
+    """The strings agent/'s modules name (``INSTALL_PROGRAM = "install it, ..."``)."""
+    return {
+        target.id: node.value.value
+        for tree in _trees(folder)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+
+
+def message_templates(folder: Path = REPO / "agent") -> list[list[str]]:
+    """Every string agent/ builds, as its literal parts between values: f-strings, str.format
+    templates, `+` of strings and module constants (`f"...; {INSTALL_PROGRAM}"`) put together."""
+    trees = _trees(folder)
+    constants = module_constants(folder)
+
+    def literal(node: ast.AST) -> Optional[str]:
+        """The text with "\0" for each value; None for what is not a string."""
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return re.sub(r"\{[^{}]*\}", "\0", node.value)
+        if isinstance(node, ast.Name) and node.id in constants:
+            return re.sub(r"\{[^{}]*\}", "\0", constants[node.id])
+        if isinstance(node, ast.JoinedStr):
+            return "".join(
+                part.value if isinstance(part, ast.Constant) else (literal(part.value) or "\0")
+                for part in node.values
+            )
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            left, right = literal(node.left), literal(node.right)
+            return None if left is None and right is None else (left or "\0") + (right or "\0")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format":
+            return literal(node.func.value)
+        return None
+
+    found = []
+    for tree in trees:
+        for node in ast.walk(tree):
+            text = literal(node)
+            if text is not None and text.strip("\0 "):
+                found.append([_norm(part) for part in text.split("\0")])
+    return found
+
+
+def _fits(piece: str, parts: list[str]) -> bool:
+    """Whether ``piece`` is a stretch of a string made of these parts with short values between them."""
+    if any(piece in part for part in parts):
+        return True
+    for i in range(len(parts) - 1):
+        for j in range(i + 1, len(parts)):
+            # The piece starts in part i (or at the value after it) and ends in part j (or before it).
+            heads = "|".join(re.escape(parts[i][k:]) for k in range(len(parts[i])))
+            tails = "|".join(re.escape(parts[j][:k]) for k in range(1, len(parts[j]) + 1))
+            middle = "".join(f"({_SHORT}){re.escape(part)}" for part in parts[i + 1 : j])
+            match = re.fullmatch(f"(?:{heads})?{middle}({_SHORT})(?:{tails})?", piece)
+            # Most of it must be the message's own words, not what the values were taken to be.
+            if match and sum(map(len, match.groups())) <= 0.5 * len(piece):
+                return True
+    return False
+
+
+def _words(text: str) -> set[str]:
+    return {word for word in re.findall(r"[a-z]{4,}", text.lower())}
+
+
+def _clauses(piece: str) -> list[str]:
+    """A line is often one message's text, then ': ', '; ', '. ' or a parenthesis, and another's (or a
+    value): each clause is checked alone."""
+    return [clause.strip(_EDGES) for clause in re.split(r"[:;.] |[()]", piece)]
+
+
+def documented_lines(page: Path = TROUBLESHOOTING) -> list[tuple[int, str]]:
+    """(line number, error line) of the first column of the page's tables, and of its list items that
+    start with one (`- `the command uses {x} ...`: ...`)."""
+    found = []
+    for number, line in enumerate(page.read_text().splitlines(), start=1):
+        match = re.match(r"\|\s*`(.+?)`\s*(?:/[^|]*)?\||- `(.+?)`", line)
+        if match:
+            found.append((number, match.group(1) or match.group(2)))
+    return found
+
+
+def unmatched_pieces(line: str, templates: list[list[str]]) -> list[str]:
+    """The clauses of three words or more of a documented line that no string of agent/ can make."""
+    # The system's texts, and agent/'s own named strings (a cause, a hint), are values of a message here.
+    known = [text for text in module_constants().values() if len(text) >= 12 and "{" not in text]
+    for text in [*OUTSIDE_TEXTS, *sorted(known, key=len, reverse=True)]:
+        line = line.replace(text, "\0")
+    line = _VALUE.sub("\0", line.replace("`", ""))
+    clauses = [clause for piece in line.split("\0") for clause in _clauses(_norm(piece))]
+    indexed = [(parts, _words(" ".join(parts))) for parts in templates]
+    unmatched = []
+    for clause in clauses:
+        words = _words(clause)
+        if len(clause.split()) < 3:
+            continue
+        candidates = [parts for parts, known in indexed if len(words & known) * 2 >= len(words)]
+        if not any(_fits(clause, parts) for parts in candidates):
+            unmatched.append(clause)
+    return unmatched
+
+
+def test_every_error_line_of_troubleshooting_is_one_the_code_writes() -> None:
+    templates = message_templates()
+    lines = documented_lines()
+    assert len(lines) > 40, f"{rel(TROUBLESHOOTING)}: its tables were not found"
+    stale = [
+        f"{rel(TROUBLESHOOTING)}:{number}: {piece!r} is in no message of agent/ (reworded?): {line}"
+        for number, line in lines
+        for piece in unmatched_pieces(line, templates)
+    ]
+    assert not stale, "\n".join(stale)
+
+
+def test_the_troubleshooting_check_finds_a_reworded_line() -> None:
+    templates = message_templates()
+    # The line as agent/pools/local.py writes it, values shown as `...`, the system's own text, a hint.
+    assert (
+        unmatched_pieces("pool .../pool.db: no such pool file (create it with pilot.pyz init)", templates)
+        == []
+    )
+    assert unmatched_pieces("tokens file x.txt: No such file or directory", templates) == []
+    assert (
+        unmatched_pieces(
+            "pool ...: not a usable pool file: ...; check that server.path names a pool file", templates
+        )
+        == []
+    )
+    assert unmatched_pieces("pool .../pool.db: no such pool file; make one first", templates) == [
+        "make one first"
+    ]
+    assert unmatched_pieces("pool ...: pool schema version 3; this pilot reads 2", templates) == [
+        "this pilot reads"
+    ]

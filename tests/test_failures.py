@@ -3,6 +3,7 @@ stubborn processes, huge output. (Server outages need a server: tests/pools/test
 
 from __future__ import annotations
 
+import re
 import signal
 
 from conftest import COUNT_RUNS, Site, alive, local_config, pool_rows, wait_for, wait_with_peak_rss
@@ -66,6 +67,9 @@ def test_a_black_hole_node_stops_after_k_failures_and_burns_no_token(site: Site)
     result = site.run()
     assert result.returncode == ExitCode.BLACK_HOLE, result.stderr
     assert "black hole: 3 different tokens failed in a row" in result.stderr
+    # The last line says what to do: look at one of the tokens the node failed.
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.search(r"see why with `pilot\.pyz tokens show range-\d+`", last), last
     rows = pool_rows(site.folder / "pool.db")
     assert {row["state"] for row in rows} == {"todo"}
     assert all(row["failures"] == 0 for row in rows)

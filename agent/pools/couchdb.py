@@ -29,7 +29,14 @@ from urllib.parse import quote, urlencode
 
 from agent import dependencies
 from agent.config import ServerConfig
-from agent.errors import ClaimUnreachable, PoolError, ServerBusy, ServerUnreachable, TokenError
+from agent.errors import (
+    ClaimUnreachable,
+    DifferentToken,
+    PoolError,
+    ServerBusy,
+    ServerUnreachable,
+    TokenError,
+)
 from agent.http import HttpClient, Response, retry_after
 from agent.identity import Identity
 from agent.pools import picas
@@ -919,13 +926,13 @@ class CouchDBPool(Pool):
             or picas.user_fields(current[doc["_id"]]) != picas.user_fields(doc)
         ]
         if other:
-            also = f" (and {len(other) - 1} more)" if len(other) > 1 else ""
-            raise TokenError(
+            raise DifferentToken(
                 other[0],
-                f"already in the pool {self.where} with other fields{also}, left as it was; "
+                self.where,
                 f"the input's first {given + len(batch)} tokens (up to {batch[-1].id!r}) are in the pool, "
                 "none after them; fix the input and run the same command again: tokens already there with "
                 "the same fields are skipped",
+                len(other) - 1,
             )
         return len(fresh) - len(conflicted)  # a retried request's own first try counts as there already
 

@@ -9,6 +9,10 @@ from typing import Optional
 from agent.config import Secret
 from agent.errors import PoolError
 
+# What to do about a refusal, said after it.
+CHECK_CREDENTIALS = "check server.username and the password (server.password_file or $PILOT_SERVER_PASSWORD)"
+ASK_ADMIN = "ask the server's admin for access (CouchDB: design documents need a database admin)"
+
 
 def basic_auth(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
@@ -32,7 +36,7 @@ def refusal(status: int, username: Optional[str]) -> Optional[str]:
     if status == 401 and username is None:
         return "the server wants a user name and password: set server.username and password_file"
     if status == 401:
-        return f"the server refused the credentials of user {username!r}"
+        return f"the server refused the credentials of user {username!r}: {CHECK_CREDENTIALS}"
     if status == 403:
-        return f"user {username or '(anonymous)'!r} is not allowed to do this"
+        return f"user {username or '(anonymous)'!r} is not allowed to do this: {ASK_ADMIN}"
     return None

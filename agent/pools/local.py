@@ -39,6 +39,7 @@ from agent.resources import FIELDS, Fit, stored_needs
 from agent.token import Attempt, Outcome, Report, State, Token, close_attempt
 
 CHECK_PATH = "check that server.path names a pool file"  # what to do about a file that is not one
+RESTORE = "the file is damaged: restore a copy, or give server.path a new pool and add the tokens again"
 
 SCHEMA_VERSION = 2
 CANCELLED = Outcome.CANCELLED.value  # the reason of a cancelled token
@@ -342,7 +343,7 @@ class LocalPool(Pool):
         except sqlite3.DatabaseError as err:
             raise PoolError(self.where, f"not a usable pool file: {err}; {CHECK_PATH}") from None
         if result != "ok":
-            raise PoolError(self.where, f"integrity check failed: {result}")
+            raise PoolError(self.where, f"integrity check failed: {result}; {RESTORE}")
         counts = self.counts()
         return [f"local pool {self.where}: ok, " + ", ".join(f"{k} {v}" for k, v in counts.as_dict().items())]
 

@@ -455,7 +455,10 @@ def test_a_member_with_the_right_password_can_use_the_restricted_database(
 @pytest.mark.parametrize(
     ("user", "expected"),
     [
-        ((MEMBER[0], "not-the-password"), "refused the credentials of user 'alice'"),
+        (
+            (MEMBER[0], "not-the-password"),
+            "refused the credentials of user 'alice': check server.username and",
+        ),
         ((MEMBER[0], None), "no password for user 'alice'"),
         (None, "the server wants a user name and password"),
     ],

@@ -44,3 +44,23 @@ def test_couchdb_add_stopped_by_a_duplicate_says_what_is_in_and_a_second_run_fin
     docs = pouchdb.docs(couch_db)
     assert len(docs) == count + 1
     assert site.status()["todo"] == count + 1
+
+
+def test_couchdb_next_weeks_file_of_the_same_name_says_where_ids_come_from_and_how_to_add_it(
+    site: Site, pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    """Issue 21's newcomer: a new inputs.txt into a pool that holds last week's has the same ids (the
+    file's name and line numbers); the line says so and that --prefix adds it under other ids."""
+    site.write(couch_config(site.folder, pouchdb, couch_db, ["/bin/true"]))
+    inputs = site.folder / "inputs.txt"
+    inputs.write_text("week-1-a\nweek-1-b\n")
+    assert site.run("tokens", "add", "--lines", "inputs.txt").returncode == 0
+    inputs.write_text("week-2-a\nweek-2-b\n")
+    line = one_line_error(site.run("tokens", "add", "--lines", "inputs.txt"), ExitCode.POOL)
+    assert "token 'inputs-1': already in the pool" in line and "with other fields (and 1 more)" in line
+    assert "Ids are inputs-<line number>, from the file's name and its line numbers" in line
+    assert line.endswith("give them other ids with --prefix (e.g. --prefix inputs-2)"), line
+    again = site.run("tokens", "add", "--lines", "inputs.txt", "--prefix", "inputs-2")
+    assert again.returncode == 0, again.stderr
+    assert site.token("inputs-2-1")["fields"]["input"] == "week-2-a"
+    assert site.token("inputs-1")["fields"]["input"] == "week-1-a"

@@ -322,6 +322,7 @@ def test_a_server_away_past_max_outage_ends_the_pilot_with_exit_4_and_the_next_o
     assert "Traceback" not in text
     (last,) = [line for line in text.splitlines() if "pilot ends (exit 4)" in line]
     assert "longer than server.max_outage (4.0s)" in last and f"stay in {workdir / 'journal'}" in last
+    assert last.endswith("once `pilot.pyz check` reaches the server again, submit pilots again"), last
     kept = journal(workdir)
     assert sorted(entry["token"]["id"] for entry in kept) == sorted(runs(ran, "end"))
     assert [entry["result"]["outcome"] for entry in kept] == ["done", "done"]
