@@ -713,7 +713,8 @@ _SHORT = ".{0,40}?"  # a value of a message, as a documented line shows it ("the
 
 
 def _norm(text: str) -> str:
-    return " ".join(text.replace("`", "").split())
+    """Backticks dropped, blanks collapsed (kept at the ends: they part a message's words from a value)."""
+    return re.sub(r"\s+", " ", text.replace("`", ""))
 
 
 @functools.cache
