@@ -70,8 +70,13 @@ class Context:
 
 
 def pool_option(command: F) -> F:
-    """--pool NAME: one of server.pools (default: all of them; `tokens add`: the first)."""
+    """--pool NAME: one of server.pools (default: all of them)."""
     return click.option("--pool", "only", help="One of server.pools (default: all, in order).")(command)
+
+
+def first_pool_option(command: F) -> F:
+    """--pool NAME of `tokens add`, which adds to the first of server.pools without it."""
+    return click.option("--pool", "only", help="One of server.pools (default: the first).")(command)
 
 
 def _duration(value: Optional[str]) -> Optional[float]:
@@ -210,7 +215,7 @@ def tokens() -> None:
 )
 @click.option("--range", "count", type=click.IntRange(min=1), help="N tokens with `input` 0 to N-1.")
 @click.option("--prefix", help="Start of generated ids (default: the file's name, or `range`).")
-@pool_option
+@first_pool_option
 @common
 def tokens_add(
     ctx: Context,
@@ -222,11 +227,14 @@ def tokens_add(
     only: Optional[str],
 ) -> None:
     """Add tokens to the pool (created if missing). Ids are <prefix>-<line number> unless given, so adding
-    the same file twice is refused (local pool) or adds nothing more (CouchDB) instead of doubling the work.
+    the same file twice is refused (local pool) or adds nothing more (CouchDB) instead of doubling the work;
+    --prefix adds a file again under other ids. (ToPoS numbers tokens itself: a file added twice is there
+    twice.)
 
     \b
     Examples:
         ./pilot.pyz tokens add --config site.toml --lines genomes.txt
+        ./pilot.pyz tokens add --config site.toml --lines inputs.txt --prefix week-2
         ./pilot.pyz tokens add --config site.toml --jsonl params.jsonl
         ./pilot.pyz tokens add --config site.toml --range 1000
     """
@@ -364,7 +372,7 @@ def tokens_show(ctx: Context, token_id: str) -> None:
 
 
 @tokens.command("list")
-@click.option("--state", help="Only tokens in this state: todo, locked, done or error.")
+@click.option("--state", help="Only tokens in this state: todo, waiting, locked, done or error.")
 @click.option("--reason", help="Only tokens whose last attempt's reason contains this text (any case).")
 @click.option("--host", help="Only tokens whose last attempt ran on this host.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many tokens.")
