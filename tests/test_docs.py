@@ -460,6 +460,21 @@ def test_every_site_config_is_listed_in_the_configuration_page() -> None:
         )
 
 
+def test_every_local_site_config_is_run_by_a_runnable_block() -> None:
+    # One example per kind of workload (an array, a reference database, mixed sizes, map-reduce) is not
+    # only loaded: a runnable block runs it, so an example that stops working fails.
+    local = [
+        path.name
+        for path in sorted(SITE_CONFIGS.glob("*.toml"))
+        if tomllib.loads(path.read_text()).get("server", {}).get("backend", "local") == "local"
+    ]
+    assert {"array.toml", "refdb.toml", "mixed.toml", "mapreduce.toml"} <= set(local), local
+    unrun = [
+        name for name in local if not any(f"site-configs/{name}" in block.text for block in RUNNABLE_BLOCKS)
+    ]
+    assert not unrun, f"no <!-- runnable --> block in README.md or docs/ runs site-configs/{unrun}"
+
+
 # -- JDL -------------------------------------------------------------------------------------------------
 
 DIRAC_ATTRIBUTES = {
