@@ -63,7 +63,10 @@ def main():
             try:
                 target = _private_copy(root, error.strerror or error)
             except OSError as second:
-                sys.stderr.write("pilot.pyz: cannot unpack its packages anywhere: %s\n" % second)
+                sys.stderr.write(
+                    "pilot.pyz: cannot unpack its packages anywhere: %s; set PILOT_PYZ_ROOT to a writable "
+                    "node-local folder (or one where this build is unpacked already)\n" % second
+                )
                 sys.exit(EXIT_ENVIRONMENT)
     sys.path.insert(0, os.path.join(target, "site-packages"))
     if sys.argv[1:] == ["--version"]:
