@@ -579,6 +579,13 @@ def test_jdl_is_well_formed_with_known_attributes(name: str) -> None:
         f"site-configs/{name}: attributes unknown to {'DIRAC' if name == 'grid.jdl' else 'gLite'}: {unknown}"
     )
     assert attributes["Parameters"][0][1] == "20", f"site-configs/{name}: 20 pilots"
+    assert {"ParameterStart", "ParameterStep"} <= attributes.keys(), f"site-configs/{name}: 1 to 20"
+    if name == "grid.jdl":  # the form SURF's DIRAC documentation uses: the queue, cores and site, %s
+        assert {"Tags", "NumberOfProcessors", "Site"} <= attributes.keys(), f"site-configs/{name}"
+        texts = [text for value in attributes.values() for kind, text, _ in value if kind == "string"]
+        assert any("%s" in text for text in texts), f"site-configs/{name}: no %s (the job's parameter)"
+    else:
+        assert attributes["JobType"][0][1] == '"Parametric"', f"site-configs/{name}: JobType"
     placeholder = "%j" if name == "grid.jdl" else "_PARAM_"
     for output in ("StdOutput", "StdError"):
         assert placeholder in attributes[output][0][1], f"site-configs/{name}: {output} needs {placeholder}"
