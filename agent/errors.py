@@ -187,6 +187,9 @@ class DifferentToken(TokenError):
         return DifferentToken(self.token_id, self.where, self.left, self.more, hint)
 
 
+# What to do about an id the pool does not have.
+FIND_ID = "`pilot.pyz tokens list` shows the ids (a file's tokens are <file name>-<line number>)"
+
 # Where a duplicate id came from, as `tokens add` made it ({prefix} is the one it used).
 IDS_FROM_FILE = (
     "Ids are {prefix}-<line number>, from the file's name and its line numbers: to add these lines as new "

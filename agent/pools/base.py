@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from agent.errors import ClaimUnreachable, NotSupported, PoolError, ServerUnreachable, TokenError
+from agent.errors import FIND_ID, ClaimUnreachable, NotSupported, PoolError, ServerUnreachable, TokenError
 from agent.identity import Identity
 from agent.resources import Fit
 from agent.token import Attempt, NewToken, Report, State, Token
@@ -298,7 +298,7 @@ def _last_end(token: Token) -> Optional[float]:
 
 
 def missing_id(token_id: str, where: str) -> TokenError:
-    return TokenError(token_id, f"not in the pool {where}; nothing was deleted")
+    return TokenError(token_id, f"not in the pool {where}; nothing was deleted; {FIND_ID}")
 
 
 def fit_left(fit: Optional[Fit], leases: Sequence[Lease]) -> Optional[Fit]:

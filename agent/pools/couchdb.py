@@ -30,6 +30,7 @@ from urllib.parse import quote, urlencode
 from agent import dependencies
 from agent.config import ServerConfig
 from agent.errors import (
+    FIND_ID,
     ClaimUnreachable,
     DifferentToken,
     PoolError,
@@ -630,7 +631,9 @@ class CouchDBPool(Pool):
             known = self._states(token_ids)
             missing = [token_id for token_id in token_ids if token_id not in known]
             if missing:
-                raise TokenError(missing[0], f"not in the pool {self.where}; nothing was cancelled")
+                raise TokenError(
+                    missing[0], f"not in the pool {self.where}; nothing was cancelled; {FIND_ID}"
+                )
             return self._cancel(token_ids, now)
         token_ids = []
         for design, view in ((self.design, "todo"), (picas.WAITING_DESIGN, "waiting")):
@@ -939,7 +942,7 @@ class CouchDBPool(Pool):
     def get(self, token_id: str) -> Token:
         doc = self._get_doc(token_id)
         if doc is None:
-            raise TokenError(token_id, f"not in the pool {self.where}")
+            raise TokenError(token_id, f"not in the pool {self.where}; {FIND_ID}")
         if doc.get("type") != "token":
             raise TokenError(
                 token_id, f"a document in {self.where}, but not a token (type {doc.get('type')!r})"

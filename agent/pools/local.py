@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from agent import dependencies
-from agent.errors import DuplicateToken, PoolError, TokenError
+from agent.errors import FIND_ID, DuplicateToken, PoolError, TokenError
 from agent.identity import Identity, unique_ids
 from agent.pools.base import (
     PAGE,
@@ -548,7 +548,9 @@ class LocalPool(Pool):
             for token_id in token_ids:
                 row = db.execute("SELECT state FROM tokens WHERE id = ?", (token_id,)).fetchone()
                 if row is None:
-                    raise TokenError(token_id, f"not in the pool {self.where}; nothing was cancelled")
+                    raise TokenError(
+                        token_id, f"not in the pool {self.where}; nothing was cancelled; {FIND_ID}"
+                    )
                 if row[0] not in (State.TODO.value, State.LOCKED.value):
                     continue  # ended already
                 # A running token keeps its lease id: its pilot's renewal tells cancelled from lost.
@@ -652,7 +654,7 @@ class LocalPool(Pool):
     def get(self, token_id: str) -> Token:
         row = self._db.execute(_SELECT_TOKEN + "WHERE id = ?", (token_id,)).fetchone()
         if row is None:
-            raise TokenError(token_id, f"not in the pool {self.where}")
+            raise TokenError(token_id, f"not in the pool {self.where}; {FIND_ID}")
         return _token(row)
 
     def tails(self, token_id: str) -> Optional[tuple[bytes, bytes]]:
@@ -660,7 +662,7 @@ class LocalPool(Pool):
             "SELECT stdout_tail, stderr_tail FROM tokens WHERE id = ?", (token_id,)
         ).fetchone()
         if row is None:
-            raise TokenError(token_id, f"not in the pool {self.where}")
+            raise TokenError(token_id, f"not in the pool {self.where}; {FIND_ID}")
         return (row[0] or b"", row[1] or b"")
 
     def extra(self, token_id: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any, Optional
 
 from agent.children import POOL
-from agent.errors import TokenError
+from agent.errors import FIND_ID, TokenError
 from agent.identity import Identity
 from agent.pools.base import (
     PAGE,
@@ -146,7 +146,7 @@ class OrderedPools(Pool):
             except TokenError:
                 continue
             return pool
-        raise TokenError(token_id, f"in none of the pools {self.where}")
+        raise TokenError(token_id, f"in none of the pools {self.where}; {FIND_ID}")
 
     def get(self, token_id: str) -> Token:
         return self._holder(token_id).get(token_id)

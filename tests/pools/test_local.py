@@ -127,6 +127,18 @@ def test_a_duplicate_id_adds_nothing_and_names_the_id(tmp_path: Path) -> None:
         assert pool.counts().total == 1
 
 
+def test_an_unknown_id_says_how_to_find_the_ids(tmp_path: Path) -> None:
+    with pool_for(tmp_path / "p.db", "pilot-a", Clock()) as pool:
+        pool.add([NewToken("inputs-1", {})])
+        for call in (lambda: pool.get("inputs-9"), lambda: pool.cancel(["inputs-9"], all_todo=False)):
+            with pytest.raises(TokenError) as caught:
+                call()
+            assert str(caught.value).startswith(f"token 'inputs-9': not in the pool {pool.where}")
+            assert str(caught.value).endswith(
+                "`pilot.pyz tokens list` shows the ids (a file's tokens are <file name>-<line number>)"
+            )
+
+
 def test_missing_pool_file_is_an_error_when_not_creating(tmp_path: Path) -> None:
     with pytest.raises(PoolError, match="no such pool file"):
         LocalPool(tmp_path / "none.db", Identity("p", "h", None), 10)

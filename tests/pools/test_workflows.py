@@ -164,15 +164,19 @@ def test_tokens_add_refuses_a_cycle_and_an_unknown_dependency_with_one_line(
 ) -> None:
     configure(["true"])
     for tokens, expected in (
-        ([{"id": "a", "after": ["b"]}, {"id": "b", "after": ["a"]}], "`after` makes a cycle: a -> b -> a"),
+        (
+            [{"id": "a", "after": ["b"]}, {"id": "b", "after": ["a"]}],
+            "`after` makes a cycle: a -> b -> a; nothing was added",
+        ),
         (
             [{"id": "a"}, {"id": "b", "after": ["a", "zz"]}],
-            "`after` names tokens in neither the pool nor the input: zz",
+            "`after` names tokens in neither the pool nor the input: zz; nothing was added; add those tokens "
+            "first (or earlier in the same input), or fix the ids in `after`",
         ),
     ):
         (site.folder / "t.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tokens))
         line = one_line(site.run("tokens", "add", "--jsonl", "t.jsonl"), 2)
-        assert line == f"pilot: error: {expected}; nothing was added"
+        assert line == f"pilot: error: {expected}"
         assert site.status()["total"] == 0
 
 
@@ -332,7 +336,7 @@ def test_cancel_all_todo_and_the_bad_requests(site: Site, configure: Configure) 
     assert site.status()["error"] == 3
     line = one_line(site.run("tokens", "cancel", "nowhere"), 3)
     assert line.startswith("pilot: error: token 'nowhere': not in the pool ")
-    assert line.endswith("; nothing was cancelled")
+    assert "; nothing was cancelled; `pilot.pyz tokens list` shows the ids" in line, line
     line = one_line(site.run("tokens", "cancel"), 2)
     assert line == "pilot: error: give the ids of the tokens to cancel, or --all-todo (not both)"
 
