@@ -34,7 +34,7 @@ from conftest import REPO, pilot_env, to_toml
 
 from agent import config as config_module
 from agent.cli import cli
-from agent.errors import ConfigError
+from agent.errors import ConfigError, ExitCode
 from agent.units import format_duration, parse_duration, parse_size
 
 if sys.version_info >= (3, 11):
@@ -44,6 +44,7 @@ else:  # pragma: no cover
 
 DOCS = REPO / "docs"
 CONFIG_DOC = DOCS / "configuration.md"
+TROUBLESHOOTING = DOCS / "troubleshooting.md"
 PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 SITE_CONFIGS = REPO / "site-configs"
 RUNNABLE = "<!-- runnable -->"
@@ -368,6 +369,17 @@ def test_the_readme_is_at_most_about_150_lines() -> None:
     assert len(lines) <= README_LINES, (
         f"README.md has {len(lines)} lines, more than {README_LINES}: move detail into docs/"
     )
+
+
+def test_the_readmes_exit_code_table_has_every_exit_code_and_no_other() -> None:
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("## Exit codes") :].split("\n## ")[0]
+    shown = [int(code) for code in re.findall(r"^\| (\d+) \|", table, flags=re.M)]
+    codes = sorted(int(code) for code in ExitCode)
+    assert sorted(shown) == codes, f"README.md's exit codes {shown} are not agent/errors.py's {codes}"
+    page = TROUBLESHOOTING.read_text()
+    unexplained = [code for code in shown if code > 1 and not re.search(rf"\b{code}\b", page)]
+    assert not unexplained, f"{rel(TROUBLESHOOTING)} says nothing of exit codes {unexplained}"
 
 
 def slug(heading: str) -> str:
@@ -721,7 +733,6 @@ def test_the_readme_names_every_command() -> None:
 
 # -- troubleshooting.md against the messages in agent/ ---------------------------------------------------
 
-TROUBLESHOOTING = DOCS / "troubleshooting.md"
 # Words a line shows that come from outside agent/'s messages: the system's and HTTP's own texts.
 OUTSIDE_TEXTS = sorted(
     {os.strerror(number) for number in range(1, 134)} | {status.phrase for status in http.HTTPStatus},
