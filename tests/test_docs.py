@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -462,6 +463,58 @@ def test_toml_block_is_a_valid_site(block: Block, tmp_path: Path, pyz: Path, pyz
 def test_site_config_is_valid(name: str, folder: Path, pyz: Path, pyz_root: Path) -> None:
     environ = {**pilot_env(folder, pyz_root), "HOME": str(folder)}
     validate_site(folder / "site-configs" / name, pyz, environ, f"site-configs/{name}")
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_every_server_site_passes_pilot_pyz_check_up_to_its_server(
+    tmp_path: Path, pyz: Path, pyz_root: Path
+) -> None:
+    """The CouchDB and ToPoS sites (blocks and site-configs/) through `pilot.pyz check` itself: their
+    servers are examples, so each runs with server.url moved to a closed port on 127.0.0.1 and must pass
+    the config step (`config ...: ok`) and stop at the pool with one line, exit 3 or 4. All at once: each
+    waits out its retries."""
+    sources = [(str(block), tomllib.loads(block.text)) for block in TOML_BLOCKS]
+    sources += [
+        (f"site-configs/{path.name}", tomllib.loads(path.read_text()))
+        for path in sorted(SITE_CONFIGS.glob("*.toml"))
+    ]
+    url = f"http://127.0.0.1:{_closed_port()}/"
+    started = []
+    for number, (where, data) in enumerate(sources):
+        site = merged(FRAGMENT_BASE, data)
+        if site.get("server", {}).get("backend", "local") == "local":
+            continue
+        site["server"]["url"] = url + ("4.1/" if site["server"]["backend"] == "topos" else "")
+        folder = tmp_path / f"site-{number}"
+        folder.mkdir()
+        path = folder / "site.toml"
+        path.write_text(to_toml(site))
+        environ = {**pilot_env(folder, pyz_root), "HOME": str(folder)}
+        make_named_files(path, site, environ)
+        argv = [str(pyz), "check", "--config", str(path)]
+        started.append(
+            (
+                where,
+                path,
+                subprocess.Popen(
+                    argv, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                ),
+            )
+        )
+    assert len(started) >= 8, [where for where, _, _ in started]  # README, backends, topos, site-configs...
+    for where, path, process in started:
+        stdout, stderr = process.communicate(timeout=120)
+        assert f"config {path}: ok" in stdout, f"{where}: pilot.pyz check: {stdout}{stderr}"
+        lines = stderr.strip().splitlines()
+        assert process.returncode in (ExitCode.POOL, ExitCode.SERVER_UNREACHABLE) and len(lines) == 1, (
+            f"{where}: pilot.pyz check: exit {process.returncode}: {stderr}"
+        )
+        assert lines[0].startswith("pilot: error: pool http://127.0.0.1:"), f"{where}: {lines[0]}"
 
 
 def test_every_site_config_is_listed_in_the_configuration_page() -> None:
