@@ -1,9 +1,13 @@
 """README.md, docs/ and site-configs/ checked against the code, so the documentation cannot rot.
 
 - docs/configuration.md has a row for every key agent/config.py reads, with its default, and no others;
-- every ```sh block marked ``<!-- runnable -->`` runs in a fresh folder with ./pilot.pyz;
-- every ```toml block and every site-configs/*.toml loads (local pools: ``init`` and ``check``);
+- every ```sh block marked ``<!-- runnable -->`` runs in a fresh folder with ./pilot.pyz, and every local
+  site-configs/*.toml is run by one;
+- every ```toml block and every site-configs/*.toml loads and passes ``pilot.pyz check`` (local pools:
+  ``init`` and ``check``; others up to their example server);
 - site-configs/*.jdl are well-formed ClassAds with known attributes;
+- the README: at most 150 lines, 20 pilots on its first screen, every command, every exit code;
+- docs/troubleshooting.md's error lines are ones agent/ writes;
 - every command's --help has an example, and each example runs against a local pool.
 
 docs/design.md ("Documentation that cannot rot") says how to mark blocks and examples.
