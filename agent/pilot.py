@@ -6,6 +6,7 @@ arrives, or a timer is due (a task's timeout, a lease renewal, the next look at 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -151,8 +152,7 @@ class Pilot:
                         return ending
                     self.signals.wait(self._sleep_time())
                     self._heed_signals()  # before reaping: a task killed along with us is interrupted
-                    for running, result in self._finished():
-                        self._report(running, result)
+                    self._report_all(self._finished())
                     if self.memory_watch.enabled:  # most pilots: not even the list of tasks
                         self.memory_watch.enforce(self.clock(), [task.payload for task in self.tasks])
                     if self.guard is not None:
@@ -375,7 +375,6 @@ class Pilot:
         if not fresh:
             return
         lease = fresh[0]
-        folder_ready = self.tasks.ready_folder(folder, token.id)
         started = runner.start(
             token_id=token.id,
             argv=argv,
@@ -385,7 +384,7 @@ class Pilot:
             kill_grace=self.config.task.kill_grace,
             clock=self.clock,
             wallclock=self.wallclock,
-            folder_ready=folder_ready,
+            spare=self.tasks.spare_for(),
             cpus=grant.cpus if self.book.node.bind else None,
             cores=len(grant.cpus),
             memory=grant.memory,
@@ -434,6 +433,13 @@ class Pilot:
         return done
 
     # -- report ------------------------------------------------------------------------------------
+
+    def _report_all(self, finished: list[tuple[Running, Result]]) -> None:
+        """The tasks that ended since the last turn, reported in one write where the pool can: one commit
+        for all, not one each (their successors start after it, in the next claim step)."""
+        with self.pool.batch() if len(finished) > 1 else contextlib.nullcontext():
+            for running, result in finished:
+                self._report(running, result)
 
     def _report(self, running: Running, result: Result) -> None:
         """A task ended: report it with the tokens it added; claim its successor in the same round trip."""

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, Protocol
 
 # What Popen's restore_signals puts back to the default in the child: CPython ignores both.
@@ -137,7 +138,38 @@ class Starting:
 BACKGROUND_SLOTS = 2  # from this many slots a pilot starts its tasks from spawner threads
 SPAWNERS = 8
 SWITCH_INTERVAL = 0.0005  # seconds; CPython's default is 0.005
-_BACKGROUND: list[ThreadPoolExecutor] = []
+_BACKGROUND: list[Spawners] = []
+Stdio = tuple[int, int, int]
+
+
+class Spawners:
+    """A few threads that run start jobs from one queue. Lighter than a ThreadPoolExecutor, whose Future,
+    work item and thread accounting cost the loop more per task than the put of a job does."""
+
+    def __init__(self, count: int) -> None:
+        self.jobs: queue.SimpleQueue[Optional[Callable[[], None]]] = queue.SimpleQueue()
+        self.threads = [
+            threading.Thread(target=self._work, name=f"spawner_{n}", daemon=True) for n in range(count)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.jobs.put(job)
+
+    def shutdown(self) -> None:
+        """Let the threads finish the jobs queued, then end them."""
+        for _ in self.threads:
+            self.jobs.put(None)
+        for thread in self.threads:
+            thread.join()
+
+    def _work(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            job()  # Starting.start: it catches what the start raises
 
 
 @contextlib.contextmanager
@@ -146,7 +178,7 @@ def background(slots: int) -> Iterator[None]:
     if slots < BACKGROUND_SLOTS or sys.version_info < (3, 10):
         yield
         return
-    threads = ThreadPoolExecutor(min(slots, SPAWNERS), thread_name_prefix="spawner")
+    threads = Spawners(min(slots, SPAWNERS))
     _BACKGROUND.append(threads)
     # The loop waits for the GIL after each of its system calls while a spawner runs Popen's Python
     # code: a shorter switch interval gets it back sooner.
@@ -157,36 +189,41 @@ def background(slots: int) -> Iterator[None]:
     finally:
         sys.setswitchinterval(interval)
         _BACKGROUND.remove(threads)
-        threads.shutdown(wait=True)
+        threads.shutdown()
 
 
 def spawn_task(
     argv: Sequence[str],
     env: Mapping[str, str],
     folder: str,
-    stdio: tuple[int, int, int],
+    stdio: Stdio | Callable[[], Stdio],
     cpus: Optional[Collection[int]] = None,
 ) -> Process:
     """``spawn`` for a task, whose descriptors stay open until it is reaped, bound to ``cpus`` if given.
-    Inside ``background``, it returns at once a ``Starting``, whose ``error`` says why if the start
-    fails; the binding is then the spawner thread's, around its Popen (affinity is per thread)."""
+    ``stdio`` may be a function that readies the folder and opens the descriptors: it is called where
+    the process starts, so that inside ``background`` a spawner thread does that file-system work, not
+    the loop. Inside ``background``, it returns at once a ``Starting``, whose ``error`` says why if the
+    start fails (the function's OSError included); the binding is then the spawner thread's."""
     if not _BACKGROUND:
+        opened = stdio() if callable(stdio) else stdio
         with pinned(cpus):
-            return spawn(argv, env, folder, stdio)
+            return spawn(argv, env, folder, opened)
     starting = Starting()
-    _BACKGROUND[0].submit(starting.start, lambda: _pinned_popen(argv, env, folder, stdio, cpus))
+    start = functools.partial(_bound_popen, argv, env, folder, stdio, cpus)
+    _BACKGROUND[0].submit(functools.partial(starting.start, start))
     return starting
 
 
-def _pinned_popen(
+def _bound_popen(
     argv: Sequence[str],
     env: Mapping[str, str],
     folder: str,
-    stdio: tuple[int, int, int],
+    stdio: Stdio | Callable[[], Stdio],
     cpus: Optional[Collection[int]],
 ) -> Process:
-    with pinned(cpus):
-        return _popen(argv, env, folder, stdio)
+    opened = stdio() if callable(stdio) else stdio
+    bind_thread(cpus)
+    return _popen(argv, env, folder, opened)
 
 
 def spawn(
@@ -279,6 +316,22 @@ def pinned(cpus: Optional[Collection[int]]) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, _OWN_CPUS[0])
+
+
+_BOUND = threading.local()  # a spawner thread's binding: what it last set, None for the pilot's own
+
+
+def bind_thread(cpus: Optional[Collection[int]]) -> None:
+    """Bind the calling spawner thread to ``cpus`` (None: the pilot's own CPUs) for the processes it starts,
+    which inherit the binding. It is left as it is after: a spawner thread only starts tasks, and a call
+    is saved whenever the next task has the same CPUs, as every task has without binding."""
+    wanted = None if cpus is None else frozenset(cpus)
+    if getattr(_BOUND, "cpus", None) == wanted:
+        return
+    if not _OWN_CPUS:
+        _OWN_CPUS.append(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, _OWN_CPUS[0] if wanted is None else wanted)
+    _BOUND.cpus = wanted
 
 
 def executable(program: str, env: Mapping[str, str]) -> str:
