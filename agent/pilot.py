@@ -366,7 +366,7 @@ class Pilot:
             **self.base_env,
             **template.task_environment(token.id, token.fields, self.cache_paths),
             "PILOT_TASK_DIR": folder,
-            children.ENV: str(children.path_in(folder)),
+            children.ENV: children.path_in(folder),
             **grant.environment(self.config.task.env),
         }
         if self.guard is not None:
@@ -469,7 +469,7 @@ class Pilot:
     def _deliver(
         self, lease: Lease, result: Result, folder: str, *, claim: bool = False, new: Children = ()
     ) -> None:
-        report = replace(make_report(lease.token, result, self.config.task.max_attempts), children=new)
+        report = make_report(lease.token, result, self.config.task.max_attempts, new)
         wanted = self._claims_wanted() if claim else 0
         if wanted:
             self.claimed_early += self._probe(wanted)

@@ -306,11 +306,9 @@ def pinned(cpus: Optional[Collection[int]]) -> Iterator[None]:
     """The pilot's thread bound to ``cpus`` while it starts a process, which inherits the binding (and
     passes it on to its children): posix_spawn has no affinity attribute, and Popen's preexec_fn would
     cost a fork. Two system calls; the pilot's own binding comes back after."""
-    if cpus is None:
+    if cpus is None or _own_cpus() == set(cpus):  # one slot on a node of its own CPUs: nothing to bind
         yield
         return
-    if not _OWN_CPUS:
-        _OWN_CPUS.append(os.sched_getaffinity(0))
     os.sched_setaffinity(0, cpus)
     try:
         yield
@@ -328,10 +326,14 @@ def bind_thread(cpus: Optional[Collection[int]]) -> None:
     wanted = None if cpus is None else frozenset(cpus)
     if getattr(_BOUND, "cpus", None) == wanted:
         return
+    os.sched_setaffinity(0, _own_cpus() if wanted is None else wanted)
+    _BOUND.cpus = wanted
+
+
+def _own_cpus() -> set[int]:
     if not _OWN_CPUS:
         _OWN_CPUS.append(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, _OWN_CPUS[0] if wanted is None else wanted)
-    _BOUND.cpus = wanted
+    return _OWN_CPUS[0]
 
 
 def executable(program: str, env: Mapping[str, str]) -> str:
