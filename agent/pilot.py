@@ -353,7 +353,8 @@ class Pilot:
         grant = self.book.grants[token.id]
         attempt_number = len(token.attempts)
         folder = self.tasks.folder_for(token.id, attempt_number)
-        values = template.token_values(token.id, token.fields, self.cache_paths)
+        texts = template.field_texts(token.fields)
+        values = template.token_values(token.id, token.fields, self.cache_paths, texts)
         values.update({"pilot.config_dir": self.config_dir, "pilot.task_dir": folder})
         try:
             argv = [template.render(word, values) for word in self.config.task.command]
@@ -364,7 +365,7 @@ class Pilot:
             return
         env = {
             **self.base_env,
-            **template.task_environment(token.id, token.fields, self.cache_paths),
+            **template.task_environment(token.id, token.fields, self.cache_paths, texts),
             "PILOT_TASK_DIR": folder,
             children.ENV: children.path_in(folder),
             **grant.environment(self.config.task.env),

@@ -94,7 +94,9 @@ class Starting:
     def __init__(self) -> None:
         self.process: Optional[Process] = None
         self.error: Optional[OSError] = None
-        self.settled = threading.Event()
+        # Held until the spawner thread is done with the start: a latch, cheaper than an Event to make.
+        self._unsettled = threading.Lock()
+        self._unsettled.acquire()
 
     def start(self, start: Callable[[], Process]) -> None:
         """In the spawner thread. A task that ended, or a start that failed, before the loop could see
@@ -106,7 +108,7 @@ class Starting:
         except Exception as error:  # noqa: BLE001 - unsettled, the loop would wait for this task forever
             self.error = OSError(f"{type(error).__name__}: {error}")
         finally:
-            self.settled.set()
+            self._unsettled.release()
         if self.process is None or self.process.poll() is not None:
             os.kill(os.getpid(), signal.SIGCHLD)
 
@@ -116,17 +118,22 @@ class Starting:
 
     @property
     def pid(self) -> int:
-        self.settled.wait()
+        self._settle()
         return 0 if self.process is None else self.process.pid  # 0: nothing to signal (runner checks)
 
     def poll(self) -> Optional[int]:
-        if not self.settled.is_set():
+        if self._unsettled.locked():
             return None
         return self.FAILED if self.process is None else self.process.poll()
 
     def wait(self) -> int:
-        self.settled.wait()
+        self._settle()
         return self.FAILED if self.process is None else self.process.wait()
+
+    def _settle(self) -> None:
+        """Until the start is done, whichever way."""
+        with self._unsettled:
+            pass
 
 
 # With several slots the loop, one thread, spent most of its time blocked in the kernel's clone and exec
