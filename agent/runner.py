@@ -81,6 +81,11 @@ class Payload:
     def pid(self) -> int:
         return self.process.pid
 
+    def known_pid(self) -> Optional[int]:
+        """The process id, or None while a spawner thread is still starting the process."""
+        settled = getattr(self.process, "settled", None)
+        return self.process.pid if settled is None or settled() else None
+
     def poll(self) -> bool:
         """True once the main process has exited (and was reaped)."""
         if self.returncode is None:

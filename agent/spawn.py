@@ -52,9 +52,9 @@ class Spawned:
         self.popen = popen
         self.returncode: Optional[int] = None
         self.usage: Optional[Any] = None  # os.wait4's resource.struct_rusage, once reaped
-        # A spawner thread polls the process it started once (see Starting.start) while the loop polls
-        # too: without the lock, one of two racing wait4 calls meets ChildProcessError and would take the
-        # status as lost (0): a task killed by TERM reported as done. Popen has the same lock.
+        # Two threads may reap one process (the loop's poll, a wait for its pid elsewhere): without the
+        # lock, one of two racing wait4 calls meets ChildProcessError and would take the status as lost
+        # (0): a task killed by TERM reported as done. Popen has the same lock.
         self._reaping = threading.Lock()
 
     def poll(self) -> Optional[int]:
@@ -85,6 +85,15 @@ class Spawned:
                 self.popen.returncode = self.returncode
 
 
+def exited(pid: int) -> bool:
+    """Whether the child ``pid`` has exited, left unreaped: the loop reaps it, and finds it by this same
+    look (reaping.py), which a process reaped here would escape."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped already
+        return True
+
+
 class Starting:
     """A process that a spawner thread is starting (see ``background``). Its start may still fail:
     ``error`` then says why, and it reads as exited with code 127, as a shell's "not found" does."""
@@ -109,7 +118,7 @@ class Starting:
             self.error = OSError(f"{type(error).__name__}: {error}")
         finally:
             self._unsettled.release()
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None or exited(self.process.pid):
             os.kill(os.getpid(), signal.SIGCHLD)
 
     @property
@@ -120,6 +129,10 @@ class Starting:
     def pid(self) -> int:
         self._settle()
         return 0 if self.process is None else self.process.pid  # 0: nothing to signal (runner checks)
+
+    def settled(self) -> bool:
+        """True once the start is done, whichever way."""
+        return not self._unsettled.locked()
 
     def poll(self) -> Optional[int]:
         if self._unsettled.locked():
@@ -255,11 +268,15 @@ def _popen(
     stdio: tuple[int, int, int],
     blocked: Collection[signal.Signals] = (),
 ) -> Process:
+    # Looked up once per program and PATH (``executable``), not by Popen at every start; raises as Popen
+    # would for a program that is not there.
+    program = executable(argv[0], env)
     # Popen's child keeps the signal mask of the thread that starts it.
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if blocked else None
     try:
         popen = subprocess.Popen(
             list(argv),
+            executable=program,
             cwd=folder,
             env=env,
             stdin=stdio[0],

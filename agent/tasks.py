@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 from agent import runner
 from agent.pools import Lease
+from agent.reaping import Reaper
 from agent.runner import Payload
 from agent.sweep import sweep_leftovers
 from agent.token import Report, Result, State
@@ -32,6 +33,7 @@ class Tasks:
         self.spares = spares  # finished folders kept at most
         self.kill_leftovers_after = kill_leftovers_after
         self.running: dict[str, Running] = {}
+        self.reaper = Reaper()  # which of them ended, without a wait4 for each at every look
         self.spare_folders: list[str] = []  # folders of finished tasks, for the next ones to empty and take
         self.unswept: dict[str, str] = {}  # cookie: token id, of tasks that ended since the last sweep
         self.sweep_due: Optional[float] = None  # when their detached leftovers are killed
@@ -44,6 +46,7 @@ class Tasks:
 
     def add(self, running: Running) -> None:
         self.running[running.lease.token.id] = running
+        self.reaper.add(running.payload)
 
     def folder_for(self, token_id: str, attempt: int) -> str:
         return runner.task_folder(self.folder, token_id, attempt)
@@ -58,10 +61,11 @@ class Tasks:
         """The tasks that ended since the last look, with their results; their leftovers are swept at
         most ``kill_leftovers_after`` from now."""
         done = []
+        # Reaped first: a task that exited by itself is reported with its own exit status, even when the
+        # pilot looks only after its deadline (stopped by SIGSTOP, or slow to be scheduled).
+        ended = self.reaper.ended([running.payload for running in self.running.values()])
         for token_id, running in list(self.running.items()):
-            # Reaped first: a task that exited by itself is reported with its own exit status, even when
-            # the pilot looks only after its deadline (stopped by SIGSTOP, or slow to be scheduled).
-            if not running.payload.poll():
+            if running.payload not in ended:
                 running.payload.tick(now)
                 continue
             del self.running[token_id]
