@@ -202,6 +202,7 @@ def start(
     cookie = next(_COOKIES)
     started = wallclock()
     outputs: list[int] = []  # filled where the process starts; the Payload reads them once it ended
+    stdin = _devnull()  # opened here, once: two spawner threads could each open one
 
     def ready() -> tuple[int, int, int]:
         try:
@@ -212,7 +213,7 @@ def start(
             _close(outputs)
             outputs.clear()
             raise
-        return (_devnull(), outputs[0], outputs[1])
+        return (stdin, outputs[0], outputs[1])
 
     try:
         process = spawn_task(argv, {**env, COOKIE_VARIABLE: cookie}, folder, ready, cpus)
