@@ -10,6 +10,7 @@ naming the file and the line, and nothing is added.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,16 +23,26 @@ FILE = "new-tokens.jsonl"
 POOL = "pool"  # a child's field that names the pool it goes to, one of [server] pools
 
 
-def path_in(folder: str) -> Path:
-    return Path(folder) / FILE
+def path_in(folder: str) -> str:
+    """The file in a task's folder, as a plain string: once per task, pathlib costs more than it helps."""
+    return f"{folder}/{FILE}"
 
 
-def read(path: Path, parent: str) -> tuple[NewToken, ...]:
+def read(path: str, parent: str) -> tuple[NewToken, ...]:
     """The children in ``path`` (none when there is no such file); ChildrenError for a malformed line."""
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # most tasks add none: one failed open, no more
     except FileNotFoundError:
         return ()
+    except OSError as err:
+        raise ChildrenError(Path(path), 0, f"cannot read: {err.strerror}") from None
+    return _children(Path(path), fd, parent)
+
+
+def _children(path: Path, fd: int, parent: str) -> tuple[NewToken, ...]:
+    try:
+        with open(fd, "rb") as file:
+            data = file.read()
     except OSError as err:
         raise ChildrenError(path, 0, f"cannot read: {err.strerror}") from None
     children: list[NewToken] = []

@@ -6,6 +6,7 @@ arrives, or a timer is due (a task's timeout, a lease renewal, the next look at 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -152,8 +153,7 @@ class Pilot:
                         return ending
                     self.signals.wait(self._sleep_time())
                     self._heed_signals()  # before reaping: a task killed along with us is interrupted
-                    for running, result in self._finished():
-                        self._report(running, result)
+                    self._report_all(self._finished())
                     if self.memory_watch.enabled:  # most pilots: not even the list of tasks
                         self.memory_watch.enforce(self.clock(), [task.payload for task in self.tasks])
                     if self.guard is not None:
@@ -354,7 +354,8 @@ class Pilot:
         grant = self.book.grants[token.id]
         attempt_number = len(token.attempts)
         folder = self.tasks.folder_for(token.id, attempt_number)
-        values = template.token_values(token.id, token.fields, self.cache_paths)
+        texts = template.field_texts(token.fields)
+        values = template.token_values(token.id, token.fields, self.cache_paths, texts)
         values.update({"pilot.config_dir": self.config_dir, "pilot.task_dir": folder})
         try:
             argv = [template.render(word, values) for word in self.config.task.command]
@@ -365,9 +366,9 @@ class Pilot:
             return
         env = {
             **self.base_env,
-            **template.task_environment(token.id, token.fields, self.cache_paths),
+            **template.task_environment(token.id, token.fields, self.cache_paths, texts),
             "PILOT_TASK_DIR": folder,
-            children.ENV: str(children.path_in(folder)),
+            children.ENV: children.path_in(folder),
             **grant.environment(self.config.task.env),
         }
         if self.guard is not None:
@@ -376,7 +377,6 @@ class Pilot:
         if not fresh:
             return
         lease = fresh[0]
-        folder_ready = self.tasks.ready_folder(folder, token.id)
         started = runner.start(
             token_id=token.id,
             argv=argv,
@@ -386,7 +386,7 @@ class Pilot:
             kill_grace=self.config.task.kill_grace,
             clock=self.clock,
             wallclock=self.wallclock,
-            folder_ready=folder_ready,
+            spare=self.tasks.spare_for(),
             cpus=grant.cpus if self.book.node.bind else None,
             cores=len(grant.cpus),
             memory=grant.memory,
@@ -436,6 +436,13 @@ class Pilot:
 
     # -- report ------------------------------------------------------------------------------------
 
+    def _report_all(self, finished: list[tuple[Running, Result]]) -> None:
+        """The tasks that ended since the last turn, reported in one write where the pool can: one commit
+        for all, not one each (their successors start after it, in the next claim step)."""
+        with self.pool.batch() if len(finished) > 1 else contextlib.nullcontext():
+            for running, result in finished:
+                self._report(running, result)
+
     def _report(self, running: Running, result: Result) -> None:
         """A task ended: report it with the tokens it added; claim its successor in the same round trip."""
         self.book.release(running.lease.token.id)
@@ -464,7 +471,7 @@ class Pilot:
     def _deliver(
         self, lease: Lease, result: Result, folder: str, *, claim: bool = False, new: Children = ()
     ) -> None:
-        report = replace(make_report(lease.token, result, self.config.task.max_attempts), children=new)
+        report = make_report(lease.token, result, self.config.task.max_attempts, new)
         wanted = self._claims_wanted() if claim else 0
         if wanted:
             self.claimed_early += self._probe(wanted)

@@ -50,7 +50,7 @@ class Payload:
         token_id: str,
         process: Process,
         folder: str,
-        outputs: tuple[int, int],
+        outputs: Sequence[int],
         cookie: str,
         started: float,
         timeout: Optional[float],
@@ -66,7 +66,7 @@ class Payload:
         self.program = program  # argv[0], for the reason of a start that failed in a spawner thread
         self.process = process
         self.folder = folder
-        self.outputs = outputs  # open stdout and stderr files, closed by finish()
+        self.outputs = outputs  # open stdout and stderr files, closed by finish(); none if it did not start
         self.cookie = cookie
         self.started = started  # epoch seconds, for the record
         self.timeout = timeout
@@ -80,6 +80,11 @@ class Payload:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def known_pid(self) -> Optional[int]:
+        """The process id, or None while a spawner thread is still starting the process."""
+        settled = getattr(self.process, "settled", None)
+        return self.process.pid if settled is None or settled() else None
 
     def poll(self) -> bool:
         """True once the main process has exited (and was reaped)."""
@@ -183,33 +188,35 @@ def start(
     kill_grace: float,
     clock: Callable[[], float] = time.monotonic,
     wallclock: Callable[[], float] = time.time,
-    folder_ready: bool = False,
+    spare: Optional[str] = None,
     cpus: Optional[Sequence[int]] = None,
     cores: Optional[int] = None,
     memory: int = 0,
 ) -> Payload | Result:
-    """Start the task in ``folder`` (created here unless ``folder_ready``) with stdout and stderr streamed
-    to files there, bound to ``cpus`` when given.
+    """Start the task in ``folder`` (the finished task's folder ``spare`` renamed, else made anew) with
+    stdout and stderr streamed to files there, bound to ``cpus`` when given. With spawner threads (see
+    spawn.background), the folder and the files are readied there too, off the loop.
 
     Returns a Payload, or a NOT_STARTED Result saying why the process could not start.
     """
     cookie = next(_COOKIES)
     started = wallclock()
-    outputs: list[int] = []
-    try:
-        # Plain os calls: this runs once per task, and /bin/true-sized tasks make every syscall count.
-        # The output files stay open (read-write) so the tails are read without opening them again.
+    outputs: list[int] = []  # filled where the process starts; the Payload reads them once it ended
+    stdin = _devnull()  # opened here, once: two spawner threads could each open one
+
+    def ready() -> tuple[int, int, int]:
         try:
-            if not folder_ready:
-                os.mkdir(folder)
-        except FileNotFoundError:  # the pilot's own folder is not there yet (first task)
-            os.makedirs(folder, exist_ok=True)
-        except FileExistsError:  # a folder left from an earlier attempt of the same token
-            pass
-        for name in ("stdout", "stderr"):
-            outputs.append(os.open(os.path.join(folder, name), _OUTPUT_FLAGS, 0o644))
-        stdio = (_devnull(), outputs[0], outputs[1])
-        process = spawn_task(argv, {**env, COOKIE_VARIABLE: cookie}, folder, stdio, cpus)
+            _ready_folder(folder, spare, token_id)
+            for name in ("stdout", "stderr"):
+                outputs.append(os.open(f"{folder}/{name}", _OUTPUT_FLAGS, 0o644))
+        except OSError:
+            _close(outputs)
+            outputs.clear()
+            raise
+        return (stdin, outputs[0], outputs[1])
+
+    try:
+        process = spawn_task(argv, {**env, COOKIE_VARIABLE: cookie}, folder, ready, cpus)
     except OSError as error:
         _close(outputs)
         return Result(Outcome.NOT_STARTED, _start_failure(error, argv[0], folder), started, wallclock())
@@ -217,7 +224,7 @@ def start(
         token_id=token_id,
         process=process,
         folder=folder,
-        outputs=(outputs[0], outputs[1]),
+        outputs=outputs,
         cookie=cookie,
         started=started,
         timeout=timeout,
@@ -227,6 +234,24 @@ def start(
         memory=memory,
         program=argv[0],
     )
+
+
+def _ready_folder(folder: str, spare: Optional[str], token_id: str) -> None:
+    """The task's folder: the finished task's ``spare`` emptied and renamed where that works, else made.
+    Plain os calls: this runs once per task, and /bin/true-sized tasks make every syscall count."""
+    if spare is not None:
+        if not emptied(spare):
+            remove_folder(spare)  # the task left more than its output: all of it goes, nothing carries over
+        elif take_over(spare, folder):
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("task folder: the emptied %s, renamed", spare, extra={"token": token_id})
+            return
+    try:
+        os.mkdir(folder)
+    except FileNotFoundError:  # the pilot's own folder is not there yet (first task)
+        os.makedirs(folder, exist_ok=True)
+    except FileExistsError:  # a folder left from an earlier attempt of the same token
+        pass
 
 
 COOKIE_PREFIX = random_prefix()  # of every cookie this pilot hands out: see sweep_leftovers

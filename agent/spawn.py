@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, Protocol
 
 # What Popen's restore_signals puts back to the default in the child: CPython ignores both.
@@ -51,9 +52,9 @@ class Spawned:
         self.popen = popen
         self.returncode: Optional[int] = None
         self.usage: Optional[Any] = None  # os.wait4's resource.struct_rusage, once reaped
-        # A spawner thread polls the process it started once (see Starting.start) while the loop polls
-        # too: without the lock, one of two racing wait4 calls meets ChildProcessError and would take the
-        # status as lost (0): a task killed by TERM reported as done. Popen has the same lock.
+        # Two threads may reap one process (the loop's poll, a wait for its pid elsewhere): without the
+        # lock, one of two racing wait4 calls meets ChildProcessError and would take the status as lost
+        # (0): a task killed by TERM reported as done. Popen has the same lock.
         self._reaping = threading.Lock()
 
     def poll(self) -> Optional[int]:
@@ -84,6 +85,15 @@ class Spawned:
                 self.popen.returncode = self.returncode
 
 
+def exited(pid: int) -> bool:
+    """Whether the child ``pid`` has exited, left unreaped: the loop reaps it, and finds it by this same
+    look (reaping.py), which a process reaped here would escape."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped already
+        return True
+
+
 class Starting:
     """A process that a spawner thread is starting (see ``background``). Its start may still fail:
     ``error`` then says why, and it reads as exited with code 127, as a shell's "not found" does."""
@@ -93,7 +103,9 @@ class Starting:
     def __init__(self) -> None:
         self.process: Optional[Process] = None
         self.error: Optional[OSError] = None
-        self.settled = threading.Event()
+        # Held until the spawner thread is done with the start: a latch, cheaper than an Event to make.
+        self._unsettled = threading.Lock()
+        self._unsettled.acquire()
 
     def start(self, start: Callable[[], Process]) -> None:
         """In the spawner thread. A task that ended, or a start that failed, before the loop could see
@@ -105,8 +117,8 @@ class Starting:
         except Exception as error:  # noqa: BLE001 - unsettled, the loop would wait for this task forever
             self.error = OSError(f"{type(error).__name__}: {error}")
         finally:
-            self.settled.set()
-        if self.process is None or self.process.poll() is not None:
+            self._unsettled.release()
+        if self.process is None or exited(self.process.pid):
             os.kill(os.getpid(), signal.SIGCHLD)
 
     @property
@@ -115,17 +127,26 @@ class Starting:
 
     @property
     def pid(self) -> int:
-        self.settled.wait()
+        self._settle()
         return 0 if self.process is None else self.process.pid  # 0: nothing to signal (runner checks)
 
+    def settled(self) -> bool:
+        """True once the start is done, whichever way."""
+        return not self._unsettled.locked()
+
     def poll(self) -> Optional[int]:
-        if not self.settled.is_set():
+        if self._unsettled.locked():
             return None
         return self.FAILED if self.process is None else self.process.poll()
 
     def wait(self) -> int:
-        self.settled.wait()
+        self._settle()
         return self.FAILED if self.process is None else self.process.wait()
+
+    def _settle(self) -> None:
+        """Until the start is done, whichever way."""
+        with self._unsettled:
+            pass
 
 
 # With several slots the loop, one thread, spent most of its time blocked in the kernel's clone and exec
@@ -137,7 +158,38 @@ class Starting:
 BACKGROUND_SLOTS = 2  # from this many slots a pilot starts its tasks from spawner threads
 SPAWNERS = 8
 SWITCH_INTERVAL = 0.0005  # seconds; CPython's default is 0.005
-_BACKGROUND: list[ThreadPoolExecutor] = []
+_BACKGROUND: list[Spawners] = []
+Stdio = tuple[int, int, int]
+
+
+class Spawners:
+    """A few threads that run start jobs from one queue. Lighter than a ThreadPoolExecutor, whose Future,
+    work item and thread accounting cost the loop more per task than the put of a job does."""
+
+    def __init__(self, count: int) -> None:
+        self.jobs: queue.SimpleQueue[Optional[Callable[[], None]]] = queue.SimpleQueue()
+        self.threads = [
+            threading.Thread(target=self._work, name=f"spawner_{n}", daemon=True) for n in range(count)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.jobs.put(job)
+
+    def shutdown(self) -> None:
+        """Let the threads finish the jobs queued, then end them."""
+        for _ in self.threads:
+            self.jobs.put(None)
+        for thread in self.threads:
+            thread.join()
+
+    def _work(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            job()  # Starting.start: it catches what the start raises
 
 
 @contextlib.contextmanager
@@ -146,7 +198,7 @@ def background(slots: int) -> Iterator[None]:
     if slots < BACKGROUND_SLOTS or sys.version_info < (3, 10):
         yield
         return
-    threads = ThreadPoolExecutor(min(slots, SPAWNERS), thread_name_prefix="spawner")
+    threads = Spawners(min(slots, SPAWNERS))
     _BACKGROUND.append(threads)
     # The loop waits for the GIL after each of its system calls while a spawner runs Popen's Python
     # code: a shorter switch interval gets it back sooner.
@@ -157,36 +209,41 @@ def background(slots: int) -> Iterator[None]:
     finally:
         sys.setswitchinterval(interval)
         _BACKGROUND.remove(threads)
-        threads.shutdown(wait=True)
+        threads.shutdown()
 
 
 def spawn_task(
     argv: Sequence[str],
     env: Mapping[str, str],
     folder: str,
-    stdio: tuple[int, int, int],
+    stdio: Stdio | Callable[[], Stdio],
     cpus: Optional[Collection[int]] = None,
 ) -> Process:
     """``spawn`` for a task, whose descriptors stay open until it is reaped, bound to ``cpus`` if given.
-    Inside ``background``, it returns at once a ``Starting``, whose ``error`` says why if the start
-    fails; the binding is then the spawner thread's, around its Popen (affinity is per thread)."""
+    ``stdio`` may be a function that readies the folder and opens the descriptors: it is called where
+    the process starts, so that inside ``background`` a spawner thread does that file-system work, not
+    the loop. Inside ``background``, it returns at once a ``Starting``, whose ``error`` says why if the
+    start fails (the function's OSError included); the binding is then the spawner thread's."""
     if not _BACKGROUND:
+        opened = stdio() if callable(stdio) else stdio
         with pinned(cpus):
-            return spawn(argv, env, folder, stdio)
+            return spawn(argv, env, folder, opened)
     starting = Starting()
-    _BACKGROUND[0].submit(starting.start, lambda: _pinned_popen(argv, env, folder, stdio, cpus))
+    start = functools.partial(_bound_popen, argv, env, folder, stdio, cpus)
+    _BACKGROUND[0].submit(functools.partial(starting.start, start))
     return starting
 
 
-def _pinned_popen(
+def _bound_popen(
     argv: Sequence[str],
     env: Mapping[str, str],
     folder: str,
-    stdio: tuple[int, int, int],
+    stdio: Stdio | Callable[[], Stdio],
     cpus: Optional[Collection[int]],
 ) -> Process:
-    with pinned(cpus):
-        return _popen(argv, env, folder, stdio)
+    opened = stdio() if callable(stdio) else stdio
+    bind_thread(cpus)
+    return _popen(argv, env, folder, opened)
 
 
 def spawn(
@@ -211,11 +268,15 @@ def _popen(
     stdio: tuple[int, int, int],
     blocked: Collection[signal.Signals] = (),
 ) -> Process:
+    # Looked up once per program and PATH (``executable``), not by Popen at every start; raises as Popen
+    # would for a program that is not there.
+    program = executable(argv[0], env)
     # Popen's child keeps the signal mask of the thread that starts it.
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if blocked else None
     try:
         popen = subprocess.Popen(
             list(argv),
+            executable=program,
             cwd=folder,
             env=env,
             stdin=stdio[0],
@@ -269,16 +330,34 @@ def pinned(cpus: Optional[Collection[int]]) -> Iterator[None]:
     """The pilot's thread bound to ``cpus`` while it starts a process, which inherits the binding (and
     passes it on to its children): posix_spawn has no affinity attribute, and Popen's preexec_fn would
     cost a fork. Two system calls; the pilot's own binding comes back after."""
-    if cpus is None:
+    if cpus is None or _own_cpus() == set(cpus):  # one slot on a node of its own CPUs: nothing to bind
         yield
         return
-    if not _OWN_CPUS:
-        _OWN_CPUS.append(os.sched_getaffinity(0))
     os.sched_setaffinity(0, cpus)
     try:
         yield
     finally:
         os.sched_setaffinity(0, _OWN_CPUS[0])
+
+
+_BOUND = threading.local()  # a spawner thread's binding: what it last set, None for the pilot's own
+
+
+def bind_thread(cpus: Optional[Collection[int]]) -> None:
+    """Bind the calling spawner thread to ``cpus`` (None: the pilot's own CPUs) for the processes it starts,
+    which inherit the binding. It is left as it is after: a spawner thread only starts tasks, and a call
+    is saved whenever the next task has the same CPUs, as every task has without binding."""
+    wanted = None if cpus is None else frozenset(cpus)
+    if getattr(_BOUND, "cpus", None) == wanted:
+        return
+    os.sched_setaffinity(0, _own_cpus() if wanted is None else wanted)
+    _BOUND.cpus = wanted
+
+
+def _own_cpus() -> set[int]:
+    if not _OWN_CPUS:
+        _OWN_CPUS.append(os.sched_getaffinity(0))
+    return _OWN_CPUS[0]
 
 
 def executable(program: str, env: Mapping[str, str]) -> str:

@@ -1,4 +1,4 @@
-"""The running tasks' bookkeeping: which lease each runs for, their folders (and the emptied ones kept for
+"""The running tasks' bookkeeping: which lease each runs for, their folders (and the finished ones kept for
 the next tasks), and the sweep for what finished tasks left running. The loop decides; this keeps count."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 from agent import runner
 from agent.pools import Lease
+from agent.reaping import Reaper
 from agent.runner import Payload
 from agent.sweep import sweep_leftovers
 from agent.token import Report, Result, State
@@ -29,10 +30,11 @@ class Tasks:
     def __init__(self, folder: Path, keep_workdirs: str, spares: int, kill_leftovers_after: float) -> None:
         self.folder = folder  # the pilot's folder, holding one folder per task
         self.keep_workdirs = keep_workdirs
-        self.spares = spares  # emptied folders kept at most
+        self.spares = spares  # finished folders kept at most
         self.kill_leftovers_after = kill_leftovers_after
         self.running: dict[str, Running] = {}
-        self.spare_folders: list[str] = []  # emptied folders of finished tasks, for the next ones
+        self.reaper = Reaper()  # which of them ended, without a wait4 for each at every look
+        self.spare_folders: list[str] = []  # folders of finished tasks, for the next ones to empty and take
         self.unswept: dict[str, str] = {}  # cookie: token id, of tasks that ended since the last sweep
         self.sweep_due: Optional[float] = None  # when their detached leftovers are killed
 
@@ -44,18 +46,14 @@ class Tasks:
 
     def add(self, running: Running) -> None:
         self.running[running.lease.token.id] = running
+        self.reaper.add(running.payload)
 
     def folder_for(self, token_id: str, attempt: int) -> str:
         return runner.task_folder(self.folder, token_id, attempt)
 
-    def ready_folder(self, folder: str, token_id: str) -> bool:
-        """Rename an emptied folder to be this task's, if there is one; True when ``folder`` is there."""
-        if not self.spare_folders:
-            return False
-        spare = self.spare_folders.pop()
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("task folder: the emptied %s, renamed", spare, extra={"token": token_id})
-        return runner.take_over(spare, folder)
+    def spare_for(self) -> Optional[str]:
+        """A finished task's folder for the next task to empty and rename (runner.start), if one is kept."""
+        return self.spare_folders.pop() if self.spare_folders else None
 
     def finished(
         self, now: float, log_tail: int, wallclock: Callable[[], float]
@@ -63,10 +61,11 @@ class Tasks:
         """The tasks that ended since the last look, with their results; their leftovers are swept at
         most ``kill_leftovers_after`` from now."""
         done = []
+        # Reaped first: a task that exited by itself is reported with its own exit status, even when the
+        # pilot looks only after its deadline (stopped by SIGSTOP, or slow to be scheduled).
+        ended = self.reaper.ended([running.payload for running in self.running.values()])
         for token_id, running in list(self.running.items()):
-            # Reaped first: a task that exited by itself is reported with its own exit status, even when
-            # the pilot looks only after its deadline (stopped by SIGSTOP, or slow to be scheduled).
-            if not running.payload.poll():
+            if running.payload not in ended:
                 running.payload.tick(now)
                 continue
             del self.running[token_id]
@@ -102,8 +101,8 @@ class Tasks:
         keep = self.keep_workdirs
         if keep == "always" or (keep == "failed" and report.state is not State.DONE):
             return
-        if len(self.spare_folders) < self.spares and runner.emptied(folder):
-            self.spare_folders.append(folder)  # the next task's folder, renamed
+        if len(self.spare_folders) < self.spares:
+            self.spare_folders.append(folder)  # emptied and renamed by the next task's start, off the loop
         else:
             runner.remove_folder(folder)
 

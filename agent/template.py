@@ -6,11 +6,12 @@ goes straight to ``exec``. Nothing here ever reaches a shell, so ``; rm -rf ~`` 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 _FIELD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 _ENV_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
@@ -117,21 +118,36 @@ def render(template: Template, values: Mapping[str, str]) -> str:
     return "".join(out)
 
 
-def token_values(token_id: str, fields: Mapping[str, Any], cache_paths: Mapping[str, str]) -> dict[str, str]:
-    """What ``{name}`` can refer to: the token's fields, ``{id}``, and ``{cache.<entry>}``."""
-    values = {name: as_text(value) for name, value in fields.items()}
+def field_texts(fields: Mapping[str, Any]) -> dict[str, str]:
+    """Every field as text (``as_text``): made once per task, for its argv and its environment both."""
+    return {name: as_text(value) for name, value in fields.items()}
+
+
+def token_values(
+    token_id: str,
+    fields: Mapping[str, Any],
+    cache_paths: Mapping[str, str],
+    texts: Optional[Mapping[str, str]] = None,
+) -> dict[str, str]:
+    """What ``{name}`` can refer to: the token's fields (``texts``, if made already), ``{id}``, and
+    ``{cache.<entry>}``."""
+    values = dict(field_texts(fields) if texts is None else texts)
     values["id"] = token_id
     values.update({f"cache.{name}": path for name, path in cache_paths.items()})
     return values
 
 
+@functools.lru_cache(maxsize=1024)  # the same few field names, task after task
 def env_name(field: str) -> str:
     """``PILOT_TOKEN_<NAME>``: upper case, anything but letters, digits and '_' becomes '_'."""
     return "PILOT_TOKEN_" + _ENV_UNSAFE.sub("_", field).upper()
 
 
 def task_environment(
-    token_id: str, fields: Mapping[str, Any], cache_paths: Mapping[str, str]
+    token_id: str,
+    fields: Mapping[str, Any],
+    cache_paths: Mapping[str, str],
+    texts: Optional[Mapping[str, str]] = None,
 ) -> dict[str, str]:
     """``PILOT_TOKEN_<NAME>`` for every field, ``PILOT_TOKEN_ID`` and ``PILOT_CACHE_<ENTRY>``.
 
@@ -139,8 +155,7 @@ def task_environment(
     names the field fails with UnsafeValue from ``render``.
     """
     env = {}
-    for name, value in fields.items():
-        text = as_text(value)
+    for name, text in (field_texts(fields) if texts is None else texts).items():
         if "\0" not in text:
             env[env_name(name)] = text
     env["PILOT_TOKEN_ID"] = token_id

@@ -70,11 +70,18 @@ class Estimator:
         self.factor = factor
         self.min_samples = min_samples
         self.durations: deque[float] = deque(maxlen=window)
+        self._expected: Optional[float] = None  # until the next record: the loop asks several times a task
 
     def record(self, seconds: float) -> None:
         self.durations.append(max(0.0, seconds))
+        self._expected = None
 
     def expected(self) -> float:
+        if self._expected is None:
+            self._expected = self._estimate()
+        return self._expected
+
+    def _estimate(self) -> float:
         if len(self.durations) < self.min_samples:
             return self.configured
         ordered = sorted(self.durations)

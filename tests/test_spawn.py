@@ -237,3 +237,58 @@ def test_a_start_that_raises_anything_still_settles_as_failed() -> None:
     starting.start(broken)
     assert starting.poll() == spawn.Starting.FAILED and starting.wait() == spawn.Starting.FAILED
     assert starting.pid == 0 and "ValueError: embedded null byte" in str(starting.error)
+
+
+def test_a_task_folder_that_cannot_be_made_in_a_spawner_thread_is_reported_as_not_started(
+    tmp_path: Path,
+) -> None:
+    """The folder and the output files are readied in the spawner thread: its failure reads as the
+    inline start's would, naming the folder."""
+    from agent import runner
+    from agent.token import Outcome
+
+    (tmp_path / "file").write_text("not a folder")
+    folder, token = tmp_path / "file" / "t.1", "t"
+    with spawn.background(spawn.BACKGROUND_SLOTS):
+        payload = runner.start(
+            token_id=token,
+            argv=["true"],
+            env={"PATH": "/usr/bin:/bin"},
+            folder=str(folder),
+            timeout=None,
+            kill_grace=1.0,
+        )
+        assert isinstance(payload, runner.Payload)
+        assert isinstance(payload.process, spawn.Starting)
+        payload.process.wait()
+        assert payload.poll()
+        result = payload.finish(100, lambda: 0.0)
+    assert result.outcome is Outcome.NOT_STARTED
+    assert result.reason == f"cannot use task folder {folder}: Not a directory"
+    assert payload.outputs == []  # nothing left open
+
+
+def test_a_spare_folder_is_emptied_and_renamed_where_the_next_task_starts(tmp_path: Path) -> None:
+    from agent import runner
+
+    spare = tmp_path / "a.1"
+    spare.mkdir()
+    (spare / "stdout").write_text("old")
+    (spare / "stderr").write_text("old")
+    token = "b"
+    with spawn.background(spawn.BACKGROUND_SLOTS):
+        payload = runner.start(
+            token_id=token,
+            argv=["sh", "-c", "ls; echo new"],
+            env={"PATH": "/usr/bin:/bin"},
+            folder=str(tmp_path / "b.1"),
+            timeout=None,
+            kill_grace=1.0,
+            spare=str(spare),
+        )
+        assert isinstance(payload, runner.Payload)
+        payload.process.wait()
+        assert payload.poll()
+        result = payload.finish(100, lambda: 0.0)
+    assert not spare.exists()
+    assert result.stdout_tail == b"stderr\nstdout\nnew\n"  # fresh files, nothing of the last task's

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from agent.token import Outcome, State, check_token_id, next_state
+from agent.token import Attempt, Outcome, Result, State, check_token_id, close_attempt, next_state
 
 
 def test_done_is_done() -> None:
@@ -31,3 +33,16 @@ def test_interruptions_give_the_token_back_uncharged(outcome: Outcome) -> None:
 def test_token_ids_that_a_pool_cannot_hold_are_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="token id"):
         check_token_id(bad)
+
+
+def test_closing_an_attempt_keeps_who_claimed_it_and_takes_every_figure_of_the_result() -> None:
+    """close_attempt builds the Attempt field by field: a field added to Attempt must be handled there."""
+    opened = Attempt(pilot="p", host="h", batch_job="slurm:1", claimed=5.0)
+    result = Result(Outcome.FAILED, "exit code 3", 6.0, 7.5, 3, None, b"", b"", 2, 0.25, 0.125, 4096)
+    closed = close_attempt(opened, result)
+    taken = {"started", "ended", "exit_code", "signal", "outcome", "reason", "cores", "cpu_user"}
+    taken |= {"cpu_system", "max_rss"}
+    assert set(Attempt.__dataclass_fields__) == taken | {"pilot", "host", "batch_job", "claimed"}
+    assert closed == replace(
+        opened, **{name: getattr(result, name) for name in taken - {"outcome"}}, outcome="failed"
+    )

@@ -8,6 +8,7 @@ or renewal that finds the lease moved on returns a conflict instead of overwriti
 from __future__ import annotations
 
 import abc
+import contextlib
 import enum
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
@@ -181,6 +182,13 @@ class Pool(abc.ABC):
             return saved, self.claim(n, fit) if n > 0 else []
         except ServerUnreachable as err:
             raise ClaimUnreachable(err, saved) from err
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """The reports (and claims) made inside go to the pool in one write where the backend can: the
+        local pool makes them one transaction, one commit for a turn's reports instead of one each. Each
+        still succeeds or fails by itself. This default does nothing."""
+        yield
 
     @abc.abstractmethod
     def counts(self) -> Counts:

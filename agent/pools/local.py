@@ -190,6 +190,7 @@ class LocalPool(Pool):
         self._next_expiry_scan = 0.0
         self._lease_ids = unique_ids()
         self.view_indexes: set[str] = set()  # of VIEW_INDEXES, those the pool file has
+        self._batched = False  # inside batch(): writes are savepoints of its transaction
         self._db = self._connect(create)
 
     # -- connection and schema ---------------------------------------------------------------------
@@ -314,16 +315,51 @@ class LocalPool(Pool):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, holding SQLite's write lock from the start (no read-then-upgrade race)."""
+        """One write transaction, holding SQLite's write lock from the start (no read-then-upgrade race).
+        Inside ``batch`` the transaction is open already: the write is a savepoint of it, undone alone
+        when it fails."""
+        db = self._db
+        if self._batched:
+            db.execute("SAVEPOINT write")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK TO write")
+                db.execute("RELEASE write")
+                raise
+            db.execute("RELEASE write")
+            return
+        self._begin()
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._commit()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every write inside in one transaction, one commit: a commit costs more than the report and the
+        claim it saves together, and what a turn's reports change shares its pages. What the writes
+        that went through changed is committed even when one fails or the body raises."""
+        if self._batched:
+            yield
+            return
+        self._begin()
+        self._batched = True
+        try:
+            yield
+        finally:
+            self._batched = False
+            self._commit()
+
+    def _begin(self) -> None:
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as err:
             raise PoolError(self.where, f"cannot lock for writing: {err}") from None
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+
+    def _commit(self) -> None:
         try:
             self._db.execute("COMMIT")
         except sqlite3.Error as err:

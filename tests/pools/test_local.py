@@ -304,3 +304,44 @@ def test_a_report_that_beats_the_pilots_stop_keeps_the_token_cancelled(tmp_path:
         )
         token = pool.get("finishing")
         assert (token.state, token.reason, token.attempts[-1].outcome) == (State.ERROR, "cancelled", "done")
+
+
+def test_reports_in_a_batch_are_one_commit_and_a_refused_one_is_undone_alone(tmp_path: Path) -> None:
+    """A turn's reports go in one transaction (pilot._report_all); a write that fails inside it, here
+    children the pool refuses, is rolled back to its savepoint, and the others are committed."""
+    clock = Clock()
+    path = tmp_path / "p.db"
+    with pool_for(path, "pilot-a", clock) as pool:
+        pool.add([NewToken(f"t{n}", {"input": str(n)}) for n in range(4)] + [NewToken("taken", {})])
+        leases = pool.claim(3)
+        statements: list[str] = []
+        pool._db.set_trace_callback(statements.append)
+        with pool.batch():
+            first, second, third = leases
+            assert pool.report(first, make_report(first.token, result(Outcome.DONE), 1)) is Saved.SAVED
+            refused = make_report(second.token, result(Outcome.DONE), 1, (NewToken("taken", {}),))
+            with pytest.raises(TokenError):
+                pool.report_and_claim(second, refused, 1)
+            saved, claimed = pool.report_and_claim(
+                third, make_report(third.token, result(Outcome.DONE), 1), 1
+            )
+            assert saved is Saved.SAVED and [lease.token.id for lease in claimed] == ["t3"]
+        pool._db.set_trace_callback(None)
+        assert [s for s in statements if s.split()[0] in ("BEGIN", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
+    with pool_for(path, "pilot-b", clock) as other:  # what another process sees: committed
+        states = {token_id: other.get(token_id).state for token_id in ("t0", "t1", "t2", "t3")}
+        assert states == {"t0": State.DONE, "t1": State.LOCKED, "t2": State.DONE, "t3": State.LOCKED}
+        assert other.get("t1").attempts[-1].outcome is None  # its refused report left nothing behind
+
+
+def test_a_batch_commits_what_went_through_when_its_body_fails(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "p.db"
+    with pool_for(path, "pilot-a", clock) as pool:
+        pool.add([NewToken("t0", {})])
+        (lease,) = pool.claim(1)
+        with pytest.raises(RuntimeError), pool.batch():
+            pool.report(lease, make_report(lease.token, result(Outcome.DONE), 1))
+            raise RuntimeError("the loop failed after one report")
+    with pool_for(path, "pilot-b", clock) as other:
+        assert other.get("t0").state is State.DONE
