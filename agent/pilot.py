@@ -14,12 +14,14 @@ from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 from agent import children, runner, template
+from agent import leases as keeping
 from agent.breaker import BLACK_HOLE_HINT, Breaker
 from agent.config import Config
 from agent.errors import CERTIFICATE_FAILED, ExitCode, PilotError, ServerUnreachable
 from agent.guard import Guard
 from agent.identity import Identity
 from agent.journal import Journal
+from agent.leases import Act, Holder
 from agent.memory import MemoryWatch
 from agent.outage import OUTAGE_HINT, Outage, first_claim_delay
 from agent.pools import Lease, Pool, Renewal, Saved
@@ -133,7 +135,7 @@ class Pilot:
         # A dead pilot's token comes back after one lease: look again at least twice per lease.
         self.empty_poll = min(EMPTY_POLL, config.server.lease / 2)
         self.next_claim = clock() + first_claim_delay(config.pilot.start_jitter)
-        self.next_renewal = 0.0
+        self.renewals = keeping.Schedule.for_lease(config.server.lease)
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -264,7 +266,7 @@ class Pilot:
         if leases:
             self.idle_since = None
             if not self.running:
-                self.next_renewal = now + self.config.server.lease / 3
+                self.renewals = self.renewals.after(now)
 
     def _note_idle(self, now: float) -> None:
         """Nothing to claim and nothing running. Waiting only helps while other pilots hold tokens that
@@ -405,28 +407,22 @@ class Pilot:
         may have run out while another pilot ran its token: renewed first; lost, cancelled or not renewed,
         its task does not start."""
         now = self.wallclock()
-        lapsing = [lease for lease in leases if lease.lapsing(now, self.config.server.lease)]
+        lapsing = keeping.lapsing_leases(leases, now, self.config.server.lease)
         if not lapsing:
             return leases
         try:
-            renewal = self.pool.renew(lapsing)
+            renewal: Optional[Renewal] = self.pool.renew(lapsing)
         except ServerUnreachable as err:
             self.reporter.unreachable(err)
-            renewal = Renewal([], lapsing, [])
-        renewed = {lease.token.id: lease for lease in renewal.renewed}
-        for lease in renewal.lost:
+            renewal = None
+        start = keeping.start_check(leases, lapsing, renewal)
+        for lease in start.lost:
             self.book.release(lease.token.id)
-            log.warning(
-                "not started: its lease ran out, or was not renewed, before its task could start",
-                extra={"token": lease.token.id},
-            )
-        for lease in renewal.cancelled:
+            log.warning(keeping.NOT_STARTED, extra={"token": lease.token.id})
+        for lease in start.cancelled:
             self.book.release(lease.token.id)
-            folder = self.tasks.folder_for(lease.token.id, len(lease.token.attempts))
-            cancelled = Result(Outcome.CANCELLED, Outcome.CANCELLED.value, None, now)
-            self._deliver(lease, cancelled, folder)
-        ours = [lease for lease in leases if lease not in lapsing]
-        return ours + [renewed[lease.token.id] for lease in lapsing if lease.token.id in renewed]
+            self._cancelled_unstarted(lease, now)
+        return start.startable
 
     def _finished(self) -> list[tuple[Running, Result]]:
         done = self.tasks.finished(self.clock(), self.config.task.log_tail, self.wallclock)
@@ -595,65 +591,68 @@ class Pilot:
     # -- leases ------------------------------------------------------------------------------------
 
     def _keep_leases(self) -> None:
+        """Every third of a lease while something is held: renew, then act on what came back."""
         now = self.clock()
-        if not (self.running or self.suspects or self.book.held) or now < self.next_renewal:
-            return
-        self.next_renewal = now + self.config.server.lease / 3
-        held = [running.lease for running in self.running.values()]
-        held += [suspect.lease for suspect in self.suspects.values()]
         waiting = self.book.held
-        held += [waiting.item] if waiting is not None else []
+        if not (self.running or self.suspects or waiting) or not self.renewals.due(now):
+            return
+        self.renewals = self.renewals.after(now)
+        held = keeping.to_renew(
+            [running.lease for running in self.running.values()],
+            [suspect.lease for suspect in self.suspects.values()],
+            waiting.item if waiting is not None else None,
+        )
         try:
             renewal = self.pool.renew(held)
         except ServerUnreachable as err:
             self.reporter.unreachable(err)
             return
         self.reporter.reachable()
-        for lease in renewal.renewed:
-            if waiting is not None and waiting.item.token.id == lease.token.id:
+        waiting_id = waiting.item.token.id if waiting is not None else None
+        for action in keeping.renewal_actions(renewal, waiting=waiting_id, suspects=self.suspects):
+            lease = action.lease
+            if action.act is Act.RENEWED and action.holder is Holder.HELD and waiting is not None:
                 waiting.item = lease
-                continue
-            holder = self.running.get(lease.token.id) or self.suspects[lease.token.id]
-            holder.lease = lease
-        for lease in renewal.lost:
-            extra = {"token": lease.token.id}
-            if waiting is not None and waiting.item.token.id == lease.token.id:
-                self.book.drop_held()
-                log.warning("lease lost while it waited for room (token reset or taken)", extra=extra)
-                continue
-            if self.suspects.pop(lease.token.id, None) is not None:
-                log.warning(
-                    "lease lost while its failure was held back; the failure is not reported", extra=extra
-                )
-                continue
-            log.warning("lease lost (token reset or taken by another pilot): stopping its task", extra=extra)
-            self.running[lease.token.id].payload.terminate(
-                Stop(Outcome.LEASE_LOST, "lease lost: the token was reset or is held by another pilot")
-            )
-        for lease in renewal.cancelled:
-            self._cancelled(lease)
+            elif action.act is Act.RENEWED:
+                (self.running.get(lease.token.id) or self.suspects[lease.token.id]).lease = lease
+            elif action.act is Act.LOST:
+                self._lost(action)
+            else:
+                self._cancelled(action)
 
-    def _cancelled(self, lease: Lease) -> None:
+    def _lost(self, action: keeping.Action) -> None:
+        """Reset or taken by another pilot: let go of it, stop its task; nothing is reported."""
+        token_id, holder = action.lease.token.id, action.holder
+        if holder is Holder.HELD:
+            self.book.drop_held()
+        elif holder is Holder.SUSPECT:
+            del self.suspects[token_id]
+        log.warning(keeping.LOST[holder], extra={"token": token_id})
+        if holder is Holder.RUNNING:
+            self.running[token_id].payload.terminate(Stop(Outcome.LEASE_LOST, keeping.LOST_REASON))
+
+    def _cancelled(self, action: keeping.Action) -> None:
         """`tokens cancel` took a token we hold: stop its task (TERM, grace, KILL) and report the attempt
         as cancelled. A failure held back for the breaker, or a token held until it fits, is reported as
         cancelled at once."""
-        extra = {"token": lease.token.id}
-        suspect = self.suspects.pop(lease.token.id, None)
-        if suspect is not None:
+        lease, holder = action.lease, action.holder
+        if holder is Holder.SUSPECT:
+            suspect = self.suspects.pop(lease.token.id)
             cancelled = replace(suspect.result, outcome=Outcome.CANCELLED, reason=Outcome.CANCELLED.value)
             self._deliver(suspect.lease, cancelled, suspect.folder)
             return
-        held = self.book.held
-        if held is not None and held.item.token.id == lease.token.id:  # claimed, waiting for room
+        if holder is Holder.HELD:  # claimed, waiting for room
             self.book.drop_held()
-            log.warning("cancelled by `pilot.pyz tokens cancel` while it waited for room", extra=extra)
-            folder = self.tasks.folder_for(lease.token.id, len(lease.token.attempts))
-            self._deliver(
-                lease, Result(Outcome.CANCELLED, Outcome.CANCELLED.value, None, self.wallclock()), folder
-            )
+        log.warning(keeping.CANCELLED[holder], extra={"token": lease.token.id})
+        if holder is Holder.RUNNING:
+            self.running[lease.token.id].payload.terminate(Stop(Outcome.CANCELLED, Outcome.CANCELLED.value))
             return
-        log.warning("cancelled by `pilot.pyz tokens cancel`: stopping its task", extra=extra)
-        self.running[lease.token.id].payload.terminate(Stop(Outcome.CANCELLED, Outcome.CANCELLED.value))
+        self._cancelled_unstarted(lease, self.wallclock())
+
+    def _cancelled_unstarted(self, lease: Lease, now: float) -> None:
+        """A claimed token cancelled before its task started: the attempt is reported cancelled."""
+        folder = self.tasks.folder_for(lease.token.id, len(lease.token.attempts))
+        self._deliver(lease, Result(Outcome.CANCELLED, Outcome.CANCELLED.value, None, now), folder)
 
     # -- stopping ----------------------------------------------------------------------------------
 
@@ -728,7 +727,7 @@ class Pilot:
             if event is not None:
                 wake.append(event)
         if self.running or self.suspects:  # held failures keep their leases too
-            wake.append(self.next_renewal)
+            wake.append(self.renewals.next)
         if not self.stopping and not self.draining and self.book.fit(now, self._patience()) is not None:
             wake.append(self.next_claim)
         if self.running and self.book.held is None and self.book.fit(now, self._patience()) is not None:
