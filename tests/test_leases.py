@@ -1,11 +1,22 @@
 """Lease keeping (agent/leases.py): the renewal schedule, what a renewal means for each holder, and the
-last look before a task starts. Pure: the clock is a number passed in, the renewals are built here."""
+last look before a task starts. Pure: the clock is a number passed in, the renewals are built here. Last,
+the Pilot carrying out a real local pool's renewal for each holder."""
 
 from __future__ import annotations
 
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from conftest import local_config, to_toml
+
+from agent.config import load
+from agent.identity import Identity
 from agent.leases import (
     CANCELLED,
     LOST,
+    LOST_REASON,
     Act,
     Action,
     Holder,
@@ -15,8 +26,11 @@ from agent.leases import (
     start_check,
     to_renew,
 )
-from agent.pools import Lease, Renewal
-from agent.token import Attempt, State, Token
+from agent.pilot import Pilot, Suspect
+from agent.pools import Lease, NewToken, Renewal, open_pool
+from agent.runner import Stop
+from agent.token import Attempt, Outcome, Result, State, Token
+from agent.walltime import End, Walltime
 
 LEASE = 900.0  # server.lease: renewals every 300 s, lapsing with less than 300 s left
 
@@ -163,3 +177,61 @@ def test_server_unreachable_every_lapsing_lease_is_lost_the_fresh_ones_start() -
     assert start.startable == [fresh]
     assert start.lost == [first, second]
     assert start.cancelled == []
+
+
+# -- the Pilot carries them out, on a real local pool ----------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["lost", "cancelled"])
+def test_the_pilot_acts_on_a_renewal_for_its_running_task_suspect_and_held_token(
+    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sections = local_config(tmp_path, ["/bin/sleep", "30"], pilot={"cores": 4, "bind": False, "slots": 2})
+    (tmp_path / "site.toml").write_text(to_toml(sections))
+    config = load(tmp_path / "site.toml", {})
+    identity = Identity("a", "node", None)
+    pool = open_pool(config.server, identity, create=True)
+    now = [1000.0]
+    walltime = Walltime(End(None, "test"), config.walltime)
+    pilot = Pilot(config, pool, identity, walltime, environ={}, cache_paths={}, clock=lambda: now[0])
+    pool.add([NewToken("run", {})])
+    [running] = pool.claim(1)
+    assert pilot.book.place("run", {}, running, now[0]).grant is not None
+    pilot._run(running)
+    pool.add([NewToken("bad", {}), NewToken("big", {"cores": 4})])
+    [bad] = pool.claim(1)
+    failed = Result(Outcome.FAILED, "exit code 1", time.time(), time.time(), 1)
+    pilot.suspects["bad"] = Suspect(bad, failed, pilot.tasks.folder_for("bad", 1))
+    [big] = pool.claim(1)
+    assert pilot.book.place("big", {"cores": 4}, big, now[0]).grant is None  # held: "run" has a core
+    if how == "lost":
+        assert pool.reset(locked=True, errors=False) == 3
+    else:
+        assert pool.cancel(["run", "bad", "big"], all_todo=False) == 3
+    task = pilot.running["run"].payload
+    pilot.renewals = pilot.renewals.after(now[0])  # as the claim did
+    try:
+        with caplog.at_level(logging.WARNING, logger="agent.pilot"):
+            pilot._keep_leases()  # not due yet: nothing renewed
+            assert task.stop is None and pilot.suspects and pilot.book.held is not None
+            now[0] += config.server.lease / 3
+            pilot._keep_leases()
+    finally:
+        task.kill_now(Stop(Outcome.INTERRUPTED, "test over"))
+        task.process.wait()
+    assert not pilot.suspects and pilot.book.held is None
+    lines = [(record.token, record.getMessage()) for record in caplog.records]  # type: ignore[attr-defined]
+    if how == "lost":
+        assert task.stop == Stop(Outcome.LEASE_LOST, LOST_REASON)
+        assert lines == [
+            ("run", LOST[Holder.RUNNING]),
+            ("bad", LOST[Holder.SUSPECT]),
+            ("big", LOST[Holder.HELD]),
+        ]
+        assert pilot.tally.cancelled == 0  # nothing reported
+    else:
+        assert task.stop == Stop(Outcome.CANCELLED, "cancelled")
+        assert ("run", CANCELLED[Holder.RUNNING]) in lines and ("big", CANCELLED[Holder.HELD]) in lines
+        assert [pool.get(t).attempts[-1].outcome for t in ("bad", "big")] == ["cancelled", "cancelled"]
+        assert pilot.tally.cancelled == 2
+    pool.close()
