@@ -22,7 +22,7 @@ class Schedule:
     lease are left at least when renewals keep up."""
 
     every: float
-    next: float = 0.0  # due at once: the first renewal after a claim sets the pace
+    next: float = 0.0  # when the next renewal is due; a claim schedules the first (``after``)
 
     @classmethod
     def for_lease(cls, lease_seconds: float) -> Schedule:
@@ -69,6 +69,8 @@ CANCELLED = {
 
 @dataclass(frozen=True)
 class Action:
+    """One lease of a renewal: what the renewal said of it, and what holds it in the pilot."""
+
     act: Act
     holder: Holder
     lease: Lease
