@@ -345,3 +345,28 @@ def test_a_batch_commits_what_went_through_when_its_body_fails(tmp_path: Path) -
             raise RuntimeError("the loop failed after one report")
     with pool_for(path, "pilot-b", clock) as other:
         assert other.get("t0").state is State.DONE
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"input": "/data/sample-0000001.fastq.gz"},
+        {"input": "caf\u00e9 \U0001f600 \udcff", "n": -12, "big": 10**30, "x": 1.5e-300, "none": None},
+        {"nested": [{"a": [1, 2.0, True, False]}, []], "": "", "quote": '"\\\n\t'},
+        [float("nan"), float("inf"), -float("inf"), 0.1],
+        "a string alone",
+    ],
+)
+def test_the_stored_json_is_what_the_standard_encoder_writes(value: object) -> None:
+    """The local pool's encoder, made once, writes what json's compact ASCII encoder writes."""
+    from agent.pools.local import _dumps
+
+    expected = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode(value)
+    assert _dumps(value) == expected
+
+
+def test_a_field_that_json_cannot_write_is_refused_as_json_refuses_it() -> None:
+    from agent.pools.local import _dumps
+
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        _dumps({"when": object()})
