@@ -217,6 +217,9 @@ class Pilot:
         ready = []
         for lease in leases:
             token = lease.token
+            if self._here(token.id):
+                self._give_back_again(lease)
+                continue
             placed = self.book.place(token.id, token.fields, lease, self.clock())
             if placed.grant is not None:
                 ready.append(lease)
@@ -229,6 +232,24 @@ class Pilot:
             elif log.isEnabledFor(logging.INFO):
                 log.info("held until it fits: %s", placed.request, extra={"token": token.id})
         return ready
+
+    def _here(self, token_id: str) -> bool:
+        """The token runs, waits for room or is held by the breaker on this pilot already."""
+        held = self.book.held
+        return (
+            token_id in self.book.grants
+            or token_id in self.suspects
+            or (held is not None and held.item.token.id == token_id)
+        )
+
+    def _give_back_again(self, lease: Lease) -> None:
+        """A claim handed out again a token this pilot has (its lease ran out while the pilot was stopped,
+        and nobody else took it): one run at a time. The new lease goes back uncharged, which ends the
+        old one: its report is refused and its next renewal stops its task. The book is left alone, as
+        its grant is the first run's."""
+        folder = self.tasks.folder_for(lease.token.id, len(lease.token.attempts))
+        reason = "not started: claimed again while its earlier run on this pilot went on"
+        self._deliver(lease, Result(Outcome.INTERRUPTED, reason, None, self.wallclock()), folder)
 
     def _patience(self) -> float:
         """How long a held token lets smaller ones start beside it: one expected task duration."""

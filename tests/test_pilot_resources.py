@@ -4,6 +4,7 @@ GPUs, tokens too big for the node, no starvation, memory enforcement and what ea
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -232,3 +233,47 @@ def test_a_token_whose_lease_is_fresh_starts_and_one_still_ours_is_renewed_first
         assert started.lease.lease_id == lease.lease_id
         assert (started.lease.expires > lease.expires) is renewed
         pilot.pool.close()
+
+
+def test_a_token_claimed_again_while_its_run_goes_on_here_is_given_back_and_runs_once(tmp_path: Path) -> None:
+    # The soak's KeyError: a pilot stopped past its task's lease; woken, its next claim got the same token
+    # back (its lease had run out and nobody else took it) and placed it over the running task's grant.
+    # The old task's end then freed the new grant, and the loop's look at it raised KeyError.
+    sections = local_config(tmp_path, ["sleep", "30"], pilot={"cores": 2, "bind": False})
+    (tmp_path / "site.toml").write_text(to_toml(sections))
+    config = load(tmp_path / "site.toml", {})
+    ahead = [0.0]  # how far the pool's clock is past the pilot's stop
+    pool = LocalPool(
+        tmp_path / "pool.db",
+        Identity("a", "node", None),
+        30.0,
+        create=True,
+        clock=lambda: time.time() + ahead[0],
+    )
+    pool.add([NewToken("long", {})])
+    walltime = Walltime(End(None, "test"), config.walltime)
+    pilot = Pilot(config, pool, Identity("a", "node", None), walltime, environ={}, cache_paths={})
+    [lease] = pilot._claim()
+    pilot._run(lease)
+    first = pilot.running["long"]
+    cpus = pilot.book.grants["long"].cpus
+    try:
+        ahead[0] = 31.0  # stopped past the lease: the next claim hands the token out again
+        pilot.next_claim = 0.0  # the pool was empty at the last claim: claim again now, not after a poll
+        again = pilot._claim()
+        assert again == []  # given back, not started beside its first run
+        assert list(pilot.running) == ["long"] and pilot.running["long"] is first
+        assert pilot.book.grants["long"].cpus == cpus and len(pilot.book.free_cpus) == 1
+        token = pool.get("long")
+        assert token.state.value == "todo"
+        assert [a.outcome for a in token.attempts][-1:] == ["interrupted"]
+        assert "claimed again while its earlier run on this pilot went on" in token.attempts[-1].reason
+    finally:
+        os.kill(first.payload.process.pid, signal.SIGKILL)
+        first.payload.process.wait()
+    pilot._report_all(pilot._finished())
+    assert not pilot.running and not pilot.book.grants and list(pilot.suspects) == ["long"]
+    pilot._release_suspects(["long"])  # the breaker held the killed run; its report is refused
+    assert pilot.tally.conflicts == 1
+    assert pool.get("long").state.value == "todo"
+    pool.close()

@@ -616,13 +616,14 @@ class Analysis:
             if final is None:
                 problems.append(f"{token_id}: cancelled, and gone from the pool")
                 continue
-            # A run that ended before the cancel may be done (its report won the race; a report
-            # after the cancel leaves it cancelled); a token whose dependency had failed before stays
-            # in error for that; nothing is claimed after.
-            done_before = final.state == "done" and (final.attempts[-1]["ended"] or 0) <= round_.at
+            # A run that ended before the cancel may be done, or in error after its last charged
+            # failure (its report won the race; a report after the cancel leaves it cancelled); a token
+            # whose dependency had failed before stays in error for that; nothing is claimed after.
+            last_ended = (final.attempts[-1]["ended"] or 0) if final.attempts else 0
+            ended_before = final.state in ("done", "error") and 0 < last_ended <= round_.at
             failed_before = final.state == "error" and self.dependency_failed_by(final, round_.at)
             cancelled = final.state == "error" and final.reason == "cancelled"
-            if not (cancelled or done_before or failed_before):
+            if not (cancelled or ended_before or failed_before):
                 problems.append(f"{token_id}: cancelled, but {final.state} ({final.reason!r})")
             for number, attempt in enumerate(final.attempts, start=1):
                 if attempt["claimed"] > round_.at:
