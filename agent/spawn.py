@@ -26,6 +26,8 @@ import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, Callable, Optional, Protocol
 
+from agent.binding import Routes
+
 # What Popen's restore_signals puts back to the default in the child: CPython ignores both.
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 _CLOSEFROM = getattr(os, "POSIX_SPAWN_CLOSEFROM", None)  # CPython 3.13 with glibc 2.34
@@ -163,33 +165,44 @@ Stdio = tuple[int, int, int]
 
 
 class Spawners:
-    """A few threads that run start jobs from one queue. Lighter than a ThreadPoolExecutor, whose Future,
-    work item and thread accounting cost the loop more per task than the put of a job does."""
+    """A few threads that run start jobs, each from a queue of its own: a task's start goes to the thread
+    already bound to its CPUs (binding.Routes), which saves a rebinding per start. Lighter than a
+    ThreadPoolExecutor, whose Future, work item and thread accounting cost the loop more per task than the
+    put of a job does."""
 
     def __init__(self, count: int) -> None:
-        self.jobs: queue.SimpleQueue[Optional[Callable[[], None]]] = queue.SimpleQueue()
+        self.routes = Routes(count)
+        self.queues: list[queue.SimpleQueue[Optional[Callable[[], None]]]] = [
+            queue.SimpleQueue() for _ in range(count)
+        ]
         self.threads = [
-            threading.Thread(target=self._work, name=f"spawner_{n}", daemon=True) for n in range(count)
+            threading.Thread(target=self._work, args=(n,), name=f"spawner_{n}", daemon=True)
+            for n in range(count)
         ]
         for thread in self.threads:
             thread.start()
 
-    def submit(self, job: Callable[[], None]) -> None:
-        self.jobs.put(job)
+    def submit(self, job: Callable[[], None], cpus: Optional[frozenset[int]] = None) -> None:
+        """Queue ``job``, a start of a task bound to ``cpus`` (None: not bound)."""
+        self.queues[self.routes.route(cpus)].put(job)
 
     def shutdown(self) -> None:
         """Let the threads finish the jobs queued, then end them."""
-        for _ in self.threads:
-            self.jobs.put(None)
+        for jobs in self.queues:
+            jobs.put(None)
         for thread in self.threads:
             thread.join()
 
-    def _work(self) -> None:
+    def _work(self, thread: int) -> None:
+        jobs, finished = self.queues[thread], self.routes.finished
         while True:
-            job = self.jobs.get()
+            job = jobs.get()
             if job is None:
                 return
-            job()  # Starting.start: it catches what the start raises
+            try:
+                job()  # Starting.start: it catches what the start raises
+            finally:
+                finished(thread)
 
 
 @contextlib.contextmanager
@@ -229,8 +242,9 @@ def spawn_task(
         with pinned(cpus):
             return spawn(argv, env, folder, opened)
     starting = Starting()
-    start = functools.partial(_bound_popen, argv, env, folder, stdio, cpus)
-    _BACKGROUND[0].submit(functools.partial(starting.start, start))
+    wanted = None if cpus is None else frozenset(cpus)
+    start = functools.partial(_bound_popen, argv, env, folder, stdio, wanted)
+    _BACKGROUND[0].submit(functools.partial(starting.start, start), wanted)
     return starting
 
 

@@ -4,8 +4,10 @@ Each test runs both, in this process, and checks what the task itself sees from 
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -292,3 +294,86 @@ def test_a_spare_folder_is_emptied_and_renamed_where_the_next_task_starts(tmp_pa
         result = payload.finish(100, lambda: 0.0)
     assert not spare.exists()
     assert result.stdout_tail == b"stderr\nstdout\nnew\n"  # fresh files, nothing of the last task's
+
+
+def cpus_allowed(status: str) -> set[int]:
+    """The CPUs of a ``Cpus_allowed_list:`` line of /proc/PID/status, such as ``0-2,5``."""
+    listed = status.split(":", 1)[1].strip()
+    cpus: set[int] = set()
+    for part in listed.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def started_bound(tmp_path: Path, sets: list[frozenset[int]]) -> list[set[int]]:
+    """Start one task per CPU set from spawner threads, all queued before any is waited for, each reading
+    its own affinity from /proc; what each read."""
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    outs = [
+        os.open(tmp_path / f"out.{n}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644) for n in range(len(sets))
+    ]
+    try:
+        with spawn.background(4):
+            processes = [
+                spawn.spawn_task(
+                    ["grep", "^Cpus_allowed_list:", "/proc/self/status"],
+                    {"PATH": "/usr/bin:/bin"},
+                    str(tmp_path),
+                    (null, out, out),
+                    cpus,
+                )
+                for cpus, out in zip(sets, outs)
+            ]
+            assert all(process.wait() == 0 for process in processes)
+    finally:
+        for fd in (null, *outs):
+            os.close(fd)
+    return [cpus_allowed((tmp_path / f"out.{n}").read_text()) for n in range(len(sets))]
+
+
+@pytest.fixture
+def three_sets() -> list[frozenset[int]]:
+    own = sorted(os.sched_getaffinity(0))
+    if len(own) < 2:
+        pytest.skip("needs 2 CPUs to bind tasks to different ones")
+    return [frozenset({own[0]}), frozenset({own[1]}), frozenset(own[:2])]
+
+
+def test_tasks_with_alternating_cpus_each_run_on_exactly_their_own(
+    tmp_path: Path, three_sets: list[frozenset[int]]
+) -> None:
+    """Whichever spawner thread starts it, and whatever that thread was bound to before."""
+    sets = [three_sets[n % 3] for n in range(24)] + [frozenset(os.sched_getaffinity(0))]
+    assert started_bound(tmp_path, sets) == [set(cpus) for cpus in sets]
+
+
+def test_spawner_threads_keep_their_binding_for_the_next_task_on_the_same_cpus(
+    tmp_path: Path, three_sets: list[frozenset[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One binding per CPU set, not one per start: each set's tasks go to the thread bound to it."""
+    bindings: list[frozenset[int]] = []
+    real = os.sched_setaffinity
+
+    def counted(pid: int, cpus: frozenset[int]) -> None:
+        bindings.append(frozenset(cpus))
+        real(pid, cpus)
+
+    monkeypatch.setattr(os, "sched_setaffinity", counted)
+    sets = [three_sets[n % 3] for n in range(24)]
+    assert started_bound(tmp_path, sets) == [set(cpus) for cpus in sets]
+    assert sorted(bindings, key=sorted) == sorted(three_sets, key=sorted)
+
+
+def test_shutdown_finishes_every_job_queued_on_every_spawner_thread() -> None:
+    gate, ran = threading.Event(), []
+    threads = spawn.Spawners(2)
+    threads.submit(gate.wait, frozenset({0}))  # holds its thread while the rest are queued
+    for n in range(6):
+        threads.submit(functools.partial(ran.append, n), frozenset({n % 2}))
+    threads.submit(functools.partial(ran.append, "unbound"))
+    gate.set()
+    threads.shutdown()
+    assert sorted(ran, key=str) == [0, 1, 2, 3, 4, 5, "unbound"]
+    assert not any(thread.is_alive() for thread in threads.threads)
+    assert [threads.routes.busy(n) for n in range(2)] == [0, 0]
