@@ -54,8 +54,14 @@ class Routes:
         return self.sent[thread] - self.done[thread]
 
     def _unbound(self) -> int:
-        """Any thread will do: the least busy, one left unbound before it, the one used longest ago."""
-        return min(range(self.count), key=lambda n: (self.busy(n), self.bound[n] is not None, self.used[n]))
+        """Any thread will do: an idle one left unbound if there is one (the first found: this runs for
+        every task of a pilot that does not bind), else the least busy, one unbound before a bound one,
+        the one used longest ago."""
+        sent, done, bound = self.sent, self.done, self.bound
+        for thread in range(self.count):
+            if sent[thread] == done[thread] and bound[thread] is None:
+                return thread
+        return min(range(self.count), key=lambda n: (self.busy(n), bound[n] is not None, self.used[n]))
 
     def _least_recent(self) -> int:
         """For a new CPU set: an idle thread, else any; of those, the one used longest ago."""
