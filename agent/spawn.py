@@ -1,14 +1,15 @@
 """Start a task's process: in its folder, in a session of its own, with the given stdin, stdout and stderr,
 and no other file descriptor of the pilot.
 
-``os.posix_spawn`` where the C library does it right (glibc 2.26 and later: a new session, and exec
-errors such as "not found" reported to the caller), else ``subprocess.Popen``. For the pilot, whose loop
-starts every task itself, posix_spawn costs what Popen costs on CPython 3.10 and later (both vfork), and
-half of Popen's 1.2 ms on 3.9, whose Popen forks the whole pilot.
+Inline starts (one slot, and CPython 3.9) use ``os.posix_spawn`` where the C library does it right
+(glibc 2.26 and later: a new session, and exec errors such as "not found" reported to the caller), else
+``subprocess.Popen``: posix_spawn costs what Popen costs on CPython 3.10 and later (both vfork), and half
+of Popen's 1.2 ms on 3.9, whose Popen forks the whole pilot. From two slots, spawner threads start tasks
+with ``Popen`` (``background``, below), which lets go of Python's lock while the child execs.
 
-Python's posix_spawn has no "change directory" action, so the pilot steps into the task folder for the
-call and back out: its loop is the only thread that runs while tasks are started, and it names every
-file by its absolute path.
+Python's posix_spawn has no "change directory" action, so it steps into the folder for the call and back
+out. The pilot names every file by its absolute path, so a spawner thread at work meanwhile (while the
+guard process starts, say) is not misled, and Popen takes its folder as ``cwd``, in the child.
 """
 
 from __future__ import annotations
