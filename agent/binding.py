@@ -28,18 +28,23 @@ class Routes:
             raise ValueError(f"spawner threads: {count}, need at least 1")
         self.count = count
         self.bound: list[Cpus] = [None] * count  # each thread's binding once its queued jobs are done
-        self.owner: dict[frozenset[int], int] = {}  # the thread bound to each CPU set
         self.sent = [0] * count  # jobs routed to each thread (the loop writes)
         self.done = [0] * count  # jobs each thread has finished (that thread writes)
         self.used = [0] * count  # when each thread last got a job, by a count of jobs routed
         self.routed = 0
 
+    @property
+    def owner(self) -> dict[frozenset[int], int]:
+        """The thread bound to each CPU set: never two for one, as a set only takes a thread it has none."""
+        return {cpus: thread for thread, cpus in enumerate(self.bound) if cpus is not None}
+
     def route(self, cpus: Cpus) -> int:
         """The thread that starts a task bound to ``cpus``; its binding is then ``cpus``."""
-        thread = None if cpus is None else self.owner.get(cpus)
-        if thread is None:
+        if cpus is not None and cpus in self.bound:
+            thread = self.bound.index(cpus)  # a few threads: a look through them costs less than a dict kept
+        else:
             thread = self._unbound() if cpus is None else self._least_recent()
-            self._rebind(thread, cpus)
+            self.bound[thread] = cpus
         self.sent[thread] += 1
         self.routed += 1
         self.used[thread] = self.routed
@@ -66,11 +71,3 @@ class Routes:
     def _least_recent(self) -> int:
         """For a new CPU set: an idle thread, else any; of those, the one used longest ago."""
         return min(range(self.count), key=lambda n: (self.busy(n) > 0, self.used[n]))
-
-    def _rebind(self, thread: int, cpus: Cpus) -> None:
-        previous = self.bound[thread]
-        if previous is not None:
-            del self.owner[previous]
-        self.bound[thread] = cpus
-        if cpus is not None:
-            self.owner[cpus] = thread

@@ -61,6 +61,7 @@ LOST = {
 }
 LOST_REASON = "lease lost: the token was reset or is held by another pilot"
 NOT_STARTED = "not started: its lease ran out, or was not renewed, before its task could start"
+CLAIMED_AGAIN = "not started: claimed again while its earlier run on this pilot went on"
 CANCELLED = {
     Holder.RUNNING: "cancelled by `pilot.pyz tokens cancel`: stopping its task",
     Holder.HELD: "cancelled by `pilot.pyz tokens cancel` while it waited for room",
@@ -81,16 +82,26 @@ def to_renew(running: Iterable[Lease], suspects: Iterable[Lease], waiting: Optio
     return [*running, *suspects, *([waiting] if waiting is not None else [])]
 
 
+def holder_of(
+    token_id: str, *, waiting: Optional[str], suspects: Collection[str], running: Collection[str]
+) -> Optional[Holder]:
+    """What holds ``token_id`` in the pilot, if anything: ``waiting`` is the id of the token held until it
+    fits, ``suspects`` the ids of the held-back failures, ``running`` those of the tasks that run or have
+    their resources granted."""
+    if token_id == waiting:
+        return Holder.HELD
+    if token_id in suspects:
+        return Holder.SUSPECT
+    return Holder.RUNNING if token_id in running else None
+
+
 def renewal_actions(renewal: Renewal, *, waiting: Optional[str], suspects: Collection[str]) -> list[Action]:
     """What to do with each lease of ``renewal``: the renewed first, then the lost, then the cancelled,
     each in the renewal's order. ``waiting`` is the id of the token held until it fits, ``suspects`` the
     ids of the held-back failures; any other lease is a running task's."""
 
     def holder(lease: Lease) -> Holder:
-        token_id = lease.token.id
-        if token_id == waiting:
-            return Holder.HELD
-        return Holder.SUSPECT if token_id in suspects else Holder.RUNNING
+        return holder_of(lease.token.id, waiting=waiting, suspects=suspects, running=()) or Holder.RUNNING
 
     outcomes = ((Act.RENEWED, renewal.renewed), (Act.LOST, renewal.lost), (Act.CANCELLED, renewal.cancelled))
     return [Action(act, holder(lease), lease) for act, leases in outcomes for lease in leases]

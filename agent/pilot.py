@@ -236,20 +236,16 @@ class Pilot:
     def _here(self, token_id: str) -> bool:
         """The token runs, waits for room or is held by the breaker on this pilot already."""
         held = self.book.held
-        return (
-            token_id in self.book.grants
-            or token_id in self.suspects
-            or (held is not None and held.item.token.id == token_id)
-        )
+        waiting = held.item.token.id if held is not None else None
+        found = keeping.holder_of(token_id, waiting=waiting, suspects=self.suspects, running=self.book.grants)
+        return found is not None
 
     def _give_back_again(self, lease: Lease) -> None:
         """A claim handed out again a token this pilot has (its lease ran out while the pilot was stopped,
         and nobody else took it): one run at a time. The new lease goes back uncharged, which ends the
         old one: its report is refused and its next renewal stops its task. The book is left alone, as
         its grant is the first run's."""
-        folder = self.tasks.folder_for(lease.token.id, len(lease.token.attempts))
-        reason = "not started: claimed again while its earlier run on this pilot went on"
-        self._deliver(lease, Result(Outcome.INTERRUPTED, reason, None, self.wallclock()), folder)
+        self._unstarted(lease, Outcome.INTERRUPTED, keeping.CLAIMED_AGAIN)
 
     def _patience(self) -> float:
         """How long a held token lets smaller ones start beside it: one expected task duration."""
@@ -367,8 +363,12 @@ class Pilot:
     def _give_back(self, lease: Lease, reason: str) -> None:
         """A claimed token this pilot will not start: back to todo, not charged."""
         self.book.release(lease.token.id)
+        self._unstarted(lease, Outcome.INTERRUPTED, reason)
+
+    def _unstarted(self, lease: Lease, outcome: Outcome, reason: str) -> None:
+        """Report the attempt of a claimed token whose task never started."""
         folder = self.tasks.folder_for(lease.token.id, len(lease.token.attempts))
-        self._deliver(lease, Result(Outcome.INTERRUPTED, reason, None, self.wallclock()), folder)
+        self._deliver(lease, Result(outcome, reason, None, self.wallclock()), folder)
 
     # -- run ---------------------------------------------------------------------------------------
 
@@ -442,7 +442,7 @@ class Pilot:
             log.warning(keeping.NOT_STARTED, extra={"token": lease.token.id})
         for lease in start.cancelled:
             self.book.release(lease.token.id)
-            self._cancelled_unstarted(lease, now)
+            self._unstarted(lease, Outcome.CANCELLED, Outcome.CANCELLED.value)
         return start.startable
 
     def _finished(self) -> list[tuple[Running, Result]]:
@@ -668,12 +668,7 @@ class Pilot:
         if holder is Holder.RUNNING:
             self.running[lease.token.id].payload.terminate(Stop(Outcome.CANCELLED, Outcome.CANCELLED.value))
             return
-        self._cancelled_unstarted(lease, self.wallclock())
-
-    def _cancelled_unstarted(self, lease: Lease, now: float) -> None:
-        """A claimed token cancelled before its task started: the attempt is reported cancelled."""
-        folder = self.tasks.folder_for(lease.token.id, len(lease.token.attempts))
-        self._deliver(lease, Result(Outcome.CANCELLED, Outcome.CANCELLED.value, None, now), folder)
+        self._unstarted(lease, Outcome.CANCELLED, Outcome.CANCELLED.value)
 
     # -- stopping ----------------------------------------------------------------------------------
 

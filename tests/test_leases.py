@@ -235,3 +235,18 @@ def test_the_pilot_acts_on_a_renewal_for_its_running_task_suspect_and_held_token
         assert [pool.get(t).attempts[-1].outcome for t in ("bad", "big")] == ["cancelled", "cancelled"]
         assert pilot.tally.cancelled == 2
     pool.close()
+
+
+def test_what_holds_a_token_in_the_pilot() -> None:
+    from agent.leases import holder_of
+
+    def where(token_id: str) -> Holder | None:
+        return holder_of(token_id, waiting="w", suspects={"s"}, running={"r", "w", "s"})
+
+    assert [where(t) for t in ("w", "s", "r", "elsewhere")] == [
+        Holder.HELD,
+        Holder.SUSPECT,
+        Holder.RUNNING,
+        None,
+    ]
+    assert holder_of("w", waiting=None, suspects=(), running=()) is None
