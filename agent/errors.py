@@ -77,10 +77,13 @@ class TokenError(PilotError):
 class DependencyError(UsageError):
     """New tokens whose ``after`` lists cannot be met: ids that exist nowhere, or a cycle."""
 
-    def __init__(self, problem: str, token_ids: list[str], hint: str = "") -> None:
+    def __init__(
+        self, problem: str, token_ids: list[str], hint: str = "", added: str = "nothing was added"
+    ) -> None:
         self.problem = problem
         self.token_ids = token_ids
-        said = f"{problem}: {', '.join(token_ids)}; nothing was added"
+        self.hint = hint
+        said = f"{problem}: {', '.join(token_ids)}; {added}"
         super().__init__(f"{said}; {hint}" if hint else said)
 
 

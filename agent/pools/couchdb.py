@@ -32,6 +32,7 @@ from agent.config import ServerConfig
 from agent.errors import (
     FIND_ID,
     ClaimUnreachable,
+    DependencyError,
     DifferentToken,
     PoolError,
     ServerBusy,
@@ -913,7 +914,10 @@ class CouchDBPool(Pool):
                 )
         # `after` may name tokens in the pool (earlier batches too) or in this batch: see _new_docs.
         unique = [NewToken(token_id, fields) for token_id, fields in docs.items()]
-        fresh = self._new_docs(unique, self.clock())
+        try:
+            fresh = self._new_docs(unique, self.clock())
+        except DependencyError as err:  # the batches before this one are in: say so
+            raise DependencyError(err.problem, err.token_ids, err.hint, _added_before(given, batch)) from None
         results = self._bulk(fresh, "adding tokens", retry=True)
         conflicted = [doc for doc, result in zip(fresh, results) if "rev" not in result]
         if not conflicted:

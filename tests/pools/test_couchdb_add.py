@@ -8,8 +8,10 @@ import pytest
 from conftest import Site, one_line_error
 from servers.pouchdb import PouchDBServer
 
-from agent.errors import ExitCode
+from agent.errors import DependencyError, ExitCode
+from agent.pools import NewToken
 from pools.conftest import couch_config
+from pools.test_couchdb import make_pool
 
 pytestmark = pytest.mark.couchdb
 
@@ -64,3 +66,18 @@ def test_couchdb_next_weeks_file_of_the_same_name_says_where_ids_come_from_and_h
     assert again.returncode == 0, again.stderr
     assert site.token("inputs-2-1")["fields"]["input"] == "week-2-a"
     assert site.token("inputs-1")["fields"]["input"] == "week-1-a"
+
+
+def test_an_unknown_token_after_in_a_later_batch_says_which_tokens_are_in(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    pool = make_pool(pouchdb, couch_db)
+    pool.init()
+    tokens = [NewToken(f"z-{n}", {"input": n}) for n in range(3000)]
+    tokens[2100] = NewToken("z-2100", {"input": 2100, "after": ["nowhere"]})
+    with pytest.raises(DependencyError) as raised:
+        pool.add(tokens)
+    assert "`after` names tokens in neither the pool nor the input: nowhere; the input's first 2000" in str(
+        raised.value
+    )
+    assert len(pouchdb.docs(couch_db)) == 2000
