@@ -4,9 +4,9 @@ Claims never hand a token to two pilots: a claim writes the lock with ``_bulk_do
 revision the pilot read, so of two pilots that saw the same token, one gets a conflict. Todo tokens are
 found through a Mango index of ours (``_design/pilot-todo``) when the Monitor todo view is the PiCaS one,
 else through the site's own todo view. A pilot reads a window of them at a random place, walks on from
-there window after window, jumps elsewhere after two conflicts in a row, and backs off with jitter when
-nothing is left to try. A task costs about one request: the report of a finished task and the claim of
-its successor go in one ``_bulk_docs``, and a window read serves dozens of claims.
+there window after window, taking each from its far end, jumps elsewhere at a conflict, and backs off
+with jitter when nothing is left to try. A task costs about one request: the report of a finished task
+and the claim of its successor go in one ``_bulk_docs``, and a window read serves dozens of claims.
 
 Leases: a claim writes a lease (id, expiry) under the token's ``pilot`` key; renewals extend it. Tokens
 whose lease expired are found through a second index (``_design/pilot-leases``) now and then, and when
@@ -70,7 +70,7 @@ WINDOW_MIN = 16
 WINDOW_PER_SLOT = 16
 WINDOW_MAX = 500
 CANDIDATES_MAX_AGE = 30.0  # seconds a window read stays worth trying before it is read again
-WINDOW_CONFLICTS = 2  # conflicts in a row after which a window is taken to be stale
+WINDOW_CONFLICTS = 1  # conflicts in a row after which a window is taken to be stale (see _window)
 CONFLICT_ROUNDS = 30  # claim rounds that met only conflicts before a claim gives up for now
 BACKOFF_BASE = 0.02  # seconds; doubled per conflict round, jittered, capped
 BACKOFF_MAX = 1.0
@@ -438,7 +438,7 @@ class CouchDBPool(Pool):
         return picked
 
     def _tally(self, claimed: int, conflicts: int) -> None:
-        """Keep trying the window until others take its tokens before us twice in a row, then jump to a
+        """Keep trying the window until another pilot takes one of its tokens before us, then jump to a
         random place. A conflict costs one write; a window costs a read, its documents, and the updates
         of the view index since the last read."""
         self.claimed += claimed
@@ -448,9 +448,13 @@ class CouchDBPool(Pool):
             self.candidates, self.walk_from = [], None
 
     def _window(self, size: int, now: float, fit: Optional[Fit] = None) -> list[dict[str, Any]]:
-        """The next window of todo tokens, shuffled. A pilot starts at a random place and walks on from
-        there, window after window, so pilots keep to their own stretches of the tokens: windows at random
-        places meet the others' more and more as the pool drains."""
+        """The next window of todo tokens, the last first. A pilot starts at a random place and walks on
+        from there, window after window, so pilots keep to their own stretches of the tokens: windows at
+        random places meet the others' more and more as the pool drains. A walk ends on the stretch of the
+        pilot ahead, and that pilot's leftovers are the first tokens of the window: taken from its far end,
+        they come last, by when their owner has claimed them, and the first conflict among them says that
+        the rest of the window is taken too. Shuffled windows, and a jump only at the second conflict, met
+        three times the conflicts (0.19 per task with 64 pilots against 0.07; 0.28 with 16 against 0.08)."""
         docs: list[dict[str, Any]] = []
         if self.walk_from is not None:
             docs, position = self._read_window(size, skip=0, after=self.walk_from, fit=fit)
@@ -458,7 +462,7 @@ class CouchDBPool(Pool):
             docs, position = self._random_window(size, fit)
         self.walk_from = position if len(docs) >= size else None
         claimable = [doc for doc in docs if picas.claimable(doc, now)]
-        self.rng.shuffle(claimable)
+        claimable.reverse()
         return claimable
 
     def _random_window(self, size: int, fit: Optional[Fit] = None) -> tuple[list[dict[str, Any]], Any]:

@@ -243,6 +243,23 @@ def test_a_pool_walks_on_from_its_last_window_rather_than_jumping(
     assert pool.claim(1)[0].token.id > window[-1]  # the next window starts where this one ended
 
 
+def test_a_window_is_taken_from_its_far_end_and_left_at_the_first_conflict(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    """A walk ends on the stretch of the pilot ahead, whose leftovers open the window: they are tried last,
+    and the first one found taken (a conflict) sends the pool to read a window elsewhere."""
+    pool = ready_pool(pouchdb, couch_db, 200)
+    first = pool.claim(1)[0].token.id
+    left = [doc["_id"] for doc in pool.candidates]
+    assert [first, *left] == sorted([first, *left], reverse=True)  # the window's last token first
+    taken = pouchdb.request("GET", f"/{couch_db}/{left[0]}").body
+    assert pouchdb.request("PUT", f"/{couch_db}/{left[0]}", {**taken, "lock": 1}).status == 201  # another's
+    before = pool.requests
+    got = pool.claim(1)[0].token.id
+    assert pool.conflicts == 1 and got != left[0]
+    assert pool.requests - before == 3  # the conflict, a new window (not the next of this one), the claim
+
+
 ONLY_FOUR_CORES = {
     "map": 'function(doc) { if (doc.type == "token" && doc.lock == 0 && doc.done == 0 && doc.cores == 4) '
     "emit(doc._id, doc._id); }"
