@@ -4,9 +4,10 @@ Claims never hand a token to two pilots: a claim writes the lock with ``_bulk_do
 revision the pilot read, so of two pilots that saw the same token, one gets a conflict. Todo tokens are
 found through a Mango index of ours (``_design/pilot-todo``) when the Monitor todo view is the PiCaS one,
 else through the site's own todo view. A pilot reads a window of them at a random place, walks on from
-there window after window, taking each from its far end, jumps elsewhere at a conflict, and backs off
-with jitter when nothing is left to try. A task costs about one request: the report of a finished task
-and the claim of its successor go in one ``_bulk_docs``, and a window read serves dozens of claims.
+there window after window, taking a walked one from its far end, jumps elsewhere at a conflict, and
+backs off with jitter when nothing is left to try. A task costs about one request: the report of a
+finished task and the claim of its successor go in one ``_bulk_docs``, and a window read serves dozens
+of claims.
 
 Leases: a claim writes a lease (id, expiry) under the token's ``pilot`` key; renewals extend it. Tokens
 whose lease expired are found through a second index (``_design/pilot-leases``) now and then, and when
@@ -76,6 +77,10 @@ BACKOFF_BASE = 0.02  # seconds; doubled per conflict round, jittered, capped
 BACKOFF_MAX = 1.0
 WRITE_ROUNDS = 4  # re-read and merge this often before a renewal or report gives up
 BATCH = 500  # documents per _bulk_docs or _all_docs request
+# Ids one probe for a big token looks through (see _probe_window). The server reads and filters every
+# todo document of the range, 0.1 ms each on pouchdb-server: all 20,000 of a pool took a probe 2 s, and a
+# million would outlast server.timeout. A pool of fewer documents is looked through whole at every probe.
+PROBE_IDS = 1000
 ADD_BATCH = 2000  # documents per _bulk_docs when adding: fewer requests, memory still flat
 
 
@@ -150,6 +155,7 @@ class CouchDBPool(Pool):
         self.window_conflicts = 0  # conflicts in a row met in the current window
         self.walk_from: Any = None  # the key of the last row read: the next window starts after it
         self.window_rows: Optional[int] = None  # todo tokens (or more) at the last read
+        self.probe_from = ""  # the id the next probe looks from (see _probe_window)
         self.plan: Optional[ClaimPlan] = None  # where claims look; decided at the first claim
         # Expired leases are looked for now and then, and when todo is empty; not at the start, when the
         # scan would index every token to find what the first periodic scan finds as well.
@@ -420,13 +426,31 @@ class CouchDBPool(Pool):
 
     def _probe_window(self, wanted: int, now: float, fit: Fit) -> list[dict[str, Any]]:
         """A probe's tokens (bigger than what is free, see ``Fit.beyond``), which the server selects from
-        all todo tokens: few, so read from the start, apart from the claims' window and its walk. A probe
-        read where the claims' window is would find the big token only when it happened to be there."""
-        docs, _ = self._read_window(window_size(wanted), skip=0, after=None, fit=fit)
+        the todo tokens of the next PROBE_IDS ids: a pool of fewer is looked through whole each time, a
+        bigger one a stretch per probe, each probe on from where the last ended, round and round. Apart
+        from the claims' window and its walk: a probe read where that window is would find the big token
+        only when it happened to be there."""
+        start, end = self.probe_from, self._id_after(self.probe_from, PROBE_IDS)
+        self.probe_from = end or ""  # past the last id: from the first again
+        selector = picas.fit_selector(picas.todo_selector(start, below=end), fit)
+        docs = self._find(selector, picas.TODO_INDEX, window_size(wanted))
         claimable = [doc for doc in docs if picas.claimable(doc, now)]
         self.rng.shuffle(claimable)  # pilots that probe at once pick different ones of the biggest
         chosen = set(replace(fit, tasks=min(fit.tasks, wanted)).pick([picas.needs_of(d) for d in claimable]))
         return [doc for i, doc in enumerate(claimable) if i in chosen]
+
+    def _id_after(self, start: str, count: int) -> Optional[str]:
+        """The id ``count`` documents on from ``start`` in ``_all_docs`` (keys only, no documents read), or
+        None when there are no more. ``_all_docs`` orders ids by code point and Mango by CouchDB's
+        collation, so a stretch may hold more or fewer ids than ``count``; as each starts where the last
+        ended and the last one runs to the end, every round of them still covers every id."""
+        params = {"startkey": json.dumps(start), "skip": count, "limit": 1}
+        what = "reading the ids of the database"
+        answer = self._json(self._request("GET", f"/_all_docs?{_query(params)}"), what)
+        rows = answer.get("rows") if isinstance(answer, dict) else None
+        first = rows[0] if isinstance(rows, list) and rows else None
+        end = first.get("id") if isinstance(first, dict) else None
+        return end if isinstance(end, str) and end > start else None  # else on to the end
 
     def _pick(self, fit: Fit, wanted: int) -> list[dict[str, Any]]:
         """The window's tokens that fit together, taken out of it; the others stay for later claims."""
@@ -448,21 +472,29 @@ class CouchDBPool(Pool):
             self.candidates, self.walk_from = [], None
 
     def _window(self, size: int, now: float, fit: Optional[Fit] = None) -> list[dict[str, Any]]:
-        """The next window of todo tokens, the last first. A pilot starts at a random place and walks on
-        from there, window after window, so pilots keep to their own stretches of the tokens: windows at
-        random places meet the others' more and more as the pool drains. A walk ends on the stretch of the
-        pilot ahead, and that pilot's leftovers are the first tokens of the window: taken from its far end,
-        they come last, by when their owner has claimed them, and the first conflict among them says that
-        the rest of the window is taken too. Shuffled windows, and a jump only at the second conflict, met
-        three times the conflicts (0.19 per task with 64 pilots against 0.07; 0.28 with 16 against 0.08)."""
+        """The next window of todo tokens, in the order to try them. A pilot starts at a random place and
+        walks on from there, window after window, so pilots keep to their own stretches of the tokens:
+        windows at random places meet the others' more and more as the pool drains.
+
+        A walk ends on the stretch of the pilot ahead, whose leftovers are the first tokens of the window:
+        a walked window is taken from its far end, so they come last, by when their owner has claimed
+        them, and the first conflict among them says that the rest is taken too. Shuffled walked windows,
+        and a jump only at the second conflict, met two to three times the conflicts (0.19 per task with
+        64 pilots against 0.08; 0.28 with 16 against 0.12). A window read at random is shuffled: pilots
+        that read the same one (a small pool, its last tokens, a retried token) try different tokens."""
         docs: list[dict[str, Any]] = []
+        walked = False
         if self.walk_from is not None:
             docs, position = self._read_window(size, skip=0, after=self.walk_from, fit=fit)
+            walked = bool(docs)
         if not docs:  # a new pilot, a jump, or the walk reached the end: start again at random
             docs, position = self._random_window(size, fit)
         self.walk_from = position if len(docs) >= size else None
         claimable = [doc for doc in docs if picas.claimable(doc, now)]
-        claimable.reverse()
+        if walked:
+            claimable.reverse()
+        else:
+            self.rng.shuffle(claimable)
         return claimable
 
     def _random_window(self, size: int, fit: Optional[Fit] = None) -> tuple[list[dict[str, Any]], Any]:

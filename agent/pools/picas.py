@@ -165,10 +165,12 @@ def waiting_views() -> dict[str, dict[str, str]]:
     return {"waiting": {"map": _WAITING_MAP, "reduce": "_count"}}
 
 
-def todo_selector(from_id: str) -> dict[str, Any]:
-    """Todo tokens from ``from_id`` on, in id order. PiCaS's todo view tests ``lock == 0 && done == 0``
-    in JavaScript, where "0" and "" equal 0 too; picas and pilot.pyz write the number 0, as this finds."""
-    return {"type": "token", "done": 0, "lock": 0, "_id": {"$gte": from_id}}
+def todo_selector(from_id: str, below: Optional[str] = None) -> dict[str, Any]:
+    """Todo tokens from ``from_id`` on (and below the id ``below``), in id order. PiCaS's todo view tests
+    ``lock == 0 && done == 0`` in JavaScript, where "0" and "" equal 0 too; picas and pilot.pyz write the
+    number 0, as this finds."""
+    ids = {"$gte": from_id} if below is None else {"$gte": from_id, "$lt": below}
+    return {"type": "token", "done": 0, "lock": 0, "_id": ids}
 
 
 def waiting_selector() -> dict[str, Any]:

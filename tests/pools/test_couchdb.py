@@ -20,7 +20,7 @@ from agent.config import CouchDBServer, Secret, ServerConfig
 from agent.errors import ExitCode, PoolError, ServerUnreachable, TokenError
 from agent.http import HttpClient, Response
 from agent.identity import Identity
-from agent.pools import NewToken, Saved
+from agent.pools import NewToken, Saved, couchdb
 from agent.pools.couchdb import ClaimPlan, CouchDBPool, window_size
 from agent.pools.picas import INDEXES, TODO_INDEX, fit_selector, monitor_views, new_token, todo_selector
 from agent.resources import Fit, Request
@@ -243,13 +243,15 @@ def test_a_pool_walks_on_from_its_last_window_rather_than_jumping(
     assert pool.claim(1)[0].token.id > window[-1]  # the next window starts where this one ended
 
 
-def test_a_window_is_taken_from_its_far_end_and_left_at_the_first_conflict(
+def test_a_walked_window_is_taken_from_its_far_end_and_left_at_the_first_conflict(
     pouchdb: PouchDBServer, couch_db: str
 ) -> None:
     """A walk ends on the stretch of the pilot ahead, whose leftovers open the window: they are tried last,
     and the first one found taken (a conflict) sends the pool to read a window elsewhere."""
-    pool = ready_pool(pouchdb, couch_db, 200)
-    first = pool.claim(1)[0].token.id
+    pool = ready_pool(pouchdb, couch_db, 200)  # Random(7): the first window lies well inside the 200
+    for _ in range(window_size(1)):
+        pool.claim(1)  # the first window, read at random, shuffled
+    first = pool.claim(1)[0].token.id  # from the window walked to
     left = [doc["_id"] for doc in pool.candidates]
     assert [first, *left] == sorted([first, *left], reverse=True)  # the window's last token first
     taken = pouchdb.request("GET", f"/{couch_db}/{left[0]}").body
@@ -634,6 +636,32 @@ def test_a_probe_finds_the_one_token_bigger_than_what_is_free_wherever_the_claim
     assert pool.claim(1, probe) == []  # none left: no window of one-core tokens taken instead
     found = pool._find(fit_selector(todo_selector(""), probe), TODO_INDEX, 50)
     assert found == []  # the server filtered them all: nothing fits the node beyond one core now
+
+
+def test_a_probe_on_a_big_pool_looks_through_a_stretch_of_ids_at_a_time_round_and_round(
+    pouchdb: PouchDBServer, couch_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server filters every todo token a probe's range holds (0.1 ms each on pouchdb-server): on a
+    # pool of more than PROBE_IDS documents each probe takes the next stretch of ids, so that it costs
+    # what a small pool's does and a round of probes still finds the big token, wherever it is.
+    monkeypatch.setattr(couchdb, "PROBE_IDS", 10)
+    http = RecordsFinds()
+    pool = make_pool(pouchdb, couch_db, http=http)
+    pool.init()  # its 5 design documents are among the first ids
+    pool.add([*(NewToken(f"a-{i:02d}", {"cores": 1}) for i in range(40)), NewToken("z-whole", {"cores": 4})])
+    probe = Fit(4, 0, None, Request(), 1, largest_first=True, beyond=fit(1, tasks=1))
+    found, ranges = [], []
+    for _ in range(5):  # 46 ids in stretches of 10: the fifth holds z-whole
+        http.selectors.clear()
+        found.append([lease.token.id for lease in pool.claim(1, probe)])
+        (probed,) = [selector for selector in http.selectors if "$and" in selector]  # not the lease scan
+        ranges.append(probed["$and"][0]["_id"])
+    assert found == [[], [], [], [], ["z-whole"]]
+    assert ranges[0]["$gte"] == "" and "$lt" not in ranges[-1]  # from the first id, and on to the end
+    assert all(ranges[n]["$lt"] == ranges[n + 1]["$gte"] for n in range(4))  # each on from the last
+    http.selectors.clear()
+    assert pool.claim(1, probe) == []  # round again: from the first id
+    assert [sel["$and"][0]["_id"] for sel in http.selectors if "$and" in sel] == [ranges[0]]
 
 
 def test_a_token_with_a_wrong_request_is_refused_naming_the_field_couchdb(
