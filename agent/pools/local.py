@@ -47,6 +47,10 @@ _NEEDS = tuple(f"need_{name}" for name in FIELDS)  # columns added in place to p
 _ROW = "id, state, fields, attempts, failures, lease_id, lease_expires, " + ", ".join(_NEEDS)
 EXPIRY_SCAN = 5.0  # seconds between looks for expired leases while there is todo work
 BUSY_TIMEOUT_MS = 60_000  # many pilots on one node queue for the write lock; a claim takes microseconds
+# Tokens (by seq) one probe for a big token looks through (see _probe_range). SQLite reads every todo row
+# of the range to test its request, in the write transaction every pilot of the file waits on: 250 ms
+# for a million tokens, none of them bigger, at every probe of every pilot with free cores.
+PROBE_ROWS = 20_000
 
 _SCHEMA = """
 CREATE TABLE tokens (
@@ -219,6 +223,7 @@ class LocalPool(Pool):
         self.where = str(self.path)
         self.clock = clock
         self._next_expiry_scan = 0.0
+        self._probe_from = 0  # the seq the next probe looks from (see _probe_range)
         self._lease_ids = unique_ids()
         self.view_indexes: set[str] = set()  # of VIEW_INDEXES, those the pool file has
         self._batched = False  # inside batch(): writes are savepoints of its transaction
@@ -535,6 +540,8 @@ class LocalPool(Pool):
         rows = self._expired(db, now, n, fit) if scan else []
         if len(rows) < n:
             fits, values = _fit_condition(fit)
+            if fit is not None and fit.beyond is not None:
+                fits, values = f"{fits} AND seq >= ? AND seq < ?", (*values, *self._probe_range(db))
             rows += db.execute(
                 f"SELECT {_ROW} FROM tokens WHERE state = 'todo' AND waiting = 0{fits} ORDER BY seq LIMIT ?",  # noqa: S608
                 (*values, _candidates(n - len(rows), fit)),
@@ -558,6 +565,16 @@ class LocalPool(Pool):
                 ),
             )
         return leases
+
+    def _probe_range(self, db: sqlite3.Connection) -> tuple[int, int]:
+        """The seq numbers a probe looks through: all of a pool of fewer than PROBE_ROWS tokens, else the
+        next PROBE_ROWS on from where the last probe ended, and from the first again past the last. The
+        oldest big token of a stretch is found, and of the pool within one round of probes."""
+        last = db.execute("SELECT max(seq) FROM tokens").fetchone()[0] or 0
+        start = self._probe_from if self._probe_from <= last else 0
+        end = start + PROBE_ROWS
+        self._probe_from = end if end <= last else 0
+        return start, end
 
     def _expired(self, db: sqlite3.Connection, now: float, n: int, fit: Optional[Fit] = None) -> list[Any]:
         self._next_expiry_scan = now + min(EXPIRY_SCAN, self.lease_seconds / 4)

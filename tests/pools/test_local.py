@@ -13,7 +13,7 @@ import pytest
 
 from agent.errors import PoolError, TokenError
 from agent.identity import Identity
-from agent.pools import NewToken, Saved
+from agent.pools import NewToken, Saved, local
 from agent.pools.local import LocalPool
 from agent.resources import Fit, Request
 from agent.token import Outcome, Result, State, make_report
@@ -166,6 +166,7 @@ def test_someone_elses_sqlite_file_is_not_taken_over(tmp_path: Path) -> None:
 CLAIMER = """
 import json, sys
 from agent.identity import Identity
+from agent.pools import local
 from agent.pools.local import LocalPool
 from agent.resources import Fit, Request
 from agent.pools import NewToken
@@ -244,6 +245,26 @@ def test_a_probe_takes_the_oldest_token_that_fits_the_node_but_not_what_is_free(
         probe = Fit(8, 0, None, Request(), 1, beyond=fit(2))
         assert [lease.token.id for lease in pool.claim(1, probe)] == ["four"]
         assert pool.claim(1, probe) == []
+
+
+def test_a_probe_on_a_big_pool_looks_through_a_stretch_of_tokens_at_a_time_round_and_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite tests every todo row of a probe's range in the write transaction all pilots wait on: on a
+    # pool of more than PROBE_ROWS tokens each probe takes the next stretch, so that it costs what a small
+    # pool's does and a round of probes still finds the oldest big token of each stretch.
+    monkeypatch.setattr(local, "PROBE_ROWS", 10)
+    with pool_for(tmp_path / "p.db", "pilot-a", Clock()) as pool:
+        pool.add([*(NewToken(f"one-{i:02d}", {}) for i in range(35)), NewToken("whole", {"cores": 8})])
+        probe = Fit(8, 0, None, Request(), 1, beyond=fit(2))
+        found = [[lease.token.id for lease in pool.claim(1, probe)] for _ in range(5)]
+        assert found == [[], [], [], ["whole"], []]  # seq 36 is in the fourth stretch, 30 to 39
+        pool.add([NewToken("later-big", {"cores": 4})])  # seq 37: on from 10, the stretch from 30 is third
+        assert [[lease.token.id for lease in pool.claim(1, probe)] for _ in range(3)] == [
+            [],
+            [],
+            ["later-big"],
+        ]
 
 
 def test_tokens_without_fields_ask_the_pilots_default(tmp_path: Path) -> None:
