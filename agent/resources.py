@@ -139,6 +139,10 @@ class Fit:
     tasks: int = 1
     largest_first: bool = False  # pick the biggest of the candidates first (a probe for held tokens)
     beyond: Optional[Fit] = None  # only tokens that do not fit in this (bigger than what is free)
+    # Tasks run beside this claim: one that finds nothing is made again as they end, so a pool may look
+    # through its first tokens only, as Slurm's backfill tests its first jobs (bf_max_job_test), not a
+    # million that do not fit at each task's end.
+    partial: bool = False
 
     @property
     def spent(self) -> bool:
@@ -478,7 +482,8 @@ class Book:
                 memory = None if memory is None else memory - held.request.memory
         if cores < 1 or tasks < 1:
             return None
-        return Fit(cores=cores, gpus=gpus, memory=memory, default=self.default, tasks=tasks)
+        partial = bool(self.grants)
+        return Fit(cores=cores, gpus=gpus, memory=memory, default=self.default, tasks=tasks, partial=partial)
 
     def probe_fit(self, now: float, patience: float) -> Optional[Fit]:
         """What a probe for a token bigger than what is free may take: one token that fits the node but

@@ -148,6 +148,20 @@ def test_slots_cap_tasks_at_once() -> None:
     assert book.grant("c", Request()) is None
 
 
+def test_a_claim_beside_running_tasks_may_look_at_part_of_the_pool_one_on_a_free_node_may_not() -> None:
+    # A claim beside running tasks is made again as they end; one with the node wholly free is the last
+    # before the pilot stops for an empty pool, so it must see every token.
+    book = Book(node(4), Request(), slots=None)
+    free = book.fit(0.0, 60.0)
+    assert free is not None and not free.partial
+    book.grant("a", Request(2, 2, 0, 0))
+    beside = book.fit(0.0, 60.0)
+    assert beside is not None and beside.partial and beside.cores == 2
+    book.release("a")
+    again = book.fit(0.0, 60.0)
+    assert again is not None and not again.partial
+
+
 def test_a_held_token_backfills_until_patience_then_blocks_until_it_fits() -> None:
     book = Book(node(4), Request(), slots=None)
     book.grant("small", Request(2, 2, 0, 0))

@@ -77,9 +77,10 @@ BACKOFF_BASE = 0.02  # seconds; doubled per conflict round, jittered, capped
 BACKOFF_MAX = 1.0
 WRITE_ROUNDS = 4  # re-read and merge this often before a renewal or report gives up
 BATCH = 500  # documents per _bulk_docs or _all_docs request
-# Ids one probe for a big token looks through (see _probe_window). The server reads and filters every
-# todo document of the range, 0.1 ms each on pouchdb-server: all 20,000 of a pool took a probe 2 s, and a
-# million would outlast server.timeout. A pool of fewer documents is looked through whole at every probe.
+# Ids one probe for a big token, or a claim beside running tasks whose window held none that fits, looks
+# through (see _stretch_window). The server reads and filters every todo document of the range, 0.1 ms
+# each on pouchdb-server: all 20,000 of a pool took a probe 2 s, and a million would outlast
+# server.timeout. A pool of fewer documents is looked through whole each time.
 PROBE_IDS = 1000
 ADD_BATCH = 2000  # documents per _bulk_docs when adding: fewer requests, memory still flat
 
@@ -155,7 +156,8 @@ class CouchDBPool(Pool):
         self.window_conflicts = 0  # conflicts in a row met in the current window
         self.walk_from: Any = None  # the key of the last row read: the next window starts after it
         self.window_rows: Optional[int] = None  # todo tokens (or more) at the last read
-        self.probe_from = ""  # the id the next probe looks from (see _probe_window)
+        self.probe_from = ""  # the id the next probe looks from (see _stretch_window)
+        self.beside_from = ""  # and the next claim beside running tasks that its window did not serve
         self.plan: Optional[ClaimPlan] = None  # where claims look; decided at the first claim
         # Expired leases are looked for now and then, and when todo is empty; not at the start, when the
         # scan would index every token to find what the first periodic scan finds as well.
@@ -398,7 +400,9 @@ class CouchDBPool(Pool):
         it comes, then, when none of that fits either, read with the fit's selector. pouchdb-server ends a
         read through the index at its limit, but with a condition outside the index it reads and filters
         every todo token (20 times the time for 2,000 of them): claims that asked with the selector every
-        time left a loaded server answering none within server.timeout."""
+        time left a loaded server answering none within server.timeout. So only a claim with the node
+        wholly free, the last before its pilot stops for want of work, asks it of the whole pool; one
+        beside running tasks, made again as they end, asks it of a stretch of ids (see Fit.partial)."""
         now = self.clock()
         if now - self.candidates_read > CANDIDATES_MAX_AGE:
             self.candidates, self.walk_from = [], None
@@ -410,34 +414,41 @@ class CouchDBPool(Pool):
         picked = self._pick(fit, wanted)
         if picked:
             return picked
-        if fit.beyond is not None and self._plan().find:
-            return self._probe_window(wanted, now, fit)
-        for selected in (None, fit) if self._plan().find else (None,):
-            self._new_window(wanted, now, selected)
-            picked = self._pick(fit, wanted)
-            if picked:
-                return picked
-        return []
+        find = self._plan().find
+        if fit.beyond is not None and find:
+            self.probe_from, picked = self._stretch_window(wanted, now, fit, self.probe_from)
+            return picked
+        self._new_window(wanted, now)
+        picked = self._pick(fit, wanted)
+        if picked or not find:
+            return picked
+        if fit.partial:
+            self.beside_from, picked = self._stretch_window(wanted, now, fit, self.beside_from)
+            return picked
+        self._new_window(wanted, now, fit)
+        return self._pick(fit, wanted)
 
     def _new_window(self, wanted: int, now: float, fit: Optional[Fit] = None) -> None:
         self.candidates = self._window(window_size(wanted), now, fit)
         self.candidates_read = now
         self.window_conflicts = 0
 
-    def _probe_window(self, wanted: int, now: float, fit: Fit) -> list[dict[str, Any]]:
-        """A probe's tokens (bigger than what is free, see ``Fit.beyond``), which the server selects from
-        the todo tokens of the next PROBE_IDS ids: a pool of fewer is looked through whole each time, a
-        bigger one a stretch per probe, each probe on from where the last ended, round and round. Apart
-        from the claims' window and its walk: a probe read where that window is would find the big token
-        only when it happened to be there."""
-        start, end = self.probe_from, self._id_after(self.probe_from, PROBE_IDS)
-        self.probe_from = end or ""  # past the last id: from the first again
+    def _stretch_window(
+        self, wanted: int, now: float, fit: Fit, start: str
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """Where the next stretch starts, and the tokens that fit together (the biggest first for a
+        probe, see ``Fit.beyond``) of those the server selects with ``fit`` from the todo tokens of the
+        PROBE_IDS ids from ``start``. A pool of fewer is looked through whole each time, a bigger one a
+        stretch a time, each on from where the last ended, round and round. Apart from the claims' window
+        and its walk: a read where that window is would find a rare token only when it happened to be
+        there."""
+        end = self._id_after(start, PROBE_IDS)
         selector = picas.fit_selector(picas.todo_selector(start, below=end), fit)
         docs = self._find(selector, picas.TODO_INDEX, window_size(wanted))
         claimable = [doc for doc in docs if picas.claimable(doc, now)]
-        self.rng.shuffle(claimable)  # pilots that probe at once pick different ones of the biggest
+        self.rng.shuffle(claimable)  # pilots that look at once pick different ones
         chosen = set(replace(fit, tasks=min(fit.tasks, wanted)).pick([picas.needs_of(d) for d in claimable]))
-        return [doc for i, doc in enumerate(claimable) if i in chosen]
+        return end or "", [doc for i, doc in enumerate(claimable) if i in chosen]  # past the last: the first
 
     def _id_after(self, start: str, count: int) -> Optional[str]:
         """The id ``count`` documents on from ``start`` in ``_all_docs`` (keys only, no documents read), or

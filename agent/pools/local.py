@@ -47,10 +47,14 @@ _NEEDS = tuple(f"need_{name}" for name in FIELDS)  # columns added in place to p
 _ROW = "id, state, fields, attempts, failures, lease_id, lease_expires, " + ", ".join(_NEEDS)
 EXPIRY_SCAN = 5.0  # seconds between looks for expired leases while there is todo work
 BUSY_TIMEOUT_MS = 60_000  # many pilots on one node queue for the write lock; a claim takes microseconds
-# Tokens (by seq) one probe for a big token looks through (see _probe_range). SQLite reads every todo row
+# Tokens (by seq) one probe for a big token looks through (see _Stretch). SQLite reads every todo row
 # of the range to test its request, in the write transaction every pilot of the file waits on: 250 ms
 # for a million tokens, none of them bigger, at every probe of every pilot with free cores.
 PROBE_ROWS = 20_000
+# Todo tokens, in claim order, a claim made beside running tasks looks through before a stretch as a
+# probe's (see _claim_beside): it is made again as they end, and testing every row of a million that do
+# not fit in what is free cost 430 ms of that transaction at each task's end.
+BESIDE_ROWS = 20_000
 
 _SCHEMA = """
 CREATE TABLE tokens (
@@ -223,7 +227,8 @@ class LocalPool(Pool):
         self.where = str(self.path)
         self.clock = clock
         self._next_expiry_scan = 0.0
-        self._probe_from = 0  # the seq the next probe looks from (see _probe_range)
+        self._probe = _Stretch()  # the seqs the next probe looks through
+        self._beside = _Stretch()  # and a claim beside running tasks, when its first rows hold none
         self._lease_ids = unique_ids()
         self.view_indexes: set[str] = set()  # of VIEW_INDEXES, those the pool file has
         self._batched = False  # inside batch(): writes are savepoints of its transaction
@@ -539,13 +544,7 @@ class LocalPool(Pool):
         scan = now >= self._next_expiry_scan
         rows = self._expired(db, now, n, fit) if scan else []
         if len(rows) < n:
-            fits, values = _fit_condition(fit)
-            if fit is not None and fit.beyond is not None:
-                fits, values = f"{fits} AND seq >= ? AND seq < ?", (*values, *self._probe_range(db))
-            rows += db.execute(
-                f"SELECT {_ROW} FROM tokens WHERE state = 'todo' AND waiting = 0{fits} ORDER BY seq LIMIT ?",  # noqa: S608
-                (*values, _candidates(n - len(rows), fit)),
-            ).fetchall()
+            rows += self._todo(db, n - len(rows), fit)
         if not rows and not scan:
             rows = self._expired(db, now, n, fit)
         if fit is not None:  # each fits alone; take those that fit together
@@ -566,15 +565,44 @@ class LocalPool(Pool):
             )
         return leases
 
-    def _probe_range(self, db: sqlite3.Connection) -> tuple[int, int]:
-        """The seq numbers a probe looks through: all of a pool of fewer than PROBE_ROWS tokens, else the
-        next PROBE_ROWS on from where the last probe ended, and from the first again past the last. The
-        oldest big token of a stretch is found, and of the pool within one round of probes."""
-        last = db.execute("SELECT max(seq) FROM tokens").fetchone()[0] or 0
-        start = self._probe_from if self._probe_from <= last else 0
-        end = start + PROBE_ROWS
-        self._probe_from = end if end <= last else 0
-        return start, end
+    def _todo(self, db: sqlite3.Connection, n: int, fit: Optional[Fit]) -> list[Any]:
+        """Todo tokens for ``n`` claims, oldest first: of all of them when nothing runs, else of a bounded
+        number (see _claim_beside and _stretch)."""
+        fits, values = _fit_condition(fit)
+        limit = _candidates(n, fit)
+        if fit is not None and fit.beyond is not None:
+            return self._in_stretch(db, self._probe, fits, values, limit)
+        if fit is not None and fit.partial:
+            return self._claim_beside(db, fits, values, limit)
+        return db.execute(
+            f"SELECT {_ROW} FROM tokens WHERE state = 'todo' AND waiting = 0{fits} ORDER BY seq LIMIT ?",  # noqa: S608
+            (*values, limit),
+        ).fetchall()
+
+    def _claim_beside(
+        self, db: sqlite3.Connection, fits: str, values: tuple[int, ...], limit: int
+    ) -> list[Any]:
+        """Of the first BESIDE_ROWS todo tokens, else of the next stretch of seqs: the claim of a pilot
+        whose running tasks leave part of the node free. Claims with the node wholly free look at all of
+        the pool, so no token that fits is left behind; a pool of uniform tokens finds its first at once."""
+        # The subquery is a co-routine that yields rows in claim order (a LIMIT keeps SQLite from
+        # flattening it): no outer ORDER BY, which would read all BESIDE_ROWS rows to sort them.
+        rows = db.execute(
+            f"SELECT {_ROW} FROM (SELECT {_ROW} FROM tokens WHERE state = 'todo' AND waiting = 0 "  # noqa: S608
+            f"ORDER BY seq LIMIT ?) WHERE 1{fits} LIMIT ?",
+            (BESIDE_ROWS, *values, limit),
+        ).fetchall()
+        return rows or self._in_stretch(db, self._beside, fits, values, limit)
+
+    def _in_stretch(
+        self, db: sqlite3.Connection, stretch: _Stretch, fits: str, values: tuple[int, ...], limit: int
+    ) -> list[Any]:
+        start, end = stretch.next(db.execute("SELECT max(seq) FROM tokens").fetchone()[0] or 0, PROBE_ROWS)
+        return db.execute(
+            f"SELECT {_ROW} FROM tokens WHERE state = 'todo' AND waiting = 0{fits} AND seq >= ? AND seq < ? "  # noqa: S608
+            "ORDER BY seq LIMIT ?",
+            (*values, start, end, limit),
+        ).fetchall()
 
     def _expired(self, db: sqlite3.Connection, now: float, n: int, fit: Optional[Fit] = None) -> list[Any]:
         self._next_expiry_scan = now + min(EXPIRY_SCAN, self.lease_seconds / 4)
@@ -853,6 +881,21 @@ def _token(row: Sequence[Any]) -> Token:
     shown = State.WAITING if state == State.TODO.value and waiting else State(state)
     why = reason or "" if shown is State.ERROR else ""
     return Token(token_id, json.loads(fields), shown, attempts, failures, why)
+
+
+class _Stretch:
+    """The seq numbers one bounded look goes through: all of a pool of no more than ``rows`` tokens, else
+    the next ``rows`` on from where the last look ended, and from the first again past the last. The
+    oldest token that fits of a stretch is found, and of the pool within one round of looks."""
+
+    def __init__(self) -> None:
+        self.start = 0
+
+    def next(self, last: int, rows: int) -> tuple[int, int]:
+        start = self.start if self.start <= last else 0
+        end = start + rows
+        self.start = end if end <= last else 0
+        return start, end
 
 
 def _fit_condition(fit: Optional[Fit]) -> tuple[str, tuple[int, ...]]:

@@ -10,6 +10,7 @@ import base64
 import json
 import logging
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -662,6 +663,37 @@ def test_a_probe_on_a_big_pool_looks_through_a_stretch_of_ids_at_a_time_round_an
     http.selectors.clear()
     assert pool.claim(1, probe) == []  # round again: from the first id
     assert [sel["$and"][0]["_id"] for sel in http.selectors if "$and" in sel] == [ranges[0]]
+
+
+def test_a_claim_beside_running_tasks_asks_the_server_of_a_stretch_of_ids_not_of_the_whole_pool(
+    pouchdb: PouchDBServer, couch_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A claim beside running tasks is made again as they end: when no token of its window fits what is
+    # free, the server filters the next stretch of ids for it, not every todo token; only a claim with
+    # the node wholly free, the last before its pilot stops, asks it of the whole pool.
+    monkeypatch.setattr(couchdb, "PROBE_IDS", 10)
+    http = RecordsFinds()
+    pool = make_pool(pouchdb, couch_db, http=http)
+    pool.init()
+    pool.add([*(NewToken(f"a-{i:02d}", {"cores": 4}) for i in range(40)), NewToken("z-small", {})])
+    beside = replace(fit(1, tasks=1), partial=True)
+    found, ranges = [], []
+    for _ in range(6):
+        http.selectors.clear()
+        claimed = [lease.token.id for lease in pool.claim(1, beside)]
+        ranges += [selector["$and"][0]["_id"] for selector in http.selectors if "$and" in selector]
+        found.append(claimed)
+        if claimed:
+            break
+    assert found[-1] == ["z-small"]  # in a stretch, or in a window as it came
+    assert ranges and ranges[0]["$gte"] == ""  # the server filters from the first id...
+    assert all("$lt" in bounds for bounds in ranges[:-1])  # ...a stretch a time...
+    assert "$lt" in ranges[-1] or len(ranges) > 1  # ...the last one alone open to the end
+    assert all(ranges[n]["$lt"] == ranges[n + 1]["$gte"] for n in range(len(ranges) - 1))  # ...on and on
+    http.selectors.clear()
+    assert pool.claim(1, fit(1, tasks=1)) == []  # the node wholly free: every todo token is asked
+    whole = [selector["$and"][0]["_id"] for selector in http.selectors if "$and" in selector]
+    assert whole and not any("$lt" in bounds for bounds in whole)  # read at random, and again from the first
 
 
 def test_a_token_with_a_wrong_request_is_refused_naming_the_field_couchdb(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -265,6 +266,26 @@ def test_a_probe_on_a_big_pool_looks_through_a_stretch_of_tokens_at_a_time_round
             [],
             ["later-big"],
         ]
+
+
+def test_a_claim_beside_running_tasks_looks_through_the_first_tokens_then_a_stretch_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A claim made while tasks run is made again as they end: it tests the first BESIDE_ROWS todo tokens,
+    # then the next stretch of seqs, not a million that do not fit what is free in the write transaction.
+    monkeypatch.setattr(local, "BESIDE_ROWS", 10)
+    monkeypatch.setattr(local, "PROBE_ROWS", 10)
+    with pool_for(tmp_path / "p.db", "pilot-a", Clock()) as pool:
+        pool.add([*(NewToken(f"big-{i:02d}", {"cores": 8}) for i in range(25)), NewToken("small", {})])
+        beside = dataclasses.replace(fit(2, tasks=1), partial=True)
+        found = [[lease.token.id for lease in pool.claim(1, beside)] for _ in range(3)]
+        assert found == [[], [], ["small"]]  # seq 26: in neither the first ten nor stretches 0-9, 10-19
+        pool.add([NewToken("early", {"cores": 2})])  # seq 27
+        assert [lease.token.id for lease in pool.claim(1, fit(2, tasks=1))] == ["early"]  # node wholly free
+    with pool_for(tmp_path / "q.db", "pilot-a", Clock()) as pool:
+        pool.add([NewToken("big", {"cores": 8}), NewToken("a", {}), NewToken("b", {}), NewToken("c", {})])
+        beside = dataclasses.replace(fit(2, tasks=2), partial=True)
+        assert [lease.token.id for lease in pool.claim(2, beside)] == ["a", "b"]  # in claim order
 
 
 def test_tokens_without_fields_ask_the_pilots_default(tmp_path: Path) -> None:
