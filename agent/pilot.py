@@ -303,7 +303,7 @@ class Pilot:
     def _note_left_behind(self) -> None:
         """Idle with everything free: the todo tokens left are ones no claim of this pilot can take."""
         try:
-            self.left_behind = self.pool.counts().todo
+            self.left_behind = self.pool.todo_left()
         except ServerUnreachable as err:
             self.reporter.unreachable(err)
             return

@@ -194,6 +194,11 @@ class Pool(abc.ABC):
     def counts(self) -> Counts:
         """How many tokens are in each state."""
 
+    def todo_left(self) -> int:
+        """How many todo tokens are left, asked by an idle pilot when it stops (most often: none). A pool
+        whose counts cost more than a look for one todo token overrides it."""
+        return self.counts().todo
+
     @abc.abstractmethod
     def reset(self, *, locked: bool, errors: bool) -> int:
         """Put locked and/or error tokens back to todo; errors get a fresh attempt budget."""

@@ -585,13 +585,15 @@ def test_claims_take_only_tokens_that_fit_chosen_by_the_server(pouchdb: PouchDBS
 
 
 class RecordsFinds(HttpClient):
-    """An HttpClient that keeps the selectors of the _find requests it sends."""
+    """An HttpClient that keeps the paths of the requests it sends and the selectors of its _find ones."""
 
     def __init__(self) -> None:
         super().__init__(timeout=10.0)
         self.selectors: list[dict[str, Any]] = []
+        self.paths: list[str] = []
 
     def request(self, method: str, url: str, **kwargs: Any) -> Response:
+        self.paths.append(url.split("?", maxsplit=1)[0])
         if url.endswith("/_find"):
             self.selectors.append(kwargs["json_body"]["selector"])
         return super().request(method, url, **kwargs)
@@ -703,3 +705,22 @@ def test_a_token_with_a_wrong_request_is_refused_naming_the_field_couchdb(
     pool.init()
     with pytest.raises(TokenError, match=r"bad.*field memory"):
         pool.add([NewToken("bad", {"memory": "lots"})])
+
+
+def test_todo_left_reads_no_view_when_none_is_left_and_counts_them_when_some_are(
+    pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    # An idle pilot asks it as it stops. The counts read JavaScript views, which the server builds
+    # from every document changed since they were last read: the whole run's history, on an emptied
+    # pool. The todo index is kept up to date by the claims.
+    http = RecordsFinds()
+    pool = make_pool(pouchdb, couch_db, http=http)
+    pool.init()
+    pool.add([NewToken(f"t-{i}", {}) for i in range(3)])
+    for lease in pool.claim(3):
+        assert pool.report(lease, make_report(lease.token, result(), 1)) is Saved.SAVED
+    http.paths.clear()
+    assert pool.todo_left() == 0
+    assert http.paths and not any("/_view/" in path for path in http.paths)
+    pool.add([NewToken("late-1", {}), NewToken("late-2", {})])
+    assert pool.todo_left() == 2 == pool.counts().todo
