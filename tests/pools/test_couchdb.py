@@ -714,9 +714,7 @@ def test_todo_left_reads_no_view_when_none_is_left_and_counts_them_when_some_are
     # from every document changed since they were last read: the whole run's history, on an emptied
     # pool. The todo index is kept up to date by the claims.
     http = RecordsFinds()
-    pool = make_pool(pouchdb, couch_db, http=http)
-    pool.init()
-    pool.add([NewToken(f"t-{i}", {}) for i in range(3)])
+    pool = ready_pool(pouchdb, couch_db, 3, http=http)
     for lease in pool.claim(3):
         assert pool.report(lease, make_report(lease.token, result(), 1)) is Saved.SAVED
     http.paths.clear()
