@@ -20,6 +20,7 @@ from agent.config import Config
 from agent.errors import CERTIFICATE_FAILED, ExitCode, PilotError, ServerUnreachable
 from agent.guard import Guard
 from agent.identity import Identity
+from agent.idle import Idle
 from agent.journal import Journal
 from agent.leases import Act, Holder
 from agent.memory import MemoryWatch
@@ -116,7 +117,6 @@ class Pilot:
         self.claim_fit: Optional[Fit] = None  # what the claims about to be made may take
         self.short_fit: Optional[Fit] = None  # what the last claim that came back short could take
         self.next_probe = 0.0  # when to look for a token bigger than what is free (see _probe)
-        self.left_behind: Optional[int] = None  # todo tokens none fits, counted once when idle
         self.memory_watch = MemoryWatch(config.task.enforce_memory)
         self.outage = Outage(config.server.max_outage)
         self.journal = Journal(config.pilot.workdir / "journal", identity.pilot_id)
@@ -130,8 +130,7 @@ class Pilot:
         self.draining: Optional[str] = None
         self.stopping: Optional[Ending] = None
         self.killed = False
-        self.idle_since: Optional[float] = None
-        self.locked_elsewhere = 0  # tokens other pilots held when we last found nothing to claim
+        self.idle = Idle(config.pilot.idle_timeout)  # when a pilot with nothing to do stops
         # A dead pilot's token comes back after one lease: look again at least twice per lease.
         self.empty_poll = min(EMPTY_POLL, config.server.lease / 2)
         self.next_claim = clock() + first_claim_delay(config.pilot.start_jitter)
@@ -281,36 +280,34 @@ class Pilot:
             if not leases and not self.running and not self.book.grants:
                 self._note_idle(now)
         if leases:
-            self.idle_since = None
+            self.idle.busy()
             if not self.running:
                 self.renewals = self.renewals.after(now)
 
     def _note_idle(self, now: float) -> None:
-        """Nothing to claim and nothing running. Waiting only helps while other pilots hold tokens that
-        may come back (their pilot may be dead), and then at most pilot.idle_timeout."""
-        if self.idle_since is None:
-            self.idle_since = now
-        if self.left_behind is None:
+        """Nothing to claim and nothing running: what is left in the pool, for ``Idle.ending``."""
+        self.idle.began(now)
+        if self.idle.left_behind is None:
             self._note_left_behind()
-        if not self.config.pilot.idle_timeout:
-            self.locked_elsewhere = 0
+        if not self.idle.waits:
             return
         try:
-            self.locked_elsewhere = self.pool.counts().locked - len(self.suspects)  # ours are not elsewhere
+            elsewhere = self.pool.locked_left() - len(self.suspects)  # ours are not elsewhere
+            self.idle.locked_elsewhere = elsewhere
         except ServerUnreachable as err:
             self.reporter.unreachable(err)
 
     def _note_left_behind(self) -> None:
         """Idle with everything free: the todo tokens left are ones no claim of this pilot can take."""
         try:
-            self.left_behind = self.pool.todo_left()
+            self.idle.left_behind = self.pool.todo_left()
         except ServerUnreachable as err:
             self.reporter.unreachable(err)
             return
-        if self.left_behind:
+        if self.idle.left_behind:
             log.warning(
                 "%d todo token(s) left for a bigger node: none fits this one (%s)",
-                self.left_behind,
+                self.idle.left_behind,
                 self.book.node,
             )
 
@@ -712,28 +709,12 @@ class Pilot:
             return None  # results first: wait for the server, at most server.max_outage
         if self.breaker.tripped:
             return Ending(ExitCode.BLACK_HOLE, self.black_hole + self.black_hole_hint)
-        ending = Ending(ExitCode.OK, self.draining) if self.draining is not None else self._idle_ending()
+        reason = self.draining if self.draining is not None else self.idle.ending(self.clock())
+        ending = None if reason is None else Ending(ExitCode.OK, reason)
         if ending is not None and self.suspects:
             self._release_suspects(list(self.suspects))  # nothing left to compare with: real failures
             return None
         return ending
-
-    def _idle_ending(self) -> Optional[Ending]:
-        """Idle: end now unless other pilots hold tokens that may come back, and wait for those at most
-        pilot.idle_timeout."""
-        if self.idle_since is None:
-            return None
-        if not self.locked_elsewhere:
-            left = f"; {self.left_behind} todo token(s) left, none fits this node" if self.left_behind else ""
-            return Ending(ExitCode.OK, "pool empty: nothing left to claim" + left)
-        waited = self.config.pilot.idle_timeout
-        if self.clock() - self.idle_since < waited:
-            return None
-        return Ending(
-            ExitCode.OK,
-            f"pool empty: nothing to claim, {self.locked_elsewhere} token(s) still locked by other pilots "
-            f"after waiting {format_duration(waited)}",
-        )
 
     def _sleep_time(self) -> float:
         now = self.clock()
@@ -748,8 +729,9 @@ class Pilot:
             wake.append(self.next_claim)
         if self.running and self.book.held is None and self.book.fit(now, self._patience()) is not None:
             wake.append(self.next_probe)
-        if self.idle_since is not None:
-            wake.append(self.idle_since + self.config.pilot.idle_timeout)
+        idle_up = self.idle.wake()
+        if idle_up is not None:
+            wake.append(idle_up)
         if self.outage.down or len(self.journal):
             wake.append(self.outage.next_try)
         if self.breaker.streak:

@@ -48,6 +48,25 @@ def test_a_pilot_killed_mid_task_loses_its_token_to_another_after_the_lease(site
     a_node_dies_mid_task(site, reaper, "slow", ran, timeout=30)
 
 
+def test_an_idle_pilot_waits_for_tokens_held_elsewhere_at_most_idle_timeout(site: Site, reaper: list) -> None:
+    ran = site.folder / "ran.log"
+    command = [PY, str(TASKS / "record.py"), str(ran), "{id}", "{input}"]
+    site.write(local_config(site.folder, command, pilot={"slots": 1, "idle_timeout": "2s"}))
+    site.add_tokens([{"id": "long", "input": "10"}])
+    holder = site.start(log_name="holder.log")
+    reaper.append(holder)
+    wait_for(lambda: site.status()["locked"] == 1, 30, what="the long task to start")
+    started = time.monotonic()
+    idle = site.run()
+    waited = time.monotonic() - started
+    assert idle.returncode == 0, idle.stderr
+    expected = "pool empty: nothing to claim, 1 token(s) still locked by other pilots after waiting 2.0s"
+    assert expected in idle.stderr, idle.stderr[-2000:]
+    assert waited >= 2, waited  # no sooner than the timeout; the task still runs
+    assert holder.wait(timeout=60) == 0
+    assert ran.read_text().split() == ["long"]
+
+
 def test_timeouts_missing_commands_and_failures_are_errors_and_the_pilot_goes_on(site: Site) -> None:
     site.write(
         local_config(

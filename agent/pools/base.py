@@ -199,6 +199,12 @@ class Pool(abc.ABC):
         whose counts cost more than a look for one todo token overrides it."""
         return self.counts().todo
 
+    def locked_left(self) -> int:
+        """How many tokens are locked, asked by an idle pilot that waits for tokens other pilots hold
+        (``pilot.idle_timeout``), at each look at the empty pool. A pool whose counts cost more than a
+        count of locked tokens alone overrides it."""
+        return self.counts().locked
+
     @abc.abstractmethod
     def reset(self, *, locked: bool, errors: bool) -> int:
         """Put locked and/or error tokens back to todo; errors get a fresh attempt budget."""

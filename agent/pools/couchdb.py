@@ -83,6 +83,7 @@ BATCH = 500  # documents per _bulk_docs or _all_docs request
 # server.timeout. A pool of fewer documents is looked through whole each time.
 PROBE_IDS = 1000
 ADD_BATCH = 2000  # documents per _bulk_docs when adding: fewer requests, memory still flat
+LOCKED_LOOK = 1000  # locked tokens an idle pilot counts through the index before it reads the views
 
 
 def conflict_backoff(round_: int, rng: random.Random) -> float:
@@ -363,11 +364,19 @@ class CouchDBPool(Pool):
         return views if isinstance(views, dict) else {}
 
     def _find(
-        self, selector: Mapping[str, Any], index: Mapping[str, Any], limit: int, skip: int = 0
+        self,
+        selector: Mapping[str, Any],
+        index: Mapping[str, Any],
+        limit: int,
+        skip: int = 0,
+        fields: Optional[list[str]] = None,
     ) -> list[dict[str, Any]]:
-        """Documents matching a Mango selector, through one of our indexes (a read: safe to retry)."""
+        """Documents matching a Mango selector, through one of our indexes (a read: safe to retry); only
+        their ``fields`` if given."""
         use = [index["ddoc"], index["name"]]
         body = {"selector": selector, "limit": limit, "skip": skip, "use_index": use}
+        if fields is not None:
+            body["fields"] = fields
         what = f"finding tokens through the index {index['ddoc']}"
         answer = self._json(self._request("POST", "/_find", body=body, retry=True), what)
         docs = answer.get("docs") if isinstance(answer, dict) else None
@@ -1033,6 +1042,15 @@ class CouchDBPool(Pool):
         if self._plan().find and not self._find(picas.todo_selector(""), picas.TODO_INDEX, 1):
             return 0
         return self.counts().todo
+
+    def locked_left(self) -> int:
+        """Locked tokens, picas's own locks among them, looked for through our todo index (``lock > 0`` is
+        a range of it), not counted in the views, for the reason ``todo_left`` gives. Only when more than
+        LOCKED_LOOK are locked, when so many pilots still run that the views are worth it, do they count."""
+        if not self._plan().find:
+            return self.counts().locked
+        found = self._find(picas.locked_selector(), picas.TODO_INDEX, LOCKED_LOOK, fields=["_id"])
+        return len(found) if len(found) < LOCKED_LOOK else self.counts().locked
 
     def reset(self, *, locked: bool, errors: bool) -> int:
         changed = 0

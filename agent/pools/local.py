@@ -739,6 +739,13 @@ class LocalPool(Pool):
             raise PoolError(self.where, f"cannot read: {err}") from None
         return Counts(**dict(rows))
 
+    def locked_left(self) -> int:
+        """Through the state index, not a count of every row as ``counts`` makes (a million of them)."""
+        try:
+            return int(self._db.execute("SELECT count(*) FROM tokens WHERE state = 'locked'").fetchone()[0])
+        except sqlite3.DatabaseError as err:
+            raise PoolError(self.where, f"cannot read: {err}") from None
+
     def reset(self, *, locked: bool, errors: bool) -> int:
         now = self.clock()
         states = [state for state, wanted in (("locked", locked), ("error", errors)) if wanted]

@@ -173,6 +173,11 @@ def todo_selector(from_id: str, below: Optional[str] = None) -> dict[str, Any]:
     return {"type": "token", "done": 0, "lock": 0, "_id": ids}
 
 
+def locked_selector() -> dict[str, Any]:
+    """Locked tokens (PiCaS's ``lock > 0 && done == 0``), through the same index as todo ones."""
+    return {"type": "token", "done": 0, "lock": {"$gt": 0}, "_id": {"$gte": ""}}
+
+
 def waiting_selector() -> dict[str, Any]:
     """Waiting tokens (``lock`` -1), through the same index as todo ones."""
     return {"type": "token", "done": 0, "lock": WAITING_LOCK, "_id": {"$gte": ""}}

@@ -3,6 +3,7 @@
     python picas_side.py URL DATABASE add N            tokens as picas's create_tokens example makes them
     python picas_side.py URL DATABASE views DESIGN     the PiCaS example views, stored by couchdb-python
     python picas_side.py URL DATABASE counts           rows of the todo, locked, done and error views
+    python picas_side.py URL DATABASE lock N           N todo tokens locked as a RunActor claims them
     python picas_side.py URL DATABASE run LOG -- ARGV  a RunActor pilot: ARGV per token ({id}, {input})
 
 PICAS_USER and PICAS_PASSWORD in the environment give the credentials. `run` appends the id of every
@@ -20,6 +21,7 @@ from picas.actors import RunActor
 from picas.clients import CouchDB
 from picas.documents import Task
 from picas.executers import execute
+from picas.iterators import TaskViewIterator
 from picas.modifiers import BasicTokenModifier
 
 # The view function and conditions of the PiCaS examples (examples/create_views.py), as data.
@@ -108,6 +110,10 @@ def main(argv: list[str]) -> int:
     elif command == "counts":
         counts = {name: len(client.view(name).rows) for name in CONDITIONS}
         print(json.dumps(counts))
+    elif command == "lock":
+        claims = TaskViewIterator(client, "todo")
+        for _ in range(int(rest[0])):
+            next(claims)
     elif command == "run":
         log, separator, *command_argv = rest
         assert separator == "--", "usage: run LOG -- ARGV"

@@ -52,6 +52,9 @@ def test_claims_hand_out_tokens_in_order_and_record_who_claimed(tmp_path: Path) 
             clock.now,
         )
         assert pool.counts().as_dict() == {"todo": 1, "locked": 2, "done": 0, "error": 0, "waiting": 0}
+        assert pool.locked_left() == 2
+        pool.report(leases[0], make_report(leases[0].token, result(Outcome.DONE), 1))
+        assert pool.locked_left() == 1
 
 
 def test_report_closes_the_attempt_and_keeps_the_tails(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ import pytest
 from conftest import Site
 from servers.pouchdb import ADMIN, MEMBER, PouchDBServer
 
+from agent.token import make_report
 from pools.conftest import couch_config, picas_side
+from pools.test_couchdb import RecordsFinds, ready_pool, result
 
 pytestmark = pytest.mark.couchdb
 
@@ -104,3 +106,23 @@ def test_counts_right_after_a_mixed_run_agree_through_both_clients(
     picas_side(picas_python, pouchdb, couch_db, "run", str(again), "--", "/bin/true")
     assert len(again.read_text().split()) == 10
     assert site.status() == {"todo": 0, "locked": 0, "done": 30, "error": 0, "waiting": 0, "total": 30}
+
+
+def test_an_idle_pilot_counts_the_tokens_picas_pilots_hold_without_reading_the_views(
+    pouchdb: PouchDBServer, couch_db: str, picas_python: Path
+) -> None:
+    # A pilot that waits for tokens held elsewhere (pilot.idle_timeout) counts them at each look at the
+    # empty pool. The views would make the server run the run's history through six JavaScript views;
+    # the claims' index has the locks of picas pilots too (lock > 0), which carry no lease of ours.
+    http = RecordsFinds()
+    pool = ready_pool(pouchdb, couch_db, 5, http=http)
+    picas_side(picas_python, pouchdb, couch_db, "lock", "2")
+    leases = pool.claim(1)
+    http.paths.clear()
+    assert pool.locked_left() == 3
+    assert any(path.endswith("/_find") for path in http.paths)
+    assert not any("/_view/" in path for path in http.paths)
+    assert pool.counts().locked == 3  # as the views count them
+    for lease in leases:
+        pool.report(lease, make_report(lease.token, result(), 1))
+    assert pool.locked_left() == 2
