@@ -597,6 +597,10 @@ class ToposPool(Pool):
         errors = sum(1 for row in self._listing(self.pools.error) if not layout.is_result(row))
         return Counts(todo=todo["tokens"] - todo["locks"], locked=todo["locks"], done=done, error=errors)
 
+    def locked_left(self) -> int:
+        """The pool page's lock count: one request, not the error pool's whole listing that counts read."""
+        return self._pool_page(self.pools.todo)["locks"]
+
     # -- what status reads: from ToPoS's listings (the pool, the result pools), the newest results only --
 
     def _rows(self, pool: str) -> list[dict[str, Any]]:
