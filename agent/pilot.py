@@ -279,6 +279,7 @@ class Pilot:
             self.short_fit = None if fit is None else fit.after([lease.token.fields for lease in leases])
             if not leases and not self.running and not self.book.grants:
                 self._note_idle(now)
+                self.next_claim = now + self.idle.next_look(self.empty_poll)
         if leases:
             self.idle.busy()
             if not self.running:

@@ -44,3 +44,15 @@ def test_a_claim_that_finds_something_starts_the_wait_over() -> None:
 def test_only_a_pilot_with_a_timeout_counts_what_is_held_elsewhere() -> None:
     assert Idle(timeout=60.0).waits
     assert not Idle(timeout=0.0).waits
+
+
+def test_beside_tokens_left_behind_looks_come_less_often_up_to_a_bound() -> None:
+    idle = Idle(timeout=3600.0, locked_elsewhere=1, left_behind=5)
+    assert [idle.next_look(10.0) for _ in range(6)] == [10.0, 20.0, 40.0, 80.0, 80.0, 80.0]
+    idle.busy()  # a claim found something: the next wait starts at the pilot's pace again
+    assert idle.next_look(10.0) == 10.0
+
+
+def test_with_nothing_left_behind_looks_keep_their_pace() -> None:
+    idle = Idle(timeout=3600.0, locked_elsewhere=1, left_behind=0)
+    assert [idle.next_look(10.0) for _ in range(4)] == [10.0] * 4

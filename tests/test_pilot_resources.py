@@ -277,3 +277,38 @@ def test_a_token_claimed_again_while_its_run_goes_on_here_is_given_back_and_runs
     assert pilot.tally.conflicts == 1
     assert pool.get("long").state.value == "todo"
     pool.close()
+
+
+def test_an_idle_pilot_beside_tokens_too_big_for_it_looks_at_the_pool_less_and_less_often(
+    tmp_path: Path,
+) -> None:
+    # Each look of a pilot with the node free tests every todo token against its fit, on the server: a
+    # pilot waiting (idle_timeout) beside tokens none of its claims can take backs off, up to 8 polls.
+    sections = local_config(tmp_path, ["/bin/true"], pilot={"cores": 4, "bind": False, "idle_timeout": "1h"})
+    (tmp_path / "site.toml").write_text(to_toml(sections))
+    config = load(tmp_path / "site.toml", {})
+    pool = open_pool(config.server, Identity("a", "node", None), create=True)
+    pool.add([NewToken("held", {"cores": 1}), NewToken("big", {"cores": 8})])
+    other = LocalPool(tmp_path / "pool.db", Identity("b", "node", None), 600.0)
+    [held] = other.claim(1, None)
+    assert held.token.id == "held"  # locked by another pilot: worth waiting for
+    now = [0.0]
+    walltime = Walltime(End(None, "test"), config.walltime)
+    identity = Identity("a", "node", None)
+    pilot = Pilot(config, pool, identity, walltime, environ={}, cache_paths={}, clock=lambda: now[0])
+    pilot.next_claim = 0.0  # no start jitter
+    looks: list[float] = []
+    claim = pool.claim
+
+    def counted(wanted: int, fit: object = None) -> list[Lease]:
+        looks.append(now[0])
+        return claim(wanted, fit)
+
+    pool.claim = counted  # type: ignore[method-assign]
+    for second in range(400):
+        now[0] = float(second)
+        assert pilot._claim() == []
+    assert pilot.empty_poll == 10.0
+    assert looks == [0.0, 10.0, 30.0, 70.0, 150.0, 230.0, 310.0, 390.0]
+    assert pilot.idle.left_behind == 1 and pilot.idle.locked_elsewhere == 1
+    assert pilot.idle.ending(now[0]) is None  # still waiting for "held", within its hour
