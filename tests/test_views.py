@@ -45,7 +45,7 @@ def test_status_shows_rates_eta_durations_reasons_and_hosts_of_a_known_history(h
     assert "done/min  0.80 over the last 5m, 0.12 over the last 60m" in text
     assert "eta       8m20s" in text
     assert "3  exit code 3  (e.g. e1)" in text
-    assert "6  node-bad (failed of 6 recent attempts)" in text
+    assert "6  node-bad (6 of its 6 recent attempts failed)" in text
 
 
 def answering(site: Site, answer: str, *args: str) -> subprocess.CompletedProcess[str]:

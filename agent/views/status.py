@@ -65,4 +65,7 @@ def lines(status: stats.Status) -> Iterator[str]:
         yield f"{label:<10}{reason.count:>6}  {reason.reason or '(no reason)'}  (e.g. {reason.example})"
     for number, host in enumerate(status.hosts):
         label = "hosts" if number == 0 else ""
-        yield f"{label:<10}{host.failures:>6}  {host.host} (failed of {host.attempts} recent attempts)"
+        yield (
+            f"{label:<10}{host.failures:>6}  {host.host} "
+            f"({host.failures} of its {host.attempts} recent attempts failed)"
+        )
