@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from agent.config import Config
+    from agent.errors import DifferentToken, DuplicateToken, RepeatedToken, TokenError
     from agent.identity import Identity
     from agent.pools import NewToken, Pool
 
@@ -238,7 +239,7 @@ def tokens_add(
         ./pilot.pyz tokens add --config site.toml --jsonl params.jsonl
         ./pilot.pyz tokens add --config site.toml --range 1000
     """
-    from agent.errors import IDS_FROM_FILE, IDS_FROM_RANGE, DifferentToken, DuplicateToken
+    from agent.errors import IDS_FROM_FILE, IDS_FROM_RANGE, DifferentToken, DuplicateToken, RepeatedToken
     from agent.pools import NewToken
 
     chosen = [option for option in (lines_file, jsonl_file, count) if option is not None]
@@ -267,8 +268,8 @@ def tokens_add(
                 added = pool.add_lines(given)
             else:
                 added = pool.add(given)
-        except (DuplicateToken, DifferentToken) as err:
-            raise err.explained(_id_origin(err.token_id, prefix, hint)) from None
+        except (DuplicateToken, DifferentToken, RepeatedToken) as err:
+            raise _explained(err, prefix, hint, jsonl_file) from None
     skipped = max(0, given.count - added)  # a bulk form (ToPoS's) need not read them one by one
     same = f" ({skipped} already there with the same fields, skipped)" if skipped else ""
     click.echo(f"added {added} tokens to {pool.where}{same}")
@@ -287,12 +288,49 @@ class _Counted:
             yield token
 
 
-def _id_origin(token_id: str, prefix: str, hint: str) -> str:
-    """Where `tokens add` took a duplicate id from: its own numbering, or a JSON line's "id"."""
-    from agent.errors import ID_FROM_JSON
+def _explained(
+    err: DuplicateToken | DifferentToken | RepeatedToken, prefix: str, hint: str, jsonl: Optional[Path]
+) -> TokenError:
+    """The add's duplicate with where its id came from: the numbering of `tokens add`, or a JSON line's
+    own "id", and which lines of a JSONL file give it: two of them are the file's mistake, not the pool's."""
+    from agent.errors import ID_FROM_JSON, DuplicateToken, RepeatedToken
 
-    numbered = token_id.startswith(f"{prefix}-") and token_id[len(prefix) + 1 :].isdigit()
-    return hint.format(prefix=prefix) if numbered else ID_FROM_JSON
+    token_id = err.token_id
+    lines = _lines_giving(jsonl, prefix, token_id) if jsonl is not None else []
+    if len(lines) == 2:
+        left = "nothing was added" if isinstance(err, DuplicateToken) else err.left
+        return RepeatedToken(token_id, left).located(str(jsonl), (lines[0], lines[1]))
+    if isinstance(err, RepeatedToken):
+        return err
+    if token_id.startswith(f"{prefix}-") and token_id[len(prefix) + 1 :].isdigit():
+        return err.explained(hint.format(prefix=prefix))
+    return err.explained(ID_FROM_JSON.format(line=f" (line {lines[0]} of {jsonl})" if lines else ""))
+
+
+def _lines_giving(path: Path, prefix: str, token_id: str) -> list[int]:
+    """The first two lines of a JSONL file whose token has this id. Read again, only once an add has
+    failed on it, so the add itself keeps no ids in memory; not for stdin, which cannot be read twice."""
+    if str(path) == "-":
+        return []
+    found: list[int] = []
+    try:
+        for number, line in _read_lines(path):
+            try:
+                fields = json.loads(line)
+            except ValueError:
+                break  # the add stopped before here
+            if isinstance(fields, dict) and _token_id(fields, prefix, number) == token_id:
+                found.append(number)
+                if len(found) == 2:
+                    break
+    except UsageError:  # the file went away meanwhile: say what is known
+        pass
+    return found
+
+
+def _token_id(fields: dict[str, Any], prefix: str, number: int) -> str:
+    """A JSON line's own "id" (taken out of its fields), else the file's name and the line's number."""
+    return fields.pop("id", None) or fields.pop("_id", None) or f"{prefix}-{number}"
 
 
 def _stem(path: Path) -> str:
@@ -343,7 +381,7 @@ def _parsed_jsonl(path: Path, lines: Iterator[tuple[int, str]], prefix: str) -> 
             raise UsageError(f"{path}:{number}: not valid JSON: {err}") from None
         if not isinstance(fields, dict):
             raise UsageError(f"{path}:{number}: expected a JSON object, got {type(fields).__name__}")
-        token_id = fields.pop("id", None) or fields.pop("_id", None) or f"{prefix}-{number}"
+        token_id = _token_id(fields, prefix, number)
         try:
             check_token_id(token_id)
         except ValueError as err:

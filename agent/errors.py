@@ -190,6 +190,20 @@ class DifferentToken(TokenError):
         return DifferentToken(self.token_id, self.where, self.left, self.more, hint)
 
 
+class RepeatedToken(TokenError):
+    """One id given twice by the same input; ``left`` says what the add left in the pool, ``given``
+    where the two are (the input, or a file's two lines once the CLI has found them)."""
+
+    def __init__(self, token_id: str, left: str, given: str = "the input") -> None:
+        self.left = left
+        super().__init__(
+            token_id, f'given twice in {given}; {left}. Ids must differ within a file: give one another "id"'
+        )
+
+    def located(self, path: str, lines: tuple[int, int]) -> RepeatedToken:
+        return RepeatedToken(self.token_id, self.left, f"{path}, on lines {lines[0]} and {lines[1]}")
+
+
 # What to do about an id the pool does not have.
 FIND_ID = "`pilot.pyz tokens list` shows the ids (a file's tokens are <file name>-<line number>)"
 
@@ -201,4 +215,4 @@ IDS_FROM_FILE = (
 IDS_FROM_RANGE = (
     "Ids are {prefix}-<i>: to add more tokens, give them other ids with --prefix (e.g. --prefix {prefix}-2)"
 )
-ID_FROM_JSON = 'The id is the JSON line\'s own "id": give the line another one to add it as a new token'
+ID_FROM_JSON = 'The id is the JSON line\'s own "id"{line}: give the line another one to add it as a new token'

@@ -122,10 +122,30 @@ def test_next_weeks_file_of_the_same_name_says_ids_come_from_name_and_line(
     assert site.status()["total"] == 9
 
 
-def test_a_json_lines_own_duplicate_id_is_named_as_such(site: Site, pool_with_tokens: Path) -> None:
-    (site.folder / "t.jsonl").write_text('{"id": "range-3", "input": 1}\n')
+def test_a_json_lines_own_duplicate_id_is_named_as_such_with_its_line(
+    site: Site, pool_with_tokens: Path
+) -> None:
+    (site.folder / "t.jsonl").write_text('{"id": "new-1", "input": 0}\n{"id": "range-3", "input": 1}\n')
     line = one_line_error(site.run("tokens", "add", "--jsonl", "t.jsonl"), ExitCode.POOL)
-    assert line.endswith(f"token 'range-3': already in the pool; nothing was added. {ID_FROM_JSON}")
+    hint = ID_FROM_JSON.format(line=" (line 2 of t.jsonl)")
+    assert line.endswith(f"token 'range-3': already in the pool; nothing was added. {hint}"), line
+
+
+def test_an_id_given_twice_by_one_file_names_both_lines_not_the_pool(
+    site: Site, pool_with_tokens: Path
+) -> None:
+    """The second "a" fails the add, but "a" was never in the pool: the file is what to fix, and the two
+    lines say where (line 3's id is its own number, t-3, which line 5 gives again)."""
+    before = site.status()
+    rows = ['{"id": "a", "x": 1}', '{"id": "b"}', '{"x": 3}', '{"id": "a", "x": 4}', '{"id": "t-3"}']
+    (site.folder / "t.jsonl").write_text("\n".join(rows) + "\n")
+    line = one_line_error(site.run("tokens", "add", "--jsonl", "t.jsonl"), ExitCode.POOL)
+    assert "token 'a': given twice in t.jsonl, on lines 1 and 4; nothing was added." in line, line
+    assert "already in the pool" not in line
+    assert site.status() == before
+    (site.folder / "t.jsonl").write_text("\n".join([*rows[:3], '{"id": "c"}', rows[4]]) + "\n")
+    line = one_line_error(site.run("tokens", "add", "--jsonl", "t.jsonl"), ExitCode.POOL)
+    assert "token 't-3': given twice in t.jsonl, on lines 3 and 5; nothing was added." in line, line
 
 
 def test_no_config_is_a_usage_error(site: Site) -> None:

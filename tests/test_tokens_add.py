@@ -51,6 +51,7 @@ def test_a_duplicate_deep_in_a_large_file_leaves_the_local_pool_as_it_was(site: 
             out.write(json.dumps({"id": token_id, "x": number}) + "\n")
     line = one_line_error(site.run("tokens", "add", "--jsonl", "params.jsonl"), ExitCode.POOL)
     assert "token 'old-1': already in the pool; nothing was added" in line
+    assert f"(line {deep + 1} of params.jsonl)" in line  # found by reading the file again
     assert pool_rows(site.folder / "pool.db") == before
 
 

@@ -36,6 +36,7 @@ from agent.errors import (
     DependencyError,
     DifferentToken,
     PoolError,
+    RepeatedToken,
     ServerBusy,
     ServerUnreachable,
     TokenError,
@@ -965,9 +966,7 @@ class CouchDBPool(Pool):
             except ValueError as err:
                 raise TokenError(token.id, f"{err}; {_added_before(given, batch)}") from None
             if docs.setdefault(token.id, token.fields) != token.fields:
-                raise TokenError(
-                    token.id, f"given twice with different fields; {_added_before(given, batch)}"
-                )
+                raise RepeatedToken(token.id, _added_before(given, batch))
         # `after` may name tokens in the pool (earlier batches too) or in this batch: see _new_docs.
         unique = [NewToken(token_id, fields) for token_id, fields in docs.items()]
         try:

@@ -81,3 +81,23 @@ def test_an_unknown_token_after_in_a_later_batch_says_which_tokens_are_in(
         raised.value
     )
     assert len(pouchdb.docs(couch_db)) == 2000
+
+
+@pytest.mark.parametrize("second", [30, 2_500], ids=["same-batch", "later-batch"])
+def test_couchdb_an_id_given_twice_by_one_file_names_both_lines(
+    site: Site, pouchdb: PouchDBServer, couch_db: str, second: int
+) -> None:
+    """In one batch the pool sees the two itself; in a later one the first is in the pool by then and
+    reads as already there: either way the line names the file's two lines, and what the add left in."""
+    site.write(couch_config(site.folder, pouchdb, couch_db, ["/bin/true"]))
+    assert site.run("init").returncode == 0
+    rows = [{"id": f"p-{n}", "x": n} for n in range(3_000)]
+    rows[second] = {"id": "p-10", "x": "again"}
+    (site.folder / "params.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    line = one_line_error(site.run("tokens", "add", "--jsonl", "params.jsonl"), ExitCode.POOL)
+    assert f"token 'p-10': given twice in params.jsonl, on lines 11 and {second + 1};" in line, line
+    if second < 2_000:
+        assert "; nothing was added." in line
+    else:
+        assert "the input's first 3000 tokens (up to 'p-2999') are in the pool" in line
+    assert "already in the pool" not in line
