@@ -114,7 +114,7 @@ def test_claims_from_a_window_read_before_the_cancel_never_hand_out_the_cancelle
     pool.add([token(f"t{i}") for i in range(8)])
     claimed = {lease.token.id for lease in pool.claim(1)}
     if isinstance(pool, CouchDBPool):
-        assert len(pool.candidates) == 7  # the window's rest, as read before the cancel
+        assert len(pool.windows.candidates) == 7  # the window's rest, as read before the cancel
     others = sorted({f"t{i}" for i in range(8)} - claimed)
     assert admin.cancel(others[:4], all_todo=False) == 4
     claimed |= {lease.token.id for lease in pool.claim(8)}

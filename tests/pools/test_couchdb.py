@@ -21,8 +21,9 @@ from agent.config import CouchDBServer, Secret, ServerConfig
 from agent.errors import ExitCode, PoolError, ServerUnreachable, TokenError
 from agent.http import HttpClient, Response
 from agent.identity import Identity
-from agent.pools import NewToken, Saved, couchdb
-from agent.pools.couchdb import ClaimPlan, CouchDBPool, window_size
+from agent.pools import NewToken, Saved, couchdb_windows
+from agent.pools.couchdb import ClaimPlan, CouchDBPool
+from agent.pools.couchdb_windows import window_size
 from agent.pools.picas import INDEXES, TODO_INDEX, fit_selector, monitor_views, new_token, todo_selector
 from agent.resources import Fit, Request
 from agent.token import Outcome, Result, make_report
@@ -152,9 +153,9 @@ def test_added_tokens_have_the_picas_fields_and_duplicates_are_refused(
 def test_a_claim_on_a_stale_revision_gets_nothing_twice(pouchdb: PouchDBServer, couch_db: str) -> None:
     first = ready_pool(pouchdb, couch_db, 6, name="pilot-a")
     second = make_pool(pouchdb, couch_db, "pilot-b")
-    seen_by_first = first._candidates(3)  # read the window, as a claim does, and wait before writing
+    seen_by_first = first.windows.next(3)  # read the window, as a claim does, and wait before writing
     assert len(seen_by_first) == 3
-    first.candidates = seen_by_first
+    first.windows.candidates = seen_by_first
     taken = second.claim(10)
     assert len(taken) == 6
     assert first.claim(3) == []  # its revisions are stale: every write conflicts, the view is empty now
@@ -228,7 +229,7 @@ def test_claims_go_through_our_indexes_when_monitor_is_the_picas_one(
     pool = ready_pool(pouchdb, couch_db, 5)
     assert len(pool.claim(5)) == 5
     assert pool.plan == ClaimPlan(find=True, scans=True)
-    assert pool.candidates == []  # a window ending short of its size leaves nothing behind
+    assert pool.windows.candidates == []  # a window ending short of its size leaves nothing behind
 
 
 def test_a_pool_walks_on_from_its_last_window_rather_than_jumping(
@@ -240,7 +241,7 @@ def test_a_pool_walks_on_from_its_last_window_rather_than_jumping(
     size = window_size(1)
     window = sorted(pool.claim(1)[0].token.id for _ in range(size))  # one whole window, claimed one by one
     assert window == [f"tok-{i:03d}" for i in range(int(window[0][4:]), int(window[0][4:]) + size)]
-    assert pool.walk_from == window[-1]
+    assert pool.windows.walk_from == window[-1]
     assert pool.claim(1)[0].token.id > window[-1]  # the next window starts where this one ended
 
 
@@ -253,7 +254,7 @@ def test_a_walked_window_is_taken_from_its_far_end_and_left_at_the_first_conflic
     for _ in range(window_size(1)):
         pool.claim(1)  # the first window, read at random, shuffled
     first = pool.claim(1)[0].token.id  # from the window walked to
-    left = [doc["_id"] for doc in pool.candidates]
+    left = [doc["_id"] for doc in pool.windows.candidates]
     assert [first, *left] == sorted([first, *left], reverse=True)  # the window's last token first
     taken = pouchdb.request("GET", f"/{couch_db}/{left[0]}").body
     assert pouchdb.request("PUT", f"/{couch_db}/{left[0]}", {**taken, "lock": 1}).status == 201  # another's
@@ -631,11 +632,11 @@ def test_a_probe_finds_the_one_token_bigger_than_what_is_free_wherever_the_claim
     pool.add([NewToken("b-gpu", {"gpus": 1})])  # bigger than what is free too, but not what this node has
     one_free = fit(1, tasks=1)
     assert pool.claim(1, one_free)[0].token.id.startswith("one-")
-    window = list(pool.candidates)
+    window = list(pool.windows.candidates)
     assert window and all(doc["_id"].startswith("one-") for doc in window)
     probe = Fit(4, 0, None, Request(), 1, largest_first=True, beyond=one_free)
     assert [lease.token.id for lease in pool.claim(1, probe)] == ["a-whole"]
-    assert pool.candidates == window  # the claims' window is left as it was, for the claims
+    assert pool.windows.candidates == window  # the claims' window is left as it was, for the claims
     assert pool.claim(1, probe) == []  # none left: no window of one-core tokens taken instead
     found = pool._find(fit_selector(todo_selector(""), probe), TODO_INDEX, 50)
     assert found == []  # the server filtered them all: nothing fits the node beyond one core now
@@ -647,7 +648,7 @@ def test_a_probe_on_a_big_pool_looks_through_a_stretch_of_ids_at_a_time_round_an
     # The server filters every todo token a probe's range holds (0.1 ms each on pouchdb-server): on a
     # pool of more than PROBE_IDS documents each probe takes the next stretch of ids, so that it costs
     # what a small pool's does and a round of probes still finds the big token, wherever it is.
-    monkeypatch.setattr(couchdb, "PROBE_IDS", 10)
+    monkeypatch.setattr(couchdb_windows, "PROBE_IDS", 10)
     http = RecordsFinds()
     pool = make_pool(pouchdb, couch_db, http=http)
     pool.init()  # its 5 design documents are among the first ids
@@ -673,7 +674,7 @@ def test_a_claim_beside_running_tasks_asks_the_server_of_a_stretch_of_ids_not_of
     # A claim beside running tasks is made again as they end: when no token of its window fits what is
     # free, the server filters the next stretch of ids for it, not every todo token; only a claim with
     # the node wholly free, the last before its pilot stops, asks it of the whole pool.
-    monkeypatch.setattr(couchdb, "PROBE_IDS", 10)
+    monkeypatch.setattr(couchdb_windows, "PROBE_IDS", 10)
     http = RecordsFinds()
     pool = make_pool(pouchdb, couch_db, http=http)
     pool.init()

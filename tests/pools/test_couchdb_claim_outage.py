@@ -44,7 +44,7 @@ def test_a_report_in_and_the_claim_after_it_cut_off_is_an_outage_not_an_empty_po
     ready_pool(pouchdb, couch_db, 3, name="pilot-b")
     pool = make_pool(pouchdb, couch_db, "pilot-a", http=AwayAfterBulk())
     (lease,) = pool.claim(1)
-    pool.candidates = pool._candidates(2)  # the window it will claim from with its report ...
+    pool.windows.candidates = pool.windows.next(2)  # the window it will claim from with its report ...
     assert len(make_pool(pouchdb, couch_db, "pilot-c").claim(5)) == 2  # ... which another pilot takes
     pool.http.armed = True
     with pytest.raises(ClaimUnreachable) as caught:

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from agent.pools import picas
-from agent.pools.couchdb import BACKOFF_MAX, conflict_backoff, lease_scan_interval, window_size
+from agent.pools.couchdb import BACKOFF_MAX, conflict_backoff, lease_scan_interval
+from agent.pools.couchdb_windows import window_size
 from agent.resources import Fit, Request
 from agent.token import Attempt, Outcome, Report, Result, State
 
