@@ -146,6 +146,18 @@ def test_an_id_given_twice_by_one_file_names_both_lines_not_the_pool(
     (site.folder / "t.jsonl").write_text("\n".join([*rows[:3], '{"id": "c"}', rows[4]]) + "\n")
     line = one_line_error(site.run("tokens", "add", "--jsonl", "t.jsonl"), ExitCode.POOL)
     assert "token 't-3': given twice in t.jsonl, on lines 3 and 5; nothing was added." in line, line
+    piped = subprocess.run(
+        [*site.argv("tokens", "add", "--jsonl", "-"), "--config", str(site.config)],
+        input="\n".join(rows) + "\n",
+        check=False,
+        capture_output=True,
+        text=True,
+        env=site.env,
+        cwd=site.folder,
+    )  # stdin cannot be read again for the lines: the pool, the add undone, says the input gave it twice
+    line = one_line_error(piped, ExitCode.POOL)
+    assert "token 'a': given twice in the input; nothing was added." in line, line
+    assert site.status() == before
 
 
 def test_no_config_is_a_usage_error(site: Site) -> None:

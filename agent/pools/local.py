@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from agent import dependencies
-from agent.errors import FIND_ID, DuplicateToken, PoolError, TokenError
+from agent.errors import FIND_ID, DuplicateToken, PoolError, RepeatedToken, TokenError
 from agent.identity import Identity, unique_ids
 from agent.pools.base import (
     PAGE,
@@ -428,7 +428,16 @@ class LocalPool(Pool):
         """All of them in one transaction, written a batch at a time: a duplicate anywhere, or input that
         turns out bad halfway (the CLI's readers raise as they read), leaves the pool as it was. Tokens
         with ``after`` are linked at the end, when every id of the input is in: the input may name its
-        tokens in any order, and only those tokens' ids and lists are kept in memory meanwhile."""
+        tokens in any order, and only those tokens' ids and lists are kept in memory meanwhile. A
+        duplicate that is not in the pool once the add is undone was given twice by the input itself."""
+        try:
+            return self._add(tokens)
+        except DuplicateToken as err:
+            if self._db.execute("SELECT 1 FROM tokens WHERE id = ?", (err.token_id,)).fetchone():
+                raise
+            raise RepeatedToken(err.token_id, "nothing was added") from None
+
+    def _add(self, tokens: Iterable[NewToken]) -> int:
         now = self.clock()
         todo = State.TODO.value
         added = 0
