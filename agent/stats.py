@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from agent.pools.base import Counts, ReasonCount
+from agent.pools.base import Counts, ReasonCount, SizeCount
 from agent.token import Attempt, Outcome, Token
 
 SHORT = 5 * 60.0  # seconds of the short rate window
@@ -129,6 +129,7 @@ class Observed:
     running: Mapping[str, int]
     reasons: Sequence[ReasonCount]
     recent: Sequence[Token] = field(default_factory=tuple)
+    sizes: Optional[Sequence[SizeCount]] = None  # todo tokens that ask for a size (None: not known)
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,12 @@ def as_json(status: Status) -> dict[str, Any]:
             "basis": status.eta_basis,
         },
         "duration": {"median": status.median, "p90": status.p90, "sample": status.durations},
+        "todo_sizes": None
+        if observed.sizes is None
+        else [
+            {"cores": size.cores, "gpus": size.gpus, "memory": size.memory, "count": size.count}
+            for size in observed.sizes
+        ],
         "failure_reasons": [
             {"reason": r.reason, "count": r.count, "example": r.example} for r in observed.reasons
         ],

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import views_history
+import views_sizes
 from conftest import Site, local_config
 
 from agent.identity import Identity
@@ -46,6 +47,7 @@ def test_status_shows_rates_eta_durations_reasons_and_hosts_of_a_known_history(h
     assert "eta       8m20s" in text
     assert "3  exit code 3  (e.g. e1)" in text
     assert "6  node-bad (6 of its 6 recent attempts failed)" in text
+    assert "todo size" not in text and json.loads(history.run("status", "--json").stdout)["todo_sizes"] == []
 
 
 def answering(site: Site, answer: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -59,6 +61,12 @@ def answering(site: Site, answer: str, *args: str) -> subprocess.CompletedProces
         env=site.env,
         check=False,
     )
+
+
+def test_status_counts_the_todo_tokens_that_ask_for_a_size_of_their_own(site: Site) -> None:
+    site.write(local_config(site.folder, ["/bin/true"]))
+    views_sizes.add_sized(site)
+    views_sizes.check_status(site)
 
 
 def test_tokens_list_filters_by_state_reason_host_and_limit(history: Site) -> None:
@@ -188,14 +196,18 @@ def test_a_pool_made_before_the_views_gets_their_index_in_place(site: Site) -> N
             (json.dumps([attempt]), attempt["ended"]),
         )
         db.execute("INSERT INTO tokens (id, state, fields, updated) VALUES ('old-2', 'todo', '{}', 0)")
+        db.execute(
+            "INSERT INTO tokens (id, state, fields, updated) VALUES ('old-3', 'todo', '{\"cores\": 1}', 0)"
+        )
     shown = json.loads(site.run("status", "--json").stdout)
-    assert (shown["done"], shown["todo"], shown["rate"]["done_5m"]) == (1, 1, 1)
+    assert (shown["done"], shown["todo"], shown["rate"]["done_5m"]) == (1, 2, 1)
+    assert shown["todo_sizes"] == [{"cores": 1, "gpus": None, "memory": None, "count": 1}]  # columns filled
     assert shown["duration"]["median"] == pytest.approx(5.0)
     with sqlite3.connect(path) as db:
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         version = db.execute("PRAGMA user_version").fetchone()[0]
     assert version == SCHEMA_VERSION  # migrated in place: the dependencies' schema, the views' indexes
-    assert {"tokens_ready", "tokens_updated", "tokens_errors"} <= indexes
+    assert {"tokens_ready", "tokens_updated", "tokens_errors", "tokens_sized"} <= indexes
     ran = site.run()
     assert ran.returncode == 0, ran.stderr
-    assert site.status()["done"] == 2
+    assert site.status()["done"] == 3

@@ -88,6 +88,27 @@ class ReasonCount:
     example: str
 
 
+@dataclass(frozen=True)
+class SizeCount:
+    """How many todo tokens ask for the same cores, GPUs and memory (bytes); None where the token does
+    not say, and the pilot's [task] default applies."""
+
+    cores: Optional[int]
+    gpus: Optional[int]
+    memory: Optional[int]
+    count: int
+
+
+def most_first(sizes: Iterable[SizeCount]) -> list[SizeCount]:
+    """Sizes by how many tokens ask for them, then by the request (not given first)."""
+
+    def key(size: SizeCount) -> tuple[int, ...]:
+        asked = (size.cores, size.gpus, size.memory)
+        return (-size.count, *(-1 if value is None else value for value in asked))
+
+    return sorted(sizes, key=key)
+
+
 PAGE = 500  # tokens per page when the views walk the pool
 
 
@@ -280,6 +301,12 @@ class Pool(abc.ABC):
             host = attempts[-1].host if attempts else "?"
             hosts[host] = hosts.get(host, 0) + 1
         return hosts
+
+    def todo_sizes(self) -> Optional[list[SizeCount]]:
+        """The todo tokens (not the waiting ones) that ask for cores, GPUs or memory of their own, per
+        request, most first: what a pilot too small leaves behind. None where the pool cannot tell
+        without reading every token (ToPoS); the pools that can, override this."""
+        return None
 
     def error_reasons(self, limit: int) -> list[ReasonCount]:
         """The commonest reasons among error tokens (their last attempt's), most first, then by reason."""

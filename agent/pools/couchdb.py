@@ -52,9 +52,11 @@ from agent.pools.base import (
     ReasonCount,
     Renewal,
     Saved,
+    SizeCount,
     batches,
     fit_left,
     missing_id,
+    most_first,
 )
 from agent.pools.couchdb_windows import Windows, window_size
 from agent.pools.httpauth import auth_headers, refusal
@@ -140,7 +142,7 @@ class CouchDBPool(Pool):
         # scan would index every token to find what the first periodic scan finds as well.
         self.next_lease_scan = clock() + lease_scan_interval(self.lease_seconds)
         self.uncertain: list[_Claim] = []  # claims whose answer was lost while the server was away
-        self.stats_ready: Optional[bool] = None  # our pilot-stats views are there (None: not looked yet)
+        self.views_ready: dict[str, bool] = {}  # our design documents of views are there (see _views_ready)
         self.next_waiting_sweep = 0.0  # when claims that find nothing may look over the waiting tokens
         self.requests = 0  # for the last log line: what this pilot cost the server
         self.claimed = 0
@@ -928,38 +930,51 @@ class CouchDBPool(Pool):
         return listed, rows[-1].get("key") if len(rows) == limit else None
 
     def _stats(self) -> bool:
-        """Our pilot-stats views are there, made now if missing or older than ours; False (and the slow
-        defaults, with a warning) when we may not write design documents."""
-        if self.stats_ready is None:
+        """Our pilot-stats views are there (see ``_views_ready``)."""
+        return self._views_ready(picas.STATS_DESIGN, picas.STATS_VIEWS)
+
+    def _views_ready(self, name: str, views: Mapping[str, Any]) -> bool:
+        """A design document of our views is there, made now if missing or older than ours; False (and
+        the slow defaults, with a warning) when we may not write design documents. Looked at once."""
+        if name not in self.views_ready:
             try:
-                self._ensure_stats()
-                self.stats_ready = True
+                self._ensure_views(name, views)
+                self.views_ready[name] = True
             except PoolError as err:
                 if isinstance(err, ServerUnreachable):
                     raise
                 log.warning(
-                    "no design document %s (%s): the views read every token; a database admin adds it "
-                    "with `pilot.pyz init`",
-                    picas.STATS_DESIGN,
+                    "no design document %s (%s): status reads less; a database admin adds it with "
+                    "`pilot.pyz init`",
+                    name,
                     err.problem,
                 )
-                self.stats_ready = False
-        return self.stats_ready
+                self.views_ready[name] = False
+        return self.views_ready[name]
 
-    def _ensure_stats(self) -> str:
-        name = picas.STATS_DESIGN
+    def _ensure_views(self, name: str, views: Mapping[str, Any]) -> str:
         path = f"/_design/{quote(name)}"
         response = self._request("GET", path)
         doc: dict[str, Any] = {"_id": f"_design/{name}"}
         if response.status != 404:
             doc = self._json(response, f"reading the design document {name}")
-            if doc.get("views") == picas.STATS_VIEWS:
+            if doc.get("views") == views:
                 return f"design document {name}: up to date"
-        doc.update(language="javascript", views=picas.STATS_VIEWS)
+        doc.update(language="javascript", views=views)
         put = self._request("PUT", path, body=doc)
         if put.status not in (200, 201, 202):
             raise self._error(put, f"writing the design document {name} (a database admin can)")
         return f"design document {name}: {'created' if response.status == 404 else 'updated'}"
+
+    def todo_sizes(self) -> Optional[list[SizeCount]]:
+        if not self._views_ready(picas.SIZES_DESIGN, picas.SIZES_VIEWS):
+            return None  # reading every todo token instead would take a big pool's status minutes
+        rows = self._rows(picas.SIZES_DESIGN, "todo", group=True).get("rows", [])
+        return most_first(
+            SizeCount(*key, int(row.get("value") or 0))
+            for row in rows
+            if isinstance(row, dict) and isinstance(key := row.get("key"), list) and len(key) == 3
+        )
 
     def _stats_rows(self, view: str, **params: Any) -> list[dict[str, Any]]:
         rows = self._rows(picas.STATS_DESIGN, view, **params).get("rows", [])
@@ -1059,8 +1074,9 @@ class CouchDBPool(Pool):
         lines += self._ensure_design(self.design, picas.monitor_views())
         lines += self._ensure_design(picas.WAITING_DESIGN, picas.waiting_views())
         lines += [self._ensure_index(index) for index in picas.INDEXES]
-        lines.append(self._ensure_stats())
-        self.stats_ready = True
+        for name, views in ((picas.STATS_DESIGN, picas.STATS_VIEWS), (picas.SIZES_DESIGN, picas.SIZES_VIEWS)):
+            lines.append(self._ensure_views(name, views))
+            self.views_ready[name] = True
         return lines
 
     def _ensure_index(self, index: Mapping[str, Any]) -> str:

@@ -32,8 +32,10 @@ from agent.pools.base import (
     ReasonCount,
     Renewal,
     Saved,
+    SizeCount,
     batches,
     missing_id,
+    most_first,
 )
 from agent.resources import FIELDS, Fit, stored_needs
 from agent.token import Attempt, Outcome, Report, State, Token, close_attempt
@@ -76,6 +78,7 @@ CREATE TABLE tokens (
 -- Every extra index is another page written at every claim and report.
 CREATE INDEX tokens_state ON tokens (state, seq);
 """
+_SIZED = "need_cores IS NOT NULL OR need_gpus IS NOT NULL OR need_memory IS NOT NULL"
 # What the views read (status, watch): tokens finished or touched since a time, the newest first; and the
 # error tokens by reason (a partial index: written only when a token enters or leaves error). Added to
 # pools of every age when they are opened (``_add_view_indexes``); older pilots keep working on a pool that
@@ -84,6 +87,12 @@ CREATE INDEX tokens_state ON tokens (state, seq);
 VIEW_INDEXES = {
     "tokens_updated": "CREATE INDEX IF NOT EXISTS tokens_updated ON tokens (updated, state)",
     "tokens_errors": "CREATE INDEX IF NOT EXISTS tokens_errors ON tokens (reason, id) WHERE state = 'error'",
+    # The tokens that ask for a size of their own, for status's todo sizes: a pool without any writes
+    # nothing more into it.
+    "tokens_sized": (
+        "CREATE INDEX IF NOT EXISTS tokens_sized "
+        f"ON tokens (state, waiting, need_cores, need_gpus, need_memory) WHERE {_SIZED}"
+    ),
 }
 # The columns _token reads, and the views' pages: seq and updated first, the tails last when asked for.
 _TOKEN_COLUMNS = "id, state, fields, attempts, failures, lease_id, lease_expires, waiting, reason"
@@ -267,8 +276,8 @@ class LocalPool(Pool):
                     "Put server.path on node-local disk",
                 )
             db.execute("PRAGMA synchronous = NORMAL")
+            self._add_needs(db)  # before the views' indexes: one of them is on these columns
             self._add_view_indexes(db)
-            self._add_needs(db)
         except sqlite3.DatabaseError as err:
             db.close()
             raise PoolError(self.where, f"not a usable pool file: {err}; {CHECK_PATH}") from None
@@ -862,6 +871,15 @@ class LocalPool(Pool):
             host = str(attempts[-1].get("host", "?")) if attempts else "?"
             hosts[host] = hosts.get(host, 0) + 1
         return hosts
+
+    def todo_sizes(self) -> Optional[list[SizeCount]]:
+        """From the tokens_sized index alone: only tokens that ask for a size of their own are in it."""
+        hint = "INDEXED BY tokens_sized " if "tokens_sized" in self.view_indexes else ""
+        rows = self._read(
+            f"SELECT need_cores, need_gpus, need_memory, count(*) FROM tokens {hint}"  # noqa: S608 - constants
+            f"WHERE state = 'todo' AND waiting = 0 AND ({_SIZED}) GROUP BY 1, 2, 3"
+        )
+        return most_first(SizeCount(*row) for row in rows)
 
     def error_reasons(self, limit: int) -> list[ReasonCount]:
         # Read from the tokens_errors index alone, in its order (SQLite does not choose a partial index

@@ -149,6 +149,29 @@ STATS_VIEWS = {
 # ``pilot.waiting_on`` lists the tokens it still waits on; each, once done, takes itself off the list and
 # the last one sets ``lock`` 0. ``pilot.dependents`` on a token lists who waits on it.
 WAITING_LOCK = -1
+# Todo tokens by the size they ask for (cores, GPUs, memory; null where not given), only those that ask
+# for one: what `status` shows as todo sizes. A design document of its own, so that pools made before it
+# keep their pilot-stats index as it is built (a changed design document is indexed again, whole).
+SIZES_DESIGN = "pilot-sizes"
+SIZES_VIEWS = {
+    "todo": {
+        "map": """function (doc) {
+  if (doc.type == "token" && doc.lock == 0 && doc.done == 0) {
+    var stored = (doc.pilot && doc.pilot.needs) || {};
+    var asked = ["cores", "gpus", "memory"].map(function (name) {
+      var value = stored[name] != null ? stored[name] : doc[name];
+      return typeof value == "number" ? value : null;
+    });
+    if (asked[0] != null || asked[1] != null || asked[2] != null) {
+      emit(asked, null);
+    }
+  }
+}
+""",
+        "reduce": "_count",
+    },
+}
+
 WAITING_DESIGN = "pilot-waiting"
 _WAITING_MAP = """function(doc) {
   if (doc.type == "token" && doc.lock < 0 && doc.done == 0) {

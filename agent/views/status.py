@@ -6,8 +6,8 @@ import json
 from collections.abc import Iterator
 
 from agent import stats
-from agent.pools.base import Pool
-from agent.units import format_duration
+from agent.pools.base import Pool, SizeCount
+from agent.units import format_duration, format_size
 
 
 def observe(pool: Pool, now: float) -> stats.Observed:
@@ -20,6 +20,7 @@ def observe(pool: Pool, now: float) -> stats.Observed:
         running=pool.running(),
         reasons=pool.error_reasons(stats.TOP),
         recent=pool.recent(stats.SAMPLE),
+        sizes=pool.todo_sizes(),
     )
 
 
@@ -29,6 +30,19 @@ def as_json(status: stats.Status) -> str:
 
 def _rate(value: float) -> str:
     return f"{value:.1f}" if value >= 1 or value == 0 else f"{value:.2f}"
+
+
+def asked(size: SizeCount) -> str:
+    """What tokens of this size ask for, in the pilot's words: "4 cores, 1 GPU, 16.0GiB"; a field they
+    leave out is the [task] default, and is left out here too."""
+    parts = []
+    if size.cores is not None:
+        parts.append(f"{size.cores} core{'' if size.cores == 1 else 's'}")
+    if size.gpus is not None:
+        parts.append(f"{size.gpus} GPU{'' if size.gpus == 1 else 's'}")
+    if size.memory is not None:
+        parts.append(f"{format_size(size.memory)} of memory")
+    return ", ".join(parts)
 
 
 def eta_text(status: stats.Status) -> str:
@@ -60,6 +74,12 @@ def lines(status: stats.Status) -> Iterator[str]:
             f"duration  median {format_duration(status.median)}, p90 {format_duration(status.p90)} "
             f"(last {status.durations} done)"
         )
+    sizes = observed.sizes or []
+    for number, size in enumerate(sizes[: stats.TOP]):
+        yield f"{'todo size' if number == 0 else '':<10}{size.count:>6}  {asked(size)}"
+    plain = counts.todo - sum(size.count for size in sizes)
+    if sizes and plain > 0:
+        yield f"{'':<10}{plain:>6}  the [task] size"
     for number, reason in enumerate(observed.reasons):
         label = "errors" if number == 0 else ""
         yield f"{label:<10}{reason.count:>6}  {reason.reason or '(no reason)'}  (e.g. {reason.example})"

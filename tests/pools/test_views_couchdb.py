@@ -13,6 +13,7 @@ from typing import Optional
 
 import pytest
 import views_history
+import views_sizes
 from conftest import Site, wait_for
 from servers.pouchdb import ADMIN, MEMBER, PouchDBServer
 
@@ -20,7 +21,7 @@ from agent import stats
 from agent.config import CouchDBServer, Secret, ServerConfig
 from agent.identity import Identity
 from agent.pools.couchdb import CouchDBPool
-from agent.pools.picas import STATS_DESIGN
+from agent.pools.picas import SIZES_DESIGN, STATS_DESIGN
 
 from .conftest import couch_config
 
@@ -119,17 +120,35 @@ def test_a_database_made_before_the_views_gets_them_or_is_read_without(
         pouchdb_auth.request("DELETE", f"/{member_db}/_design/{STATS_DESIGN}?rev={stats['_rev']}").status
         == 200
     )
+    sizes = pouchdb_auth.request("GET", f"/{member_db}/_design/{SIZES_DESIGN}").body
+    assert (
+        pouchdb_auth.request("DELETE", f"/{member_db}/_design/{SIZES_DESIGN}?rev={sizes['_rev']}").status
+        == 200
+    )
     couch_history(pouchdb_auth, member_db, MEMBER)
     site.write(couch_config(site.folder, pouchdb_auth, member_db, ["/bin/true"], user=MEMBER))
     member = site.run("status", "--json")  # may not add design documents: reads every token instead
     assert member.returncode == 0, member.stderr
     assert "no design document pilot-stats" in member.stderr and "pilot.pyz init" in member.stderr
+    assert "no design document pilot-sizes" in member.stderr
     views_history.check(json.loads(member.stdout))
+    assert json.loads(member.stdout)["todo_sizes"] is None  # not known, rather than every token read
     site.write(couch_config(site.folder, pouchdb_auth, member_db, ["/bin/true"], user=ADMIN))
     admin = site.run("status", "--json")  # adds them in place
     assert admin.returncode == 0 and "WARNING" not in admin.stderr, admin.stderr
     views_history.check(json.loads(admin.stdout))
-    assert pouchdb_auth.request("GET", f"/{member_db}/_design/{STATS_DESIGN}").status == 200
+    assert json.loads(admin.stdout)["todo_sizes"] == []
+    for design in (STATS_DESIGN, SIZES_DESIGN):
+        assert pouchdb_auth.request("GET", f"/{member_db}/_design/{design}").status == 200
+
+
+def test_status_counts_the_todo_tokens_that_ask_for_a_size_from_the_sizes_view(
+    site: Site, pouchdb: PouchDBServer, couch_db: str
+) -> None:
+    site.write(couch_config(site.folder, pouchdb, couch_db, ["/bin/true"]))
+    assert site.run("init").returncode == 0
+    views_sizes.add_sized(site)
+    views_sizes.check_status(site)
 
 
 def test_report_reads_every_attempt_of_the_pool(history: Site) -> None:

@@ -137,6 +137,7 @@ def test_status_and_watch_show_the_counts_running_hosts_rates_and_reasons(
     assert shown["failure_reasons"] == [{"reason": "exit code 3", "count": 1, "example": made.ids["C"]}]
     assert shown["duration"] == {"median": 15.0, "p90": 20.0, "sample": 2}
     assert shown["failure_hosts"] == [{"host": "node-bad", "failures": 3, "attempts": 3}]
+    assert shown["todo_sizes"] is None  # ToPoS would have to read every token: not known
     watch = site.run("watch", "--count", "1")
     assert watch.returncode == 0, watch.stderr
     assert " done 2 error 1 locked 1 todo 2 total 6 | " in watch.stdout
