@@ -211,3 +211,21 @@ def test_a_pool_made_before_the_views_gets_their_index_in_place(site: Site) -> N
     ran = site.run()
     assert ran.returncode == 0, ran.stderr
     assert site.status()["done"] == 3
+
+
+def test_an_old_pool_that_could_not_get_the_request_columns_has_todo_sizes_not_known(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool file we may not write keeps its old layout (the tests run as root, so the write that a
+    read-only file refuses is left out here instead): its status says the sizes are not known."""
+    path = tmp_path / "pool.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(V1_SCHEMA)
+        db.execute(
+            "INSERT INTO tokens (id, state, fields, updated) VALUES ('old-1', 'todo', '{\"cores\": 2}', 0)"
+        )
+    monkeypatch.setattr(LocalPool, "_add_needs", lambda self, db: None)
+    monkeypatch.setattr(LocalPool, "_add_view_indexes", lambda self, db: None)
+    pool = LocalPool(path, Identity("p", "h", None), 3600)
+    assert pool.counts().todo == 1
+    assert pool.todo_sizes() is None

@@ -873,7 +873,10 @@ class LocalPool(Pool):
         return hosts
 
     def todo_sizes(self) -> Optional[list[SizeCount]]:
-        """From the tokens_sized index alone: only tokens that ask for a size of their own are in it."""
+        """From the tokens_sized index alone: only tokens that ask for a size of their own are in it. An
+        old pool file we may not write has no request columns: not known."""
+        if _NEEDS[0] not in self._columns(self._db):
+            return None
         hint = "INDEXED BY tokens_sized " if "tokens_sized" in self.view_indexes else ""
         rows = self._read(
             f"SELECT need_cores, need_gpus, need_memory, count(*) FROM tokens {hint}"  # noqa: S608 - constants

@@ -33,8 +33,8 @@ def _rate(value: float) -> str:
 
 
 def asked(size: SizeCount) -> str:
-    """What tokens of this size ask for, in the pilot's words: "4 cores, 1 GPU, 16.0GiB"; a field they
-    leave out is the [task] default, and is left out here too."""
+    """What tokens of this size ask for: "4 cores, 1 GPU, 16.0GiB of memory"; a field they leave out is
+    the [task] default, and is left out here too."""
     parts = []
     if size.cores is not None:
         parts.append(f"{size.cores} core{'' if size.cores == 1 else 's'}")
