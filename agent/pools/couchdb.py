@@ -931,9 +931,9 @@ class CouchDBPool(Pool):
 
     def _stats(self) -> bool:
         """Our pilot-stats views are there (see ``_views_ready``)."""
-        return self._views_ready(picas.STATS_DESIGN, picas.STATS_VIEWS)
+        return self._views_ready(picas.STATS_DESIGN, picas.STATS_VIEWS, "the views read every token")
 
-    def _views_ready(self, name: str, views: Mapping[str, Any]) -> bool:
+    def _views_ready(self, name: str, views: Mapping[str, Any], without: str) -> bool:
         """A design document of our views is there, made now if missing or older than ours; False (and
         the slow defaults, with a warning) when we may not write design documents. Looked at once."""
         if name not in self.views_ready:
@@ -944,10 +944,10 @@ class CouchDBPool(Pool):
                 if isinstance(err, ServerUnreachable):
                     raise
                 log.warning(
-                    "no design document %s (%s): status reads less; a database admin adds it with "
-                    "`pilot.pyz init`",
+                    "no design document %s (%s): %s; a database admin adds it with `pilot.pyz init`",
                     name,
                     err.problem,
+                    without,
                 )
                 self.views_ready[name] = False
         return self.views_ready[name]
@@ -967,7 +967,7 @@ class CouchDBPool(Pool):
         return f"design document {name}: {'created' if response.status == 404 else 'updated'}"
 
     def todo_sizes(self) -> Optional[list[SizeCount]]:
-        if not self._views_ready(picas.SIZES_DESIGN, picas.SIZES_VIEWS):
+        if not self._views_ready(picas.SIZES_DESIGN, picas.SIZES_VIEWS, "status shows no todo sizes"):
             return None  # reading every todo token instead would take a big pool's status minutes
         rows = self._rows(picas.SIZES_DESIGN, "todo", group=True).get("rows", [])
         return most_first(
