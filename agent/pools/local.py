@@ -442,7 +442,7 @@ class LocalPool(Pool):
         try:
             return self._add(tokens)
         except DuplicateToken as err:
-            if self._db.execute("SELECT 1 FROM tokens WHERE id = ?", (err.token_id,)).fetchone():
+            if self._read("SELECT 1 FROM tokens WHERE id = ?", (err.token_id,)):
                 raise
             raise RepeatedToken(err.token_id, "nothing was added") from None
 
@@ -875,9 +875,12 @@ class LocalPool(Pool):
     def todo_sizes(self) -> Optional[list[SizeCount]]:
         """From the tokens_sized index alone: only tokens that ask for a size of their own are in it. An
         old pool file we may not write has no request columns: not known."""
-        if _NEEDS[0] not in self._columns(self._db):
+        if "tokens_sized" in self.view_indexes:  # made on these columns: no need to look for them
+            hint = "INDEXED BY tokens_sized "
+        elif _NEEDS[0] in self._columns(self._db):
+            hint = ""
+        else:
             return None
-        hint = "INDEXED BY tokens_sized " if "tokens_sized" in self.view_indexes else ""
         rows = self._read(
             f"SELECT need_cores, need_gpus, need_memory, count(*) FROM tokens {hint}"  # noqa: S608 - constants
             f"WHERE state = 'todo' AND waiting = 0 AND ({_SIZED}) GROUP BY 1, 2, 3"
